@@ -1,0 +1,30 @@
+# The commands the README names. Only Python 3.11 is needed: the first target creates .venv.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+
+.PHONY: run test demo migrate worker beat web clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+## Start web + worker + beat on the embedded default (or on DATABASE_URL / CELERY_BROKER_URL).
+run: $(VENV)/.installed
+	$(PY) manage.py migrate --no-input
+	$(PY) manage.py ensure_admin
+	$(PY) manage.py seed_demo --if-empty
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
+
+## Run the whole test suite.
+test: $(VENV)/.installed
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+migrate: $(VENV)/.installed
+	$(PY) manage.py migrate --no-input
+
+clean:
+	rm -rf var/broker var/test*.sqlite3*

@@ -1,0 +1,241 @@
+"""Read the instance's configuration from environment variables.
+
+Every variable is parsed here, once, by a pure function of the environment so that a bad value
+stops start-up with a message that names the variable (and tests can check every message without
+touching ``os.environ``). With nothing set, the result is the *embedded default*: SQLite, kombu's
+filesystem broker and file email, all under ``var/``, so ``make run`` needs no server at all.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+#: Longest hard time limit any workflow may declare, in seconds. The Redis visibility timeout is
+#: derived from it: a message whose task is still running must never be redelivered.
+WORKFLOW_MAX_HARD_TIME_LIMIT = 4 * 3600
+
+#: Redis redelivers an unacknowledged message after this many seconds (acks are late).
+REDIS_VISIBILITY_TIMEOUT = WORKFLOW_MAX_HARD_TIME_LIMIT + 3600
+
+SQLITE_BUSY_TIMEOUT_MS = 20_000
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+DATABASE_SCHEMES = {"postgres", "postgresql", "pgsql", "sqlite"}
+BROKER_SCHEMES = {"redis", "rediss", "filesystem", "memory"}
+EMAIL_SCHEMES = {"smtp", "smtps", "smtp+tls", "smtp+ssl", "filemail", "consolemail", "memorymail", "dummymail"}
+
+
+class ConfigError(ImproperlyConfigured):
+    """A variable of the environment is malformed or missing; the message names it."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        self.variable = variable
+        super().__init__(f"{variable}: {problem}")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The parsed configuration; ``campaign.settings`` copies it into Django settings."""
+
+    var_dir: Path
+    embedded: bool
+    debug: bool
+    secret_key: str
+    allowed_hosts: list[str]
+    csrf_trusted_origins: list[str]
+    time_zone: str
+    database: dict[str, Any]
+    broker_url: str
+    broker_transport_options: dict[str, Any]
+    email: dict[str, Any]
+    default_from_email: str
+    billing_email: str
+    lease_seconds: int
+
+
+def load_config(env: Mapping[str, str], *, base_dir: Path) -> Config:
+    """Parse ``env`` (normally ``os.environ``) into a :class:`Config` or raise :class:`ConfigError`."""
+    var_dir = Path(env.get("VAR_DIR") or base_dir / "var").resolve()
+    embedded = not env.get("DATABASE_URL")
+    debug = parse_bool(env, "DEBUG", default=False)
+    broker_url = parse_broker_url(env)
+    return Config(
+        var_dir=var_dir,
+        embedded=embedded,
+        debug=debug,
+        secret_key=parse_secret_key(env, var_dir=var_dir, embedded=embedded, debug=debug),
+        allowed_hosts=parse_list(env, "ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"]),
+        csrf_trusted_origins=parse_list(env, "CSRF_TRUSTED_ORIGINS", default=[]),
+        time_zone=parse_time_zone(env),
+        database=parse_database(env, var_dir=var_dir),
+        broker_url=broker_url,
+        broker_transport_options=broker_transport_options(broker_url, var_dir=var_dir),
+        email=parse_email(env, var_dir=var_dir),
+        default_from_email=parse_email_address(env, "DEFAULT_FROM_EMAIL", default="workflows@localhost"),
+        billing_email=parse_email_address(env, "BILLING_EMAIL", default="billing@localhost"),
+        lease_seconds=parse_int(env, "WORKFLOW_LEASE_SECONDS", default=300, minimum=10),
+    )
+
+
+def parse_bool(env: Mapping[str, str], name: str, *, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(name, f"expected true or false (1/0, yes/no, on/off), got {raw!r}")
+
+
+def parse_int(env: Mapping[str, str], name: str, *, default: int, minimum: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(name, f"expected a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(name, f"must be at least {minimum}, got {value}")
+    return value
+
+
+def parse_list(env: Mapping[str, str], name: str, *, default: list[str]) -> list[str]:
+    raw = env.get(name)
+    if raw is None:
+        return list(default)
+    items = [item.strip() for item in raw.split(",")]
+    if any(not item for item in items):
+        raise ConfigError(name, f"expected a comma-separated list without empty items, got {raw!r}")
+    return items
+
+
+def parse_time_zone(env: Mapping[str, str]) -> str:
+    name = env.get("TIME_ZONE") or "UTC"
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError("TIME_ZONE", f"unknown time zone {name!r} (use an IANA name such as Europe/Paris)") from None
+    return name
+
+
+def parse_secret_key(env: Mapping[str, str], *, var_dir: Path, embedded: bool, debug: bool) -> str:
+    """The embedded default keeps a generated key in ``var/``; production must set one."""
+    key = env.get("SECRET_KEY")
+    if key is not None:
+        if len(key) < 32:
+            raise ConfigError("SECRET_KEY", "must be at least 32 characters long")
+        return key
+    if not (embedded or debug):
+        raise ConfigError("SECRET_KEY", "is required when DATABASE_URL is set (production)")
+    key_file = var_dir / "secret_key"
+    if not key_file.exists():
+        var_dir.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
+def parse_database(env: Mapping[str, str], *, var_dir: Path) -> dict[str, Any]:
+    url = env.get("DATABASE_URL") or f"sqlite:///{var_dir / 'campaign.sqlite3'}"
+    scheme = urlsplit(url).scheme
+    if scheme not in DATABASE_SCHEMES:
+        raise ConfigError("DATABASE_URL", f"unsupported scheme {scheme!r}; use postgres://USER@HOST:PORT/NAME or sqlite:///PATH")
+    try:
+        database = environ.Env.db_url_config(url)
+    except Exception as error:  # django-environ raises several types for a malformed URL
+        raise ConfigError("DATABASE_URL", f"malformed URL ({error})") from None
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        if not database.get("NAME"):
+            raise ConfigError("DATABASE_URL", "an SQLite URL needs a file path: sqlite:///PATH")
+        Path(database["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+        # Web, worker and beat share the file: WAL lets readers run beside one writer, the busy
+        # timeout waits for the lock instead of failing, and IMMEDIATE takes the write lock at
+        # BEGIN so two writers never deadlock upgrading a read lock.
+        database["OPTIONS"] = {
+            "init_command": f"PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS};",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+        }
+    else:
+        if not database.get("NAME"):
+            raise ConfigError("DATABASE_URL", "a PostgreSQL URL needs a database name: postgres://USER@HOST:PORT/NAME")
+        database.setdefault("CONN_MAX_AGE", 60)
+        database["CONN_HEALTH_CHECKS"] = True
+    # A file, not ":memory:", even for SQLite: the engine's tests start real worker processes
+    # that must see the test database.
+    if database["ENGINE"] == "django.db.backends.sqlite3":
+        database["TEST"] = {"NAME": str(var_dir / "test.sqlite3")}
+    return database
+
+
+def parse_broker_url(env: Mapping[str, str]) -> str:
+    url = env.get("CELERY_BROKER_URL") or "filesystem://"
+    scheme = urlsplit(url).scheme
+    if scheme not in BROKER_SCHEMES:
+        raise ConfigError("CELERY_BROKER_URL", f"unsupported scheme {scheme!r}; use redis://HOST:PORT/DB (or leave unset for the embedded broker)")
+    if scheme.startswith("redis"):
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a malformed port
+        except ValueError:
+            raise ConfigError("CELERY_BROKER_URL", f"malformed port in {url!r}") from None
+        if not parts.hostname:
+            raise ConfigError("CELERY_BROKER_URL", f"missing host in {url!r}")
+        if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+            raise ConfigError("CELERY_BROKER_URL", f"the database must be a number, got {parts.path!r}")
+    return url
+
+
+def broker_transport_options(url: str, *, var_dir: Path) -> dict[str, Any]:
+    scheme = urlsplit(url).scheme
+    if scheme.startswith("redis"):
+        return {"visibility_timeout": REDIS_VISIBILITY_TIMEOUT}
+    if scheme == "filesystem":
+        queue = var_dir / "broker" / "queue"
+        control = var_dir / "broker" / "control"
+        for folder in (queue, control):
+            folder.mkdir(parents=True, exist_ok=True)
+        return {"data_folder_in": str(queue), "data_folder_out": str(queue), "control_folder": str(control)}
+    return {}
+
+
+def parse_email(env: Mapping[str, str], *, var_dir: Path) -> dict[str, Any]:
+    url = env.get("EMAIL_URL") or f"filemail://{var_dir / 'mail'}"
+    scheme = urlsplit(url).scheme
+    if scheme not in EMAIL_SCHEMES:
+        raise ConfigError("EMAIL_URL", f"unsupported scheme {scheme!r}; use smtp://USER:PASSWORD@HOST:PORT, filemail://PATH or consolemail://")
+    try:
+        email = environ.Env.email_url_config(url)
+    except Exception as error:
+        raise ConfigError("EMAIL_URL", f"malformed URL ({error})") from None
+    if scheme == "filemail":
+        path = email.get("EMAIL_FILE_PATH")
+        if not path:
+            raise ConfigError("EMAIL_URL", "filemail:// needs a folder: filemail:///var/mail")
+        Path(path).mkdir(parents=True, exist_ok=True)
+    return email
+
+
+_ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+$")
+
+
+def parse_email_address(env: Mapping[str, str], name: str, *, default: str) -> str:
+    value = env.get(name) or default
+    if not _ADDRESS.match(value):
+        raise ConfigError(name, f"expected an email address, got {value!r}")
+    return value

@@ -1,0 +1,126 @@
+"""Django settings, all read from the environment by :mod:`campaign.config`.
+
+Nothing set gives the embedded default (SQLite, filesystem broker, file email under ``var/``);
+``DATABASE_URL`` and ``CELERY_BROKER_URL`` switch to PostgreSQL and Redis. See docs/configuration.md.
+"""
+
+import os
+from pathlib import Path
+
+from campaign.config import REDIS_VISIBILITY_TIMEOUT, WORKFLOW_MAX_HARD_TIME_LIMIT, load_config
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+CONFIG = load_config(os.environ, base_dir=BASE_DIR)
+
+SECRET_KEY = CONFIG.secret_key
+DEBUG = CONFIG.debug
+ALLOWED_HOSTS = CONFIG.allowed_hosts
+CSRF_TRUSTED_ORIGINS = CONFIG.csrf_trusted_origins
+VAR_DIR = CONFIG.var_dir
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_celery_beat",
+    "campaign",
+    "workflows",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "campaign.urls"
+WSGI_APPLICATION = "campaign.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": CONFIG.database}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = CONFIG.time_zone
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = CONFIG.var_dir / "static"
+MEDIA_URL = "media/"
+MEDIA_ROOT = CONFIG.var_dir / "media"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+# Serve admin assets straight from the apps, so `make run` needs no collectstatic step.
+WHITENOISE_USE_FINDERS = True
+
+# Email: EMAIL_URL (smtp://, filemail://, consolemail://); the embedded default writes files.
+# CONFIG.email holds EMAIL_BACKEND, EMAIL_HOST, EMAIL_PORT, EMAIL_FILE_PATH... as Django names them.
+globals().update(CONFIG.email)
+DEFAULT_FROM_EMAIL = CONFIG.default_from_email
+SERVER_EMAIL = CONFIG.default_from_email
+BILLING_EMAIL = CONFIG.billing_email
+
+# Celery (namespace CELERY_): jobs that must not be lost. A message is acknowledged only after
+# its task returned, is requeued if the worker process dies, and each worker process reserves
+# one message at a time so a long run never holds a second one hostage.
+CELERY_BROKER_URL = CONFIG.broker_url
+CELERY_BROKER_TRANSPORT_OPTIONS = CONFIG.broker_transport_options
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+CELERY_TASK_IGNORE_RESULT = True  # run state lives in WorkflowRun, not in a result backend
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TIMEZONE = TIME_ZONE
+CELERY_ENABLE_UTC = True
+# Schedules live in the database (django-celery-beat) and are edited in the admin; there is
+# deliberately no CELERY_BEAT_SCHEDULE, which beat would write over admin edits at each start.
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+DJANGO_CELERY_BEAT_TZ_AWARE = True
+
+WORKFLOW_LEASE_SECONDS = CONFIG.lease_seconds
+WORKFLOW_MAX_HARD_TIME_LIMIT = WORKFLOW_MAX_HARD_TIME_LIMIT
+REDIS_VISIBILITY_TIMEOUT = REDIS_VISIBILITY_TIMEOUT
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "INFO"},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}
