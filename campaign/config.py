@@ -63,6 +63,7 @@ class Config:
     default_from_email: str
     billing_email: str
     lease_seconds: int
+    extra_workflow_modules: list[str]
 
 
 def load_config(env: Mapping[str, str], *, base_dir: Path) -> Config:
@@ -85,7 +86,8 @@ def load_config(env: Mapping[str, str], *, base_dir: Path) -> Config:
         email=parse_email(env, var_dir=var_dir),
         default_from_email=parse_email_address(env, "DEFAULT_FROM_EMAIL", default="workflows@localhost"),
         billing_email=parse_email_address(env, "BILLING_EMAIL", default="billing@localhost"),
-        lease_seconds=parse_int(env, "WORKFLOW_LEASE_SECONDS", default=300, minimum=10),
+        lease_seconds=parse_int(env, "WORKFLOW_LEASE_SECONDS", default=300, minimum=2),
+        extra_workflow_modules=parse_list(env, "WORKFLOW_EXTRA_MODULES", default=[]),
     )
 
 

@@ -109,10 +109,12 @@ CELERY_TIMEZONE = TIME_ZONE
 CELERY_ENABLE_UTC = True
 # Schedules live in the database (django-celery-beat) and are edited in the admin; there is
 # deliberately no CELERY_BEAT_SCHEDULE, which beat would write over admin edits at each start.
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_SCHEDULER = "workflows.scheduler:DatabaseScheduler"
 DJANGO_CELERY_BEAT_TZ_AWARE = True
 
 WORKFLOW_LEASE_SECONDS = CONFIG.lease_seconds
+# Modules declaring workflows beyond workflows/builtin/ (the test suite adds its sample workflow).
+WORKFLOW_EXTRA_MODULES = CONFIG.extra_workflow_modules
 WORKFLOW_MAX_HARD_TIME_LIMIT = WORKFLOW_MAX_HARD_TIME_LIMIT
 REDIS_VISIBILITY_TIMEOUT = REDIS_VISIBILITY_TIMEOUT
 

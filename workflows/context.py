@@ -1,0 +1,126 @@
+"""What an activity sees of its run: properties, journal, counters, cursors and batches.
+
+The batch helper is where exactly-once comes from: each batch's effects, the advanced cursor and
+the activity's counters are written in one transaction, so a crash at any point leaves the
+database as if the run had stopped after the last committed batch, and the next run continues
+from there. Between batches (never inside one) the run renews its lease and obeys pause and stop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+
+from workflows.leases import LeaseKeeper
+from workflows.models import ActivityRun, LogLevel, Workflow, WorkflowLog, WorkflowRun, WorkflowState
+
+
+class RunHalted(Exception):
+    """Raised at a batch boundary when the workflow was paused or stopped meanwhile."""
+
+    def __init__(self, state: str) -> None:
+        self.state = state
+        super().__init__(f"workflow {state} while running")
+
+
+class LeaseLost(Exception):
+    """Another run took the workflow over (this run's lease had expired)."""
+
+
+class NotImplementedWorkflow(Exception):
+    pass
+
+
+@dataclass
+class Batch:
+    """What one call of a batch step did: how many source rows it consumed, and where the next
+    batch starts. ``rows < limit`` ends the loop (a short batch means the source is drained)."""
+
+    rows: int
+    cursor: Any
+    counters: dict[str, int] | None = None
+
+
+BatchStep = Callable[[Any, int], Batch]
+
+
+class ActivityContext:
+    def __init__(
+        self,
+        *,
+        workflow_id: str,
+        run: WorkflowRun,
+        activity: ActivityRun,
+        properties: dict[str, Any],
+        batch_size: int,
+        lease: LeaseKeeper | None,
+    ) -> None:
+        self.workflow_id = workflow_id
+        self.run = run
+        self.activity = activity
+        self.properties = properties
+        self.batch_size = batch_size
+        self._lease = lease
+
+    # -- journal and counters -------------------------------------------------------------
+    def log(self, message: str, *, level: str = LogLevel.INFO) -> None:
+        WorkflowLog.objects.create(
+            workflow_id=self.workflow_id, run=self.run, activity=self.activity.name, level=level, message=message
+        )
+
+    def count(self, name: str, amount: int = 1) -> None:
+        """Add to a counter of this activity; saved with the next batch or at the activity's end."""
+        self.activity.counters[name] = self.activity.counters.get(name, 0) + amount
+
+    def save_counters(self) -> None:
+        ActivityRun.objects.filter(pk=self.activity.pk).update(counters=self.activity.counters)
+        WorkflowRun.objects.filter(pk=self.run.pk).update(progress_done=self.run.progress_done)
+
+    def set_progress_total(self, total: int | None) -> None:
+        self.run.progress_total = total
+        WorkflowRun.objects.filter(pk=self.run.pk).update(progress_total=total)
+
+    # -- cursors ---------------------------------------------------------------------------
+    def get_cursor(self, name: str, default: Any = None) -> Any:
+        cursors = Workflow.objects.filter(pk=self.workflow_id).values_list("cursors", flat=True).get()
+        return cursors.get(name, default)
+
+    def set_cursor(self, name: str, value: Any) -> None:
+        """Call inside the transaction that wrote the effects the cursor moves past."""
+        with transaction.atomic():
+            workflow = Workflow.objects.select_for_update().only("cursors").get(pk=self.workflow_id)
+            workflow.cursors[name] = value
+            Workflow.objects.filter(pk=self.workflow_id).update(cursors=workflow.cursors)
+
+    # -- batches ---------------------------------------------------------------------------
+    def batches(self, cursor_name: str, step: BatchStep, *, start: Any = 0, batch_size: int | None = None) -> int:
+        """Call ``step(cursor, limit)`` until a short batch; each call, the cursor it returns and
+        the counters commit together. Returns the number of source rows consumed."""
+        limit = batch_size or self.batch_size
+        total = 0
+        while True:
+            self.checkpoint()
+            with transaction.atomic():
+                cursor = self.get_cursor(cursor_name, start)
+                batch = step(cursor, limit)
+                if batch.rows:
+                    self.set_cursor(cursor_name, batch.cursor)
+                for name, amount in (batch.counters or {}).items():
+                    self.count(name, amount)
+                self.run.progress_done += batch.rows
+                self.save_counters()
+            total += batch.rows
+            if batch.rows < limit:
+                return total
+
+    def checkpoint(self) -> None:
+        """A batch boundary: give up if the lease was lost; halt if paused or stopped."""
+        if self._lease is not None and self._lease.lost.is_set():
+            raise LeaseLost(f"the lease of {self.workflow_id} was taken over by another run")
+        state = Workflow.objects.filter(pk=self.workflow_id).values_list("state", flat=True).get()
+        if state in (WorkflowState.PAUSED, WorkflowState.STOPPED):
+            raise RunHalted(state)
+

@@ -1,0 +1,271 @@
+"""Execute one run of a workflow: gate, claim, run the activities in order, record the outcome.
+
+Everything a run does is recorded as it happens (WorkflowRun, ActivityRun, the journal), so the
+admin and the CLI show the same truth whether the run is going on, finished, or died with its
+worker. The engine knows nothing of any particular workflow: it calls the definition's activities.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from django.db import close_old_connections, transaction
+from django.utils import timezone
+
+from workflows import leases, notifications
+from workflows.context import ActivityContext, LeaseLost, RunHalted
+from workflows.definition import WorkflowDefinition, get_definition
+from workflows.errors import describe, is_transient
+from workflows.models import (
+    ActivityMode,
+    ActivityRun,
+    ActivityStatus,
+    LogLevel,
+    RunStatus,
+    Workflow,
+    WorkflowLog,
+    WorkflowRun,
+    WorkflowState,
+)
+
+logger = logging.getLogger(__name__)
+
+NOT_IMPLEMENTED = "not implemented"
+
+
+class TransientRunError(Exception):
+    """The run failed on a transient error and its definition allows another attempt."""
+
+    def __init__(self, run: WorkflowRun, error: BaseException) -> None:
+        self.run = run
+        self.error = error
+        super().__init__(describe(error))
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    workflow_id: str
+    trigger: str
+    run_id: int | None = None
+    requested_by: str = ""
+    task_id: str = ""
+    force: bool = False
+    overrides: dict[str, Any] | None = None
+    attempt: int = 1
+    #: True when the task may be retried after a transient failure.
+    retry_allowed: bool = False
+
+
+def journal(workflow_id: str, message: str, *, run: WorkflowRun | None = None, activity: str = "", level: str = LogLevel.INFO) -> None:
+    WorkflowLog.objects.create(workflow_id=workflow_id, run=run, activity=activity, level=level, message=message)
+
+
+def execute(request: RunRequest) -> WorkflowRun:
+    """Run (or continue) one run of a workflow and return it in its final or halted state."""
+    definition = get_definition(request.workflow_id)
+    workflow = Workflow.objects.get(pk=definition.id)
+    run = _load_or_create_run(request, definition)
+    continuing = run.status == RunStatus.PAUSED
+
+    refusal = _refusal(workflow, run, request, continuing)
+    if refusal:
+        return _finish(run, RunStatus.SKIPPED, refusal)
+
+    claim = leases.claim(definition.id, run.pk)
+    if not claim.won:
+        return _finish(run, RunStatus.SKIPPED, f"already running (run #{claim.holder})")
+    if claim.abandoned_run:
+        journal(definition.id, f"Run #{claim.abandoned_run} was abandoned (its lease expired); taken over by run #{run.pk}.",
+                run=run, level=LogLevel.WARNING)
+    try:
+        with leases.LeaseKeeper(definition.id, run.pk) as lease:
+            return _run_activities(definition, workflow, run, request, lease)
+    finally:
+        _release_quietly(definition.id, run.pk)
+
+
+def _load_or_create_run(request: RunRequest, definition: WorkflowDefinition) -> WorkflowRun:
+    if request.run_id is not None:
+        run = WorkflowRun.objects.get(pk=request.run_id, workflow_id=definition.id)
+        if request.task_id and run.celery_task_id != request.task_id:
+            run.celery_task_id = request.task_id
+            run.save(update_fields=["celery_task_id"])
+        return run
+    return WorkflowRun.objects.create(
+        workflow_id=definition.id,
+        trigger=request.trigger,
+        requested_by=request.requested_by,
+        celery_task_id=request.task_id,
+        overrides=request.overrides or {},
+        attempt=request.attempt,
+    )
+
+
+def _refusal(workflow: Workflow, run: WorkflowRun, request: RunRequest, continuing: bool) -> str:
+    """Why this run must not go on, or an empty string."""
+    if run.status not in (RunStatus.QUEUED, RunStatus.PAUSED):
+        return f"run #{run.pk} is already {run.status}"
+    if workflow.state != WorkflowState.STARTED and not request.force:
+        return f"workflow is {workflow.state}"
+    paused = WorkflowRun.objects.filter(workflow=workflow, status=RunStatus.PAUSED).exclude(pk=run.pk).first()
+    if paused and not continuing:
+        if not request.force:
+            return (f"run #{paused.pk} is paused at activity {paused.halted_activity!r}; "
+                    "resume the workflow to continue it")
+        WorkflowRun.objects.filter(pk=paused.pk, status=RunStatus.PAUSED).update(
+            status=RunStatus.STOPPED, reason=f"superseded by run #{run.pk}", finished_at=timezone.now()
+        )
+    return ""
+
+
+def _run_activities(
+    definition: WorkflowDefinition, workflow: Workflow, run: WorkflowRun, request: RunRequest, lease: leases.LeaseKeeper
+) -> WorkflowRun:
+    now = timezone.now()
+    continuing = run.status == RunStatus.PAUSED
+    run.status = RunStatus.RUNNING
+    run.started_at = run.started_at or now
+    run.reason = ""
+    run.save(update_fields=["status", "started_at", "reason"])
+    journal(definition.id, f"Run #{run.pk} {'continues' if continuing else 'started'} ({run.trigger}"
+            f"{', by ' + run.requested_by if run.requested_by else ''}).", run=run)
+
+    if not definition.implemented:
+        return _fail(definition, workflow, run, NOT_IMPLEMENTED, final=True)
+    try:
+        properties = definition.resolve_properties(workflow.properties, run.overrides)
+    except Exception as error:  # a stored value no longer valid for the definition
+        return _fail(definition, workflow, run, f"invalid properties: {describe(error)}", final=True)
+
+    finished = set(run.activities.filter(status__in=[ActivityStatus.SUCCEEDED, ActivityStatus.SKIPPED])
+                   .values_list("name", flat=True))
+    current: ActivityRun | None = None
+    try:
+        for position, activity in enumerate(definition.activities):
+            name = activity.__name__
+            if name in finished:
+                continue
+            current, _ = ActivityRun.objects.update_or_create(
+                run=run, position=position,
+                defaults={"name": name, "status": ActivityStatus.RUNNING, "finished_at": None, "message": ""},
+            )
+            mode = workflow.activity_modes.get(name, ActivityMode.NORMAL)
+            if mode == ActivityMode.DISABLED:
+                _end_activity(current, ActivityStatus.SKIPPED, "disabled")
+                journal(definition.id, "Skipped: the activity is disabled.", run=run, activity=name)
+                continue
+            if mode == ActivityMode.SUSPENDED:
+                raise RunHalted("suspended")
+            context = ActivityContext(
+                workflow_id=definition.id, run=run, activity=current, properties=properties,
+                batch_size=definition.batch_size, lease=lease,
+            )
+            context.checkpoint()
+            activity(context)
+            context.save_counters()
+            _end_activity(current, ActivityStatus.SUCCEEDED, "")
+            journal(definition.id, f"Done: {_format_counters(current.counters)}.", run=run, activity=name)
+    except RunHalted as halt:
+        return _halt(definition, run, current, halt.state)
+    except LeaseLost as error:
+        _end_activity(current, ActivityStatus.FAILED, str(error))
+        return _finish(run, RunStatus.FAILED, str(error))
+    except SoftTimeLimitExceeded:
+        _end_activity(current, ActivityStatus.FAILED, "time limit exceeded")
+        return _fail(definition, workflow, run, f"time limit of {definition.soft_time_limit_s}s exceeded", final=True)
+    except Exception as error:  # noqa: BLE001 - every failure is recorded, then classified
+        close_old_connections()
+        reason = describe(error)
+        _end_activity(current, ActivityStatus.FAILED, reason)
+        journal(definition.id, traceback.format_exc(limit=8), run=run, activity=current.name if current else "",
+                level=LogLevel.ERROR)
+        retry = request.retry_allowed and is_transient(error)
+        run = _fail(definition, workflow, run, reason + (" (transient; will retry)" if retry else ""), final=not retry)
+        if retry:
+            raise TransientRunError(run, error) from error
+        return run
+
+    Workflow.objects.filter(pk=workflow.pk).update(consecutive_errors=0)
+    return _finish(run, RunStatus.SUCCEEDED, "")
+
+
+def _halt(definition: WorkflowDefinition, run: WorkflowRun, current: ActivityRun | None, state: str) -> WorkflowRun:
+    name = current.name if current else ""
+    if state == WorkflowState.STOPPED:
+        _end_activity(current, ActivityStatus.STOPPED, "workflow stopped")
+        return _finish(run, RunStatus.STOPPED, f"workflow stopped during activity {name!r}")
+    reason = (f"activity {name!r} is suspended" if state == "suspended"
+              else f"workflow paused; will continue from activity {name!r}")
+    _end_activity(current, ActivityStatus.PAUSED, reason, finished=False)
+    run.halted_activity = name
+    run.save(update_fields=["halted_activity"])
+    journal(definition.id, f"Halted: {reason}.", run=run, activity=name)
+    return _finish(run, RunStatus.PAUSED, reason, final=False)
+
+
+def _fail(definition: WorkflowDefinition, workflow: Workflow, run: WorkflowRun, reason: str, *, final: bool) -> WorkflowRun:
+    """Record the failure; a final failure counts toward the consecutive-error threshold."""
+    run = _finish(run, RunStatus.FAILED, reason)
+    journal(definition.id, f"Run #{run.pk} failed: {reason}", run=run, level=LogLevel.ERROR)
+    if final and reason != NOT_IMPLEMENTED:
+        _count_consecutive_error(workflow, run)
+    return run
+
+
+def _count_consecutive_error(workflow: Workflow, run: WorkflowRun) -> None:
+    from workflows import commands  # commands enqueue runs: imported late to keep the engine at the bottom
+
+    with transaction.atomic():
+        row = Workflow.objects.select_for_update().get(pk=workflow.pk)
+        row.consecutive_errors += 1
+        row.save(update_fields=["consecutive_errors"])
+    if row.consecutive_errors >= row.error_threshold and row.state == WorkflowState.STARTED:
+        note = f"{row.consecutive_errors} consecutive failed runs (threshold {row.error_threshold}); last: {run.reason}"
+        commands.pause(row.pk, actor="system", note=note)
+        notifications.notify_supervisors(
+            row, subject=f"Workflow {row.pk} paused after {row.consecutive_errors} failed runs",
+            body=f"{note}\n\nRun #{run.pk}. Fix the cause, then resume the workflow.",
+        )
+
+
+def _end_activity(activity: ActivityRun | None, status: str, message: str, *, finished: bool = True) -> None:
+    if activity is None:
+        return
+    activity.status = status
+    activity.message = message
+    activity.finished_at = timezone.now() if finished else None
+    activity.save(update_fields=["status", "message", "finished_at", "counters"])
+
+
+def _finish(run: WorkflowRun, status: str, reason: str, *, final: bool = True) -> WorkflowRun:
+    now = timezone.now()
+    run.status = status
+    run.reason = reason
+    totals: Counter[str] = Counter()
+    for counters in run.activities.values_list("counters", flat=True):
+        totals.update({key: value for key, value in counters.items() if isinstance(value, int)})
+    run.counters = dict(totals)
+    if final:
+        run.finished_at = now
+        run.started_at = run.started_at or now
+        run.duration_s = round((now - run.started_at).total_seconds(), 3)
+    run.save(update_fields=["status", "reason", "counters", "finished_at", "started_at", "duration_s"])
+    logger.info("workflow %s run #%s %s %s", run.workflow_id, run.pk, status, reason)
+    return run
+
+
+def _release_quietly(workflow_id: str, run_id: int) -> None:
+    """Release the lease; if the database is gone, the lease simply expires."""
+    try:
+        leases.release(workflow_id, run_id)
+    except Exception:  # noqa: BLE001 - the lease expiring is the designed fallback
+        logger.warning("could not release the lease of %s (run #%s); it will expire", workflow_id, run_id)
+
+
+def _format_counters(counters: dict[str, Any]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in counters.items()) or "nothing to do"

@@ -1,0 +1,44 @@
+"""Which errors are worth retrying.
+
+Only transient errors are retried (with backoff and jitter): the network, a 5xx or 429 answer, the
+database connection lost or locked. Anything else is a permanent failure with a clear reason: a
+retry would fail the same way and hide the real problem.
+"""
+
+from __future__ import annotations
+
+import redis.exceptions
+import requests
+from django.db import InterfaceError, OperationalError
+
+
+class TransientError(Exception):
+    """Raise from an activity for a failure that may pass by itself (a 503, a timeout)."""
+
+
+class PermanentError(Exception):
+    """Raise from an activity for a failure that will not pass by itself (bad configuration, a
+    malformed answer); the message is the run's reason."""
+
+
+TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
+    TransientError,
+    requests.ConnectionError,
+    requests.Timeout,
+    OperationalError,
+    InterfaceError,
+    ConnectionError,
+    redis.exceptions.ConnectionError,
+)
+
+
+def is_transient(error: BaseException) -> bool:
+    return isinstance(error, TRANSIENT_TYPES) and not isinstance(error, PermanentError)
+
+
+def describe(error: BaseException) -> str:
+    """One line an operator can act on: the error's type and message, never a traceback."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if isinstance(error, (TransientError, PermanentError)):
+        return message or type(error).__name__
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__

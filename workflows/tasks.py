@@ -1,0 +1,64 @@
+"""The Celery side: one task ``workflows.<id>`` per definition, a thin wrapper around the engine.
+
+Task names are stable: they live in broker messages and in beat's rows. Arguments are primitives
+(a run id, a trigger name), never model instances.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from celery import Task
+
+from campaign.celery import app
+from workflows.definition import RetryPolicy, WorkflowDefinition
+
+
+def backoff_seconds(policy: RetryPolicy, attempt: int) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(max, base * 2^(attempt-1))]."""
+    ceiling = min(policy.backoff_max_s, policy.backoff_s * 2 ** (attempt - 1))
+    return random.uniform(0, ceiling)
+
+
+def make_task(definition: WorkflowDefinition) -> Task:
+    @app.task(
+        name=definition.task_name,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        soft_time_limit=definition.soft_time_limit_s,
+        time_limit=definition.hard_time_limit_s,
+        queue=definition.queue,
+        ignore_result=True,
+    )
+    def run_workflow(
+        self: Task,
+        run_id: int | None = None,
+        trigger: str = "shell",
+        requested_by: str = "",
+        force: bool = False,
+        overrides: dict[str, Any] | None = None,
+        attempt: int = 1,
+    ) -> dict[str, Any]:
+        from workflows.engine import RunRequest, TransientRunError, execute
+
+        request = RunRequest(
+            workflow_id=definition.id, trigger=trigger, run_id=run_id, requested_by=requested_by,
+            task_id=self.request.id or "", force=force, overrides=overrides, attempt=attempt,
+            retry_allowed=attempt <= definition.retry.max_retries,
+        )
+        try:
+            run = execute(request)
+        except TransientRunError as error:
+            # A fresh run (attempt + 1) after a delay; the failed attempt stays in the history.
+            raise self.retry(
+                kwargs={"trigger": trigger, "requested_by": requested_by, "force": force,
+                        "overrides": error.run.overrides, "attempt": attempt + 1},
+                countdown=backoff_seconds(definition.retry, attempt),
+                max_retries=definition.retry.max_retries,
+            ) from None
+        return {"run_id": run.pk, "status": run.status, "reason": run.reason}
+
+    run_workflow.__doc__ = f"{definition.label}: {definition.description}"
+    return run_workflow
