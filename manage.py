@@ -9,7 +9,13 @@ def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "campaign.settings")
     from django.core.management import execute_from_command_line
 
-    execute_from_command_line(sys.argv)
+    from campaign.config import ConfigError
+
+    try:
+        execute_from_command_line(sys.argv)
+    except ConfigError as error:  # a malformed variable: one line naming it, not a traceback
+        sys.stderr.write(f"Configuration error: {error}\n")
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
+from django.db import models
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest
 from django.template.defaultfilters import filesizeformat
@@ -74,6 +75,10 @@ DELIVERY_INDICATOR_FIELDS: tuple[Any, ...] = (
 )
 
 
+#: URLs typed without a scheme are read as https:// (Django 6's default, chosen now).
+HTTPS_URL_FIELDS: dict[type, dict[str, Any]] = {models.URLField: {"assume_scheme": "https"}}
+
+
 def _flatten(fields: tuple[Any, ...]) -> tuple[str, ...]:
     flat: list[str] = []
     for item in fields:
@@ -95,6 +100,19 @@ def delivery_log_link(delivery_log_id: int | None) -> str:
     return format_html('<a href="{}">#{}</a>', url, delivery_log_id)
 
 
+#: Largest primary key (a 64-bit signed integer on both databases).
+MAX_ID = 2**63 - 1
+
+
+def as_id(term: str) -> int | None:
+    """``term`` as a primary key, or None when it cannot be one (a larger number would make SQLite
+    raise instead of matching nothing)."""
+    if not (term.isascii() and term.isdigit()):
+        return None
+    value = int(term)
+    return value if value <= MAX_ID else None
+
+
 class ReadOnlyAdmin(admin.ModelAdmin):
     """For tables that other systems or workflows write: viewing only, for anyone with the view
     permission (superusers included); no add, change or delete, hence no "delete selected" action."""
@@ -110,8 +128,9 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 
 class LargeTableMixin:
-    """For tables that grow without bound: no unfiltered ``COUNT(*)`` on each page, no per-filter
-    facet counts (each one is another count over the table)."""
+    """For tables that grow without bound: a filtered page does not also count the whole table,
+    and there are no per-filter facet counts (each one another count). The paginator's count of
+    the rows shown remains; on an unfiltered page that is the whole table."""
 
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
@@ -128,9 +147,10 @@ class DeliveryLogIdSearchMixin:
         term = search_term.strip()
         if not term:
             return queryset, False
-        if not term.isdigit():
+        delivery_log_id = as_id(term)
+        if delivery_log_id is None:
             return queryset.none(), False
-        return queryset.filter(delivery_log_id=int(term)), False
+        return queryset.filter(delivery_log_id=delivery_log_id), False
 
 
 # --- Audience: profiles and push subscriptions -------------------------------------------------
@@ -171,6 +191,12 @@ class AppSubscriptionAdmin(LargeTableMixin, admin.ModelAdmin):
     @admin.display(description="device token", ordering="device_token")
     def token_start(self, obj: AppSubscription) -> str:
         return f"{obj.device_token[:16]}…" if len(obj.device_token) > 16 else obj.device_token
+
+    def save_model(self, request: HttpRequest, obj: AppSubscription, form: forms.ModelForm, change: bool) -> None:
+        # updated_at is not auto_now: incremental scans read it, and an edit must be seen.
+        if change:
+            obj.updated_at = timezone.now()
+        super().save_model(request, obj, form, change)
 
 
 # --- Campaigns, deliveries, A/B tests -----------------------------------------------------------
@@ -276,14 +302,12 @@ class DeliveryAdmin(admin.ModelAdmin):
         if not obj.bounces_by_reason:
             return "-"
         labels = dict(FailureReason.choices)
-        parts = []
-        for code, count in sorted(obj.bounces_by_reason.items(), key=lambda item: str(item[0])):
-            try:
-                label = labels.get(int(code), f"reason {code}")
-            except (TypeError, ValueError):
-                label = f"reason {code}"
-            parts.append(f"{label}: {count}")
-        return ", ".join(parts)
+        # JSON keys are strings: "20" must come after "5".
+        by_code = sorted(obj.bounces_by_reason.items(), key=lambda item: (len(str(item[0])), str(item[0])))
+        return ", ".join(
+            f"{labels.get(int(code), f'reason {code}') if str(code).isdigit() else f'reason {code}'}: {count}"
+            for code, count in by_code
+        )
 
     @admin.display(description="logs")
     def logs_link(self, obj: Delivery) -> str:
@@ -330,8 +354,8 @@ class DeliveryLogAdmin(LargeTableMixin, ReadOnlyAdmin):
             return queryset, False
         # Both branches are indexed lookups (address index, primary key).
         condition = Q(address=term)
-        if term.isdigit():
-            condition |= Q(pk=int(term))
+        if (log_id := as_id(term)) is not None:
+            condition |= Q(pk=log_id)
         return queryset.filter(condition), False
 
     @admin.display(description="related rows")
@@ -368,6 +392,7 @@ class TrackingHitAdmin(DeliveryLogIdSearchMixin, LargeTableMixin, ReadOnlyAdmin)
     list_display = ("id", "log", "url_type", "url", "user_agent", "hit_at")
     list_filter = ("url_type", "hit_at")
     list_select_related = ()
+    formfield_overrides = HTTPS_URL_FIELDS
 
     @admin.display(description="delivery log", ordering="delivery_log_id")
     def log(self, obj: TrackingHit) -> str:
@@ -383,6 +408,7 @@ class TrackingLogAdmin(DeliveryLogIdSearchMixin, LargeTableMixin, ReadOnlyAdmin)
     # Not delivery_log: an INNER JOIN would hide the rows whose log was purged.
     list_select_related = ("delivery",)
     raw_id_fields = ("delivery", "delivery_log")
+    formfield_overrides = HTTPS_URL_FIELDS
 
     @admin.display(description="delivery log", ordering="delivery_log_id")
     def log(self, obj: TrackingLog) -> str:
@@ -445,7 +471,7 @@ class EventAdmin(LargeTableMixin, admin.ModelAdmin):
         return delivery_log_link(obj.delivery_log_id)
 
     def save_model(self, request: HttpRequest, obj: Event, form: forms.ModelForm, change: bool) -> None:
-        # updated_at is not auto_now: the workflows scan events by it, and an edit must be seen.
+        # updated_at is not auto_now: incremental scans read it, and an edit must be seen.
         if change:
             obj.updated_at = timezone.now()
         super().save_model(request, obj, form, change)
@@ -572,6 +598,8 @@ class CustomerMetricsAdmin(ReadOnlyAdmin):
 
 class ExternalAccountForm(forms.ModelForm):
     """The token is named, never entered: it lives in the environment of the processes."""
+
+    base_url = forms.URLField(label="base URL", max_length=300, assume_scheme="https")
 
     class Meta:
         model = ExternalAccount

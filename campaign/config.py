@@ -130,7 +130,7 @@ def parse_time_zone(env: Mapping[str, str]) -> str:
     name = env.get("TIME_ZONE") or "UTC"
     try:
         zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder such as "Europe"
         raise ConfigError("TIME_ZONE", f"unknown time zone {name!r} (use an IANA name such as Europe/Paris)") from None
     return name
 
@@ -162,8 +162,8 @@ def parse_database(env: Mapping[str, str], *, var_dir: Path) -> dict[str, Any]:
     except Exception as error:  # django-environ raises several types for a malformed URL
         raise ConfigError("DATABASE_URL", f"malformed URL ({error})") from None
     if database["ENGINE"] == "django.db.backends.sqlite3":
-        if not database.get("NAME"):
-            raise ConfigError("DATABASE_URL", "an SQLite URL needs a file path: sqlite:///PATH")
+        if not database.get("NAME") or database["NAME"] == ":memory:":
+            raise ConfigError("DATABASE_URL", "an SQLite URL needs a file path (web, worker and beat share it): sqlite:///PATH")
         Path(database["NAME"]).parent.mkdir(parents=True, exist_ok=True)
         # Web, worker and beat share the file: WAL lets readers run beside one writer, the busy
         # timeout waits for the lock instead of failing, and IMMEDIATE takes the write lock at
@@ -226,9 +226,11 @@ def parse_email(env: Mapping[str, str], *, var_dir: Path) -> dict[str, Any]:
     except Exception as error:
         raise ConfigError("EMAIL_URL", f"malformed URL ({error})") from None
     if scheme == "filemail":
-        path = email.get("EMAIL_FILE_PATH")
+        # Everything after "filemail://" is the folder: filemail:///srv/mail is /srv/mail.
+        path = url.removeprefix("filemail://")
         if not path:
-            raise ConfigError("EMAIL_URL", "filemail:// needs a folder: filemail:///var/mail")
+            raise ConfigError("EMAIL_URL", "filemail:// needs a folder: filemail:///srv/mail")
+        email["EMAIL_FILE_PATH"] = path
         Path(path).mkdir(parents=True, exist_ok=True)
     return email
 

@@ -43,7 +43,7 @@ def audit(workflow_id: str, action: str, *, user: AbstractBaseUser | None = None
 
 def _set_state(workflow_id: str, state: str, action: str, *, user: AbstractBaseUser | None, actor: str, note: str = "") -> Workflow:
     with transaction.atomic():
-        workflow = Workflow.objects.select_for_update().select_related("periodic_task").get(pk=get_definition(workflow_id).id)
+        workflow = Workflow.objects.select_for_update(of=("self",)).select_related("periodic_task").get(pk=get_definition(workflow_id).id)
         before = workflow.state
         paused_at = workflow.paused_at
         workflow.state = state
@@ -140,6 +140,6 @@ def _enqueue(run: WorkflowRun, *, force: bool = False) -> None:
     def send() -> None:
         from campaign.celery import app
 
-        app.send_task(definition.task_name, kwargs=kwargs, task_id=task_id, queue=definition.queue)
+        app.send_task(definition.task_name, kwargs=kwargs, task_id=task_id)
 
     transaction.on_commit(send)

@@ -8,6 +8,7 @@ from there. Between batches (never inside one) the run renews its lease and obey
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,7 @@ class ActivityContext:
         properties: dict[str, Any],
         batch_size: int,
         lease: LeaseKeeper | None,
+        started_in_state: str = WorkflowState.STARTED,
     ) -> None:
         self.workflow_id = workflow_id
         self.run = run
@@ -64,6 +66,8 @@ class ActivityContext:
         self.properties = properties
         self.batch_size = batch_size
         self._lease = lease
+        # A forced run of a paused workflow must not halt on the pause it was forced through.
+        self._started_in_state = started_in_state
 
     # -- journal and counters -------------------------------------------------------------
     def log(self, message: str, *, level: str = LogLevel.INFO) -> None:
@@ -96,12 +100,20 @@ class ActivityContext:
             Workflow.objects.filter(pk=self.workflow_id).update(cursors=workflow.cursors)
 
     # -- batches ---------------------------------------------------------------------------
-    def batches(self, cursor_name: str, step: BatchStep, *, start: Any = 0, batch_size: int | None = None) -> int:
+    def batches(
+        self, cursor_name: str, step: BatchStep, *, start: Any = 0, batch_size: int | None = None, throttle_s: float = 0.0
+    ) -> int:
         """Call ``step(cursor, limit)`` until a short batch; each call, the cursor it returns and
-        the counters commit together. Returns the number of source rows consumed."""
+        the counters commit together. Returns the number of source rows consumed.
+
+        ``throttle_s`` sleeps between batches, outside any transaction, so that other writers
+        (web requests, the admin's commands; on SQLite, anyone at all) get the database.
+        """
         limit = batch_size or self.batch_size
         total = 0
         while True:
+            if total and throttle_s:
+                time.sleep(throttle_s)
             self.checkpoint()
             with transaction.atomic():
                 cursor = self.get_cursor(cursor_name, start)
@@ -118,9 +130,11 @@ class ActivityContext:
 
     def checkpoint(self) -> None:
         """A batch boundary: give up if the lease was lost; halt if paused or stopped."""
+        if self._lease is not None:
+            self._lease.renew_if_due()
         if self._lease is not None and self._lease.lost.is_set():
             raise LeaseLost(f"the lease of {self.workflow_id} was taken over by another run")
         state = Workflow.objects.filter(pk=self.workflow_id).values_list("state", flat=True).get()
-        if state in (WorkflowState.PAUSED, WorkflowState.STOPPED):
+        if state in (WorkflowState.PAUSED, WorkflowState.STOPPED) and state != self._started_in_state:
             raise RunHalted(state)
 

@@ -163,7 +163,7 @@ def _run_activities(
                 raise RunHalted("suspended")
             context = ActivityContext(
                 workflow_id=definition.id, run=run, activity=current, properties=properties,
-                batch_size=definition.batch_size, lease=lease,
+                batch_size=definition.batch_size, lease=lease, started_in_state=workflow.state,
             )
             context.checkpoint()
             activity(context)

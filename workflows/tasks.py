@@ -21,6 +21,18 @@ def backoff_seconds(policy: RetryPolicy, attempt: int) -> float:
     return random.uniform(0, ceiling)
 
 
+def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **extra: Any) -> dict[str, str] | None:
+    """Celery router (settings.CELERY_TASK_ROUTES): each workflow's messages go to its queue."""
+    from workflows.definition import UnknownWorkflow, get_definition
+
+    if not name.startswith("workflows."):
+        return None
+    try:
+        return {"queue": get_definition(name.removeprefix("workflows.")).queue}
+    except UnknownWorkflow:
+        return None
+
+
 def make_task(definition: WorkflowDefinition) -> Task:
     @app.task(
         name=definition.task_name,
@@ -29,7 +41,6 @@ def make_task(definition: WorkflowDefinition) -> Task:
         reject_on_worker_lost=True,
         soft_time_limit=definition.soft_time_limit_s,
         time_limit=definition.hard_time_limit_s,
-        queue=definition.queue,
         ignore_result=True,
     )
     def run_workflow(

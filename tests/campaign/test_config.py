@@ -1,0 +1,185 @@
+"""campaign.config.load_config: nothing set gives the embedded default; production URLs select
+PostgreSQL and Redis; every malformed variable stops start-up with a message that names it.
+
+load_config is a function of a mapping, so these tests never touch ``os.environ``. It does create
+folders (var_dir, broker folders, the mail folder): every test runs in a tmp_path, and from it as
+the working directory so that a relative path cannot land in the source tree.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from campaign.config import (
+    REDIS_VISIBILITY_TIMEOUT,
+    WORKFLOW_MAX_HARD_TIME_LIMIT,
+    Config,
+    ConfigError,
+    load_config,
+)
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+SECRET_KEY = "test-only-secret-key-0123456789abcdefghijklmnop"
+POSTGRES_URL = "postgres://campaign:pw@db.internal:5433/campaign"
+
+
+@pytest.fixture(autouse=True)
+def _work_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+
+def load(tmp_path: Path, **env: str) -> Config:
+    return load_config({"VAR_DIR": str(tmp_path / "var"), **env}, base_dir=tmp_path / "project")
+
+
+# --- The embedded default -----------------------------------------------------------------------
+
+
+def test_embedded_default_keeps_sqlite_under_var_dir(tmp_path: Path) -> None:
+    config = load(tmp_path)
+
+    assert config.embedded is True
+    assert config.database["ENGINE"] == "django.db.backends.sqlite3"
+    assert config.database["NAME"] == str(tmp_path / "var" / "campaign.sqlite3")
+    assert config.database["OPTIONS"]["transaction_mode"] == "IMMEDIATE"
+    assert "journal_mode=WAL" in config.database["OPTIONS"]["init_command"]
+    # A file, so that the real worker processes of the engine's tests see the test database.
+    assert config.database["TEST"]["NAME"] == str(tmp_path / "var" / "test.sqlite3")
+
+
+def test_var_dir_defaults_to_var_in_the_project(tmp_path: Path) -> None:
+    config = load_config({}, base_dir=tmp_path / "project")
+
+    assert config.var_dir == tmp_path / "project" / "var"
+    assert config.database["NAME"] == str(tmp_path / "project" / "var" / "campaign.sqlite3")
+
+
+def test_embedded_default_uses_the_filesystem_broker_with_its_folders_under_var_dir(tmp_path: Path) -> None:
+    config = load(tmp_path)
+
+    queue, control = tmp_path / "var" / "broker" / "queue", tmp_path / "var" / "broker" / "control"
+    assert config.broker_url == "filesystem://"
+    assert config.broker_transport_options == {
+        "data_folder_in": str(queue), "data_folder_out": str(queue), "control_folder": str(control),
+    }
+    assert queue.is_dir() and control.is_dir()
+
+
+def test_embedded_default_writes_email_as_files(tmp_path: Path) -> None:
+    config = load(tmp_path)
+
+    assert config.email["EMAIL_BACKEND"] == "django.core.mail.backends.filebased.EmailBackend"
+
+
+def test_embedded_default_mail_folder_is_var_dir_mail(tmp_path: Path) -> None:
+    config = load(tmp_path)
+
+    assert config.email["EMAIL_FILE_PATH"] == str(tmp_path / "var" / "mail")
+    assert (tmp_path / "var" / "mail").is_dir()
+
+
+def test_embedded_default_generates_a_secret_key_once_and_keeps_it(tmp_path: Path) -> None:
+    first = load(tmp_path)
+    second = load(tmp_path)
+
+    assert len(first.secret_key) >= 50
+    assert second.secret_key == first.secret_key
+    assert (tmp_path / "var" / "secret_key").stat().st_mode & 0o077 == 0
+
+
+def test_embedded_default_is_not_debug_and_serves_localhost_in_utc(tmp_path: Path) -> None:
+    config = load(tmp_path)
+
+    assert config.debug is False
+    assert config.allowed_hosts == ["127.0.0.1", "localhost", "[::1]"]
+    assert config.time_zone == "UTC"
+    assert config.lease_seconds == 300
+
+
+# --- Production -------------------------------------------------------------------------------
+
+
+def test_postgres_url_selects_the_postgresql_engine(tmp_path: Path) -> None:
+    config = load(tmp_path, DATABASE_URL=POSTGRES_URL, SECRET_KEY=SECRET_KEY)
+
+    assert config.embedded is False
+    assert config.database["ENGINE"] == "django.db.backends.postgresql"
+    assert (config.database["NAME"], config.database["HOST"], config.database["PORT"], config.database["USER"]) == (
+        "campaign", "db.internal", 5433, "campaign")
+    assert config.database["CONN_HEALTH_CHECKS"] is True
+    assert config.secret_key == SECRET_KEY
+
+
+def test_redis_visibility_timeout_outlives_the_longest_workflow(tmp_path: Path) -> None:
+    """Redis redelivers an unacknowledged message after the visibility timeout: a message whose
+    workflow is still running (acks are late) must not be handed to a second worker."""
+    config = load(tmp_path, CELERY_BROKER_URL="redis://redis.internal:6379/0")
+
+    assert config.broker_url == "redis://redis.internal:6379/0"
+    assert config.broker_transport_options["visibility_timeout"] == REDIS_VISIBILITY_TIMEOUT
+    assert config.broker_transport_options["visibility_timeout"] > WORKFLOW_MAX_HARD_TIME_LIMIT
+
+
+def test_smtp_url_selects_the_smtp_backend(tmp_path: Path) -> None:
+    config = load(tmp_path, EMAIL_URL="smtp://mailer:pw@smtp.internal:2525")
+
+    assert config.email["EMAIL_BACKEND"] == "django.core.mail.backends.smtp.EmailBackend"
+    assert (config.email["EMAIL_HOST"], config.email["EMAIL_PORT"]) == ("smtp.internal", 2525)
+
+
+# --- Malformed variables ------------------------------------------------------------------------
+
+MALFORMED = [
+    # (variable named by the message, environment, a fragment of the message)
+    ("DATABASE_URL", {"DATABASE_URL": "mysql://campaign@db:3306/campaign", "SECRET_KEY": SECRET_KEY}, "'mysql'"),
+    ("DATABASE_URL", {"DATABASE_URL": "postgres://campaign@db:5432/", "SECRET_KEY": SECRET_KEY}, "needs a database name"),
+    ("CELERY_BROKER_URL", {"CELERY_BROKER_URL": "amqp://guest@rabbit:5672//"}, "'amqp'"),
+    ("CELERY_BROKER_URL", {"CELERY_BROKER_URL": "redis://redis:sixthousand/0"}, "malformed port"),
+    ("DEBUG", {"DEBUG": "maybe"}, "'maybe'"),
+    ("TIME_ZONE", {"TIME_ZONE": "Mars/Olympus"}, "'Mars/Olympus'"),
+    ("WORKFLOW_LEASE_SECONDS", {"WORKFLOW_LEASE_SECONDS": "abc"}, "'abc'"),
+    ("WORKFLOW_LEASE_SECONDS", {"WORKFLOW_LEASE_SECONDS": "1"}, "must be at least"),
+    ("EMAIL_URL", {"EMAIL_URL": "ftp://x"}, "'ftp'"),
+    ("SECRET_KEY", {"SECRET_KEY": "too-short"}, "at least 32 characters"),
+    ("SECRET_KEY", {"DATABASE_URL": POSTGRES_URL}, "required when DATABASE_URL is set"),
+    ("ALLOWED_HOSTS", {"ALLOWED_HOSTS": "a,,b"}, "'a,,b'"),
+    ("BILLING_EMAIL", {"BILLING_EMAIL": "not-an-address"}, "'not-an-address'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("variable", "env", "fragment"), MALFORMED,
+    ids=[f"{variable}={env.get(variable, '(unset)')}" for variable, env, _ in MALFORMED],
+)
+def test_malformed_variable_stops_start_up_with_a_message_naming_it(
+    tmp_path: Path, variable: str, env: dict[str, str], fragment: str,
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load(tmp_path, **env)
+
+    assert str(refused.value).startswith(f"{variable}: ")
+    assert fragment in str(refused.value)
+    assert refused.value.variable == variable
+
+
+def test_time_zone_naming_a_region_not_a_zone_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^TIME_ZONE: "):
+        load(tmp_path, TIME_ZONE="Europe")
+
+
+def test_manage_py_exits_with_an_error_naming_a_malformed_variable(tmp_path: Path) -> None:
+    env = {**os.environ, "TIME_ZONE": "Nowhere/City", "VAR_DIR": str(tmp_path / "var")}
+
+    result = subprocess.run(
+        [sys.executable, str(BASE_DIR / "manage.py"), "check"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )
+
+    assert result.returncode != 0
+    assert "TIME_ZONE: unknown time zone 'Nowhere/City'" in result.stderr
+    assert "System check identified" not in result.stdout

@@ -1,0 +1,60 @@
+"""Fixtures for the engine's tests: the sample workflow and a real Celery worker process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from django.db import connection
+
+from campaign.models import Campaign, Delivery, SendingFeedback, TrackingLog
+from tests.workflows import sample_workflow
+from workflows.schedules import ensure_workflow
+from workflows.worker_process import WorkerProcess
+
+#: Short enough that a takeover test waits seconds, long enough that a live run renews in time.
+TEST_LEASE_SECONDS = 4
+
+
+def database_url() -> str:
+    """The URL of the database this test runs on (the test database), for child processes."""
+    settings = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{settings['NAME']}"
+    user = settings.get("USER") or "postgres"
+    return f"postgres://{user}@{settings.get('HOST') or '127.0.0.1'}:{settings.get('PORT') or 5432}/{settings['NAME']}"
+
+
+@pytest.fixture
+def sample(db, settings):  # noqa: ANN001 - pytest fixtures
+    """The sample workflow's row, the delivery its effects point to, and 50 source rows."""
+    settings.WORKFLOW_LEASE_SECONDS = TEST_LEASE_SECONDS
+    workflow = ensure_workflow(sample_workflow.definition)
+    campaign = Campaign.objects.create(label="engine tests")
+    Delivery.objects.create(label=sample_workflow.SAMPLE_DELIVERY_LABEL, campaign=campaign)
+    SendingFeedback.objects.bulk_create(
+        SendingFeedback(delivery_log_id=index, outcome=SendingFeedback.Outcome.DELIVERED) for index in range(1, 51)
+    )
+    return workflow
+
+
+def effects() -> tuple[int, int]:
+    """(effect rows, distinct sources among them): equal and complete when exactly-once held."""
+    rows = TrackingLog.objects.filter(url__startswith="sample:")
+    return rows.count(), rows.values("url").distinct().count()
+
+
+@pytest.fixture
+def worker(transactional_db, settings) -> Iterator[WorkerProcess]:  # noqa: ANN001
+    """A real worker on the sample workflow's queue, talking to the test database."""
+    env = {
+        "SECRET_KEY": settings.SECRET_KEY,
+        "DATABASE_URL": database_url(),
+        "WORKFLOW_EXTRA_MODULES": sample_workflow.__name__,
+        "WORKFLOW_LEASE_SECONDS": str(TEST_LEASE_SECONDS),
+    }
+    process = WorkerProcess(queues=[sample_workflow.SAMPLE_QUEUE], env=env).start()
+    try:
+        yield process
+    finally:
+        process.stop()

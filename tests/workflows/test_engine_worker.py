@@ -1,0 +1,101 @@
+"""The engine end to end with a real Celery worker: run now, pause/resume, stop, SIGKILL takeover."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.workflows.conftest import TEST_LEASE_SECONDS, effects
+from tests.workflows.sample_workflow import SAMPLE_ID
+from workflows import commands
+from workflows.leases import ABANDONED
+from workflows.models import ActivityRun, RunStatus, Workflow, WorkflowLog, WorkflowRun
+
+pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+
+
+def wait_for(condition: Callable[[], bool], *, timeout: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}; runs: {list(WorkflowRun.objects.values_list('pk', 'status', 'reason'))}")
+
+
+def run_status(run_id: int) -> str:
+    return WorkflowRun.objects.values_list("status", flat=True).get(pk=run_id)
+
+
+def test_run_now_through_a_worker_succeeds_with_activities_journal_and_exact_effects(sample, worker):
+    run = commands.run_now(SAMPLE_ID, actor="test")
+
+    wait_for(lambda: run_status(run.pk) == RunStatus.SUCCEEDED, what="the run to succeed")
+    run.refresh_from_db()
+    assert run.counters == {"prepared": 1, "consumed": 50, "finished": 1}
+    assert list(run.activities.values_list("name", "status")) == [
+        ("prepare", "succeeded"), ("consume", "succeeded"), ("finish", "succeeded")]
+    assert WorkflowLog.objects.filter(run=run, activity="finish", message__startswith="Effects now: 50").exists()
+    assert effects() == (50, 50)
+    assert run.duration_s is not None and run.finished_at >= run.started_at
+
+
+def test_pause_halts_at_a_batch_boundary_and_resume_continues_from_the_halted_activity(sample, worker):
+    Workflow.objects.filter(pk=SAMPLE_ID).update(properties={"sleep_ms": 150, "batch_size": 5})
+    run = commands.run_now(SAMPLE_ID, actor="test")
+    wait_for(lambda: effects()[0] >= 10, what="a few batches")
+
+    commands.pause(SAMPLE_ID, actor="test")
+    wait_for(lambda: run_status(run.pk) == RunStatus.PAUSED, what="the run to pause")
+    run.refresh_from_db()
+    halted_at = effects()[0]
+    assert run.halted_activity == "consume"
+    assert 10 <= halted_at < 50 and halted_at % 5 == 0, "halts between batches, never inside one"
+    time.sleep(0.5)
+    assert effects()[0] == halted_at, "nothing runs while paused"
+
+    commands.resume(SAMPLE_ID, actor="test")
+    wait_for(lambda: run_status(run.pk) == RunStatus.SUCCEEDED, what="the resumed run to finish")
+    assert effects() == (50, 50)
+    assert ActivityRun.objects.filter(run=run, name="prepare").count() == 1
+    assert WorkflowLog.objects.filter(run=run, activity="prepare", message="Preparing.").count() == 1, \
+        "completed activities are not re-run"
+
+
+def test_stop_halts_the_run_and_cannot_be_resumed(sample, worker):
+    Workflow.objects.filter(pk=SAMPLE_ID).update(properties={"sleep_ms": 150, "batch_size": 5})
+    run = commands.run_now(SAMPLE_ID, actor="test")
+    wait_for(lambda: effects()[0] >= 10, what="a few batches")
+
+    commands.stop(SAMPLE_ID, actor="test")
+    wait_for(lambda: run_status(run.pk) == RunStatus.STOPPED, what="the run to stop")
+    with pytest.raises(commands.CommandRefused, match="cannot be resumed"):
+        commands.resume(SAMPLE_ID, actor="test")
+    stopped_at = effects()[0]
+    time.sleep(0.5)
+    assert effects() == (stopped_at, stopped_at)
+
+
+def test_a_killed_worker_is_taken_over_after_its_lease_and_effects_stay_exact(sample, worker):
+    Workflow.objects.filter(pk=SAMPLE_ID).update(properties={"sleep_ms": 200, "batch_size": 5})
+    dead = commands.run_now(SAMPLE_ID, actor="test")
+    wait_for(lambda: effects()[0] >= 10, what="a few batches")
+
+    worker.kill()
+    assert run_status(dead.pk) == RunStatus.RUNNING, "nobody could record anything"
+    early = commands.run_now(SAMPLE_ID, actor="test", sync=True)
+    assert early.status == RunStatus.SKIPPED and f"run #{dead.pk}" in early.reason
+
+    time.sleep(TEST_LEASE_SECONDS + 0.5)
+    Workflow.objects.filter(pk=SAMPLE_ID).update(properties={})
+    takeover = commands.run_now(SAMPLE_ID, actor="test", sync=True)
+
+    assert takeover.status == RunStatus.SUCCEEDED
+    dead.refresh_from_db()
+    assert (dead.status, dead.reason) == (RunStatus.FAILED, ABANDONED)
+    assert effects() == (50, 50), "the killed batch was rolled back and redone once"
+    assert takeover.counters["consumed"] + sum(
+        ActivityRun.objects.filter(run=dead, name="consume").values_list("counters__consumed", flat=True)
+    ) == 50
