@@ -76,6 +76,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = CONFIG.var_dir / "static"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # whitenoise warns at start-up when it is missing
 MEDIA_URL = "media/"
 MEDIA_ROOT = CONFIG.var_dir / "media"
 STORAGES = {

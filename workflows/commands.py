@@ -18,6 +18,7 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
+from kombu.exceptions import OperationalError
 from django.utils import timezone
 
 from workflows import engine, schedules
@@ -60,19 +61,19 @@ def _set_state(workflow_id: str, state: str, action: str, *, user: AbstractBaseU
     return workflow
 
 
-def start(workflow_id: str, *, user: AbstractBaseUser | None = None, actor: str = "", trigger: str = Trigger.SHELL) -> Workflow:
-    workflow = _set_state(workflow_id, WorkflowState.STARTED, "start", user=user, actor=actor)
+def start(workflow_id: str, *, user: AbstractBaseUser | None = None, actor: str = "", action: str = "start") -> Workflow:
+    workflow = _set_state(workflow_id, WorkflowState.STARTED, action, user=user, actor=actor)
     paused = WorkflowRun.objects.filter(workflow=workflow, status=RunStatus.PAUSED).order_by("-pk").first()
     if paused is not None:
         _enqueue(paused)
     return workflow
 
 
-def resume(workflow_id: str, *, user: AbstractBaseUser | None = None, actor: str = "", trigger: str = Trigger.SHELL) -> Workflow:
+def resume(workflow_id: str, *, user: AbstractBaseUser | None = None, actor: str = "") -> Workflow:
     workflow = Workflow.objects.get(pk=get_definition(workflow_id).id)
     if workflow.state == WorkflowState.STOPPED:
         raise CommandRefused(f"{workflow.pk} is stopped and cannot be resumed; use start (or restart) for a fresh run")
-    return start(workflow_id, user=user, actor=actor, trigger=trigger)
+    return start(workflow_id, user=user, actor=actor, action="resume")
 
 
 def pause(workflow_id: str, *, user: AbstractBaseUser | None = None, actor: str = "", note: str = "") -> Workflow:
@@ -140,6 +141,12 @@ def _enqueue(run: WorkflowRun, *, force: bool = False) -> None:
     def send() -> None:
         from campaign.celery import app
 
-        app.send_task(definition.task_name, kwargs=kwargs, task_id=task_id)
+        try:
+            app.send_task(definition.task_name, kwargs=kwargs, task_id=task_id)
+        except (OperationalError, OSError) as error:  # the broker is down: say so on the run, not "queued" forever
+            WorkflowRun.objects.filter(pk=run.pk, status=RunStatus.QUEUED).update(
+                status=RunStatus.FAILED, reason=f"broker unreachable: {type(error).__name__}", finished_at=timezone.now()
+            )
+            raise
 
     transaction.on_commit(send)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from django.db import close_old_connections, transaction
+from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
 from workflows import leases, notifications
@@ -179,7 +179,8 @@ def _run_activities(
         _end_activity(current, ActivityStatus.FAILED, "time limit exceeded")
         return _fail(definition, workflow, run, f"time limit of {definition.soft_time_limit_s}s exceeded", final=True)
     except Exception as error:  # noqa: BLE001 - every failure is recorded, then classified
-        close_old_connections()
+        if not connection.in_atomic_block:
+            close_old_connections()  # a lost database connection is replaced before recording
         reason = describe(error)
         _end_activity(current, ActivityStatus.FAILED, reason)
         journal(definition.id, traceback.format_exc(limit=8), run=run, activity=current.name if current else "",

@@ -54,7 +54,8 @@ def parse_crontab(text: str) -> Crontab:
             month_of_year=spec.month_of_year, day_of_week=spec.day_of_week,
         )
     except (ValueError, TypeError) as error:
-        raise ValidationError(f"Invalid crontab {text!r}: {error}.") from None
+        detail = str(error).removeprefix("Invalid crontab: ").rstrip(".")
+        raise ValidationError(f"Invalid crontab {text!r}: {detail}.") from None
     if not _fires_some_day(parsed):
         raise ValidationError(f"The crontab {text!r} never fires: no date matches its day-of-month, month and day-of-week.")
     return spec
@@ -148,26 +149,28 @@ def sync_workflows() -> list[Workflow]:
 def set_enabled(workflow: Workflow, enabled: bool, *, catch_up_since: datetime | None = None) -> None:
     """Enable or disable the schedule. Re-enabling never fires the slots missed meanwhile: the
     schedule counts from now, or from ``catch_up_since`` (one catch-up run at most)."""
-    task = workflow.periodic_task
-    if task is None:
+    if workflow.periodic_task_id is None:
         return
-    task.enabled = enabled
-    task.save()  # django-celery-beat clears last_run_at on disable and tells beat of the change
-    if enabled:
-        PeriodicTask.objects.filter(pk=task.pk).update(last_run_at=catch_up_since or timezone.now())
+    with transaction.atomic():
+        task = PeriodicTask.objects.select_for_update().get(pk=workflow.periodic_task_id)  # fresh: beat writes it too
+        task.enabled = enabled
+        if enabled:
+            task.last_run_at = catch_up_since or timezone.now()
+        task.save()  # clears last_run_at when disabling, and tells beat the schedule changed
 
 
 def set_crontab(workflow: Workflow, text: str, time_zone: str) -> CrontabSchedule:
     """Validate and apply an edited schedule (admin form)."""
     spec = parse_crontab(text)
     validate_time_zone(time_zone)
-    task = workflow.periodic_task
-    if task is None:
+    if workflow.periodic_task_id is None:
         raise ValidationError(f"{workflow.pk} runs on demand and has no schedule.")
-    schedule = get_crontab_schedule(spec, time_zone)
-    task.crontab = schedule
-    task.save()
-    return schedule
+    with transaction.atomic():
+        task = PeriodicTask.objects.select_for_update().get(pk=workflow.periodic_task_id)  # fresh: beat writes it too
+        task.crontab = get_crontab_schedule(spec, time_zone)
+        task.save()
+    workflow.periodic_task = task
+    return task.crontab
 
 
 def next_run_at(workflow: Workflow) -> datetime | None:

@@ -23,10 +23,16 @@ def backoff_seconds(policy: RetryPolicy, attempt: int) -> float:
 
 def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **extra: Any) -> dict[str, str] | None:
     """Celery router (settings.CELERY_TASK_ROUTES): each workflow's messages go to its queue."""
-    from workflows.definition import UnknownWorkflow, get_definition
-
     if not name.startswith("workflows."):
         return None
+    from django.apps import apps
+
+    if not apps.ready:  # `celery call` sends without setting Django up; the queues live in the definitions
+        import django
+
+        django.setup()
+    from workflows.definition import UnknownWorkflow, get_definition
+
     try:
         return {"queue": get_definition(name.removeprefix("workflows.")).queue}
     except UnknownWorkflow:

@@ -13,6 +13,7 @@ from django.db.models import Max
 
 from campaign.models import Delivery, SendingFeedback, TrackingLog, UrlType
 from workflows.context import ActivityContext, Batch
+from workflows.models import RunStatus, WorkflowRun
 from workflows.definition import RetryPolicy, WorkflowDefinition, register
 from workflows.properties import BooleanProperty, IntegerProperty
 
@@ -26,6 +27,12 @@ def prepare(ctx: ActivityContext) -> None:
     ctx.count("prepared")
     if ctx.properties["fail"]:
         raise RuntimeError("sample failure requested")
+    wait_for_skips = ctx.properties["wait_for_skips"]
+    deadline = time.monotonic() + 60
+    while wait_for_skips and time.monotonic() < deadline:  # hold the lease until the others gave up
+        if WorkflowRun.objects.filter(workflow_id=SAMPLE_ID, status=RunStatus.SKIPPED).count() >= wait_for_skips:
+            break
+        time.sleep(0.05)
 
 
 def consume(ctx: ActivityContext) -> None:
@@ -62,6 +69,7 @@ definition = register(WorkflowDefinition(
         IntegerProperty("batch_size", 10, minimum=1, help="Rows per batch."),
         IntegerProperty("sleep_ms", 0, minimum=0, help="Pause inside each batch, to catch a run mid-way."),
         BooleanProperty("fail", False, help="Make the first activity fail."),
+        IntegerProperty("wait_for_skips", 0, minimum=0, help="Hold the first activity until this many runs were skipped."),
     ),
     soft_time_limit_s=120,
     hard_time_limit_s=150,

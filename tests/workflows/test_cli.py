@@ -429,7 +429,7 @@ def test_pause_then_resume_changes_state_schedule_and_audit(db: None) -> None:
     assert workflow.state == WorkflowState.STARTED
     assert workflow.periodic_task.enabled is True
     audit = list(WorkflowAudit.objects.filter(workflow_id="kpiSharing").order_by("pk").values_list("action", "actor", "changes"))
-    assert audit == [("pause", ACTOR, {"state": ["started", "paused"]}), ("start", ACTOR, {"state": ["paused", "started"]})]
+    assert audit == [("pause", ACTOR, {"state": ["started", "paused"]}), ("resume", ACTOR, {"state": ["paused", "started"]})]
 
 
 def test_stop_then_start(db: None) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
 import pytest
+from django.conf import settings
 
 from tests.workflows.conftest import TEST_LEASE_SECONDS, effects
 from tests.workflows.sample_workflow import SAMPLE_ID
@@ -99,3 +102,17 @@ def test_a_killed_worker_is_taken_over_after_its_lease_and_effects_stay_exact(sa
     assert takeover.counters["consumed"] + sum(
         ActivityRun.objects.filter(run=dead, name="consume").values_list("counters__consumed", flat=True)
     ) == 50
+
+
+def test_celery_call_from_the_shell_reaches_the_worker_and_records_a_shell_run(sample, worker):
+    completed = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "campaign", "call", f"workflows.{SAMPLE_ID}"],
+        cwd=settings.BASE_DIR, env=worker.env, capture_output=True, text=True, timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+
+    wait_for(lambda: WorkflowRun.objects.filter(status=RunStatus.SUCCEEDED).exists(), what="the called run")
+    run = WorkflowRun.objects.get()
+    assert run.trigger == "shell"
+    assert run.celery_task_id == completed.stdout.strip()
+    assert effects() == (50, 50)

@@ -281,9 +281,9 @@ class Command(BaseCommand):
         actor = actor_name()
         try:
             if action == "start":
-                result = commands.start(workflow.pk, actor=actor, trigger=Trigger.CLI)
+                result = commands.start(workflow.pk, actor=actor)
             elif action == "resume":
-                result = commands.resume(workflow.pk, actor=actor, trigger=Trigger.CLI)
+                result = commands.resume(workflow.pk, actor=actor)
             elif action == "pause":
                 result = commands.pause(workflow.pk, actor=actor)
             elif action == "stop":

@@ -1,0 +1,287 @@
+"""The engine in process: gating, claims, activity modes, failures, thresholds, retries."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import pytest
+from django.core import mail
+from django.db import close_old_connections, connection
+from django.utils import timezone
+
+from tests.workflows.conftest import effects
+from tests.workflows.sample_workflow import SAMPLE_ID
+from workflows import commands, leases
+from workflows import definition as definition_module
+from workflows.definition import RetryPolicy
+from workflows.engine import NOT_IMPLEMENTED, RunRequest, TransientRunError, execute
+from workflows.errors import PermanentError, TransientError, is_transient
+from workflows.housekeeping import report_long_pauses
+from workflows.models import (
+    ActivityRun,
+    LogLevel,
+    RunStatus,
+    Trigger,
+    Workflow,
+    WorkflowAudit,
+    WorkflowLog,
+    WorkflowRun,
+    WorkflowState,
+)
+from workflows.tasks import backoff_seconds
+
+
+def sync_run(**overrides: object) -> WorkflowRun:
+    return commands.run_now(SAMPLE_ID, actor="test", sync=True, overrides=overrides or None)
+
+
+def test_unimplemented_workflow_fails_with_reason_not_implemented(db):
+    run = commands.run_now("cleanup", actor="test", sync=True)
+
+    assert (run.status, run.reason) == (RunStatus.FAILED, NOT_IMPLEMENTED)
+    assert Workflow.objects.get(pk="cleanup").consecutive_errors == 0, "not a malfunction to escalate"
+
+
+def test_run_counts_batches_and_journals_each_activity(sample):
+    run = sync_run(batch_size=7)
+
+    assert run.status == RunStatus.SUCCEEDED
+    assert run.counters == {"prepared": 1, "consumed": 50, "finished": 1}
+    assert run.progress_done == 50 and run.progress_total == 50
+    assert Workflow.objects.get(pk=SAMPLE_ID).cursors == {"source": 50}
+    assert list(WorkflowLog.objects.filter(run=run, message__startswith="Done").values_list("activity", flat=True)) \
+        == ["finish", "consume", "prepare"]
+
+
+def test_a_second_run_continues_from_the_cursor_and_counts_nothing_twice(sample):
+    sync_run()
+    second = sync_run()
+
+    assert second.counters["consumed"] == 0
+    assert effects() == (50, 50)
+
+
+def test_overrides_apply_to_one_run_only(sample):
+    run = sync_run(batch_size=50)
+
+    assert run.overrides == {"batch_size": 50}
+    assert Workflow.objects.get(pk=SAMPLE_ID).properties == {}
+
+
+def test_disabled_activity_is_skipped_and_journaled(sample):
+    Workflow.objects.filter(pk=SAMPLE_ID).update(activity_modes={"consume": "disabled"})
+
+    run = sync_run()
+
+    assert run.status == RunStatus.SUCCEEDED
+    assert ActivityRun.objects.get(run=run, name="consume").status == "skipped"
+    assert effects() == (0, 0)
+
+
+def test_suspended_activity_halts_the_run_and_resume_continues_it(sample, django_capture_on_commit_callbacks):
+    Workflow.objects.filter(pk=SAMPLE_ID).update(activity_modes={"consume": "suspended"})
+    run = sync_run()
+    assert (run.status, run.halted_activity) == (RunStatus.PAUSED, "consume")
+    assert "suspended" in run.reason
+
+    blocked = sync_run()
+    assert blocked.status == RunStatus.SKIPPED and f"run #{run.pk} is paused" in blocked.reason
+
+    Workflow.objects.filter(pk=SAMPLE_ID).update(activity_modes={})
+    continued = execute(RunRequest(workflow_id=SAMPLE_ID, trigger=Trigger.SHELL, run_id=run.pk))
+    assert continued.pk == run.pk and continued.status == RunStatus.SUCCEEDED
+    assert ActivityRun.objects.filter(run=run, name="prepare").count() == 1
+    assert effects() == (50, 50)
+
+
+def test_scheduled_trigger_of_a_paused_workflow_is_skipped(sample):
+    commands.pause(SAMPLE_ID, actor="test")
+
+    run = execute(RunRequest(workflow_id=SAMPLE_ID, trigger=Trigger.SCHEDULE))
+
+    assert (run.status, run.reason) == (RunStatus.SKIPPED, "workflow is paused")
+
+
+def test_run_now_is_refused_when_paused_unless_forced(sample):
+    commands.pause(SAMPLE_ID, actor="test")
+    with pytest.raises(commands.CommandRefused, match="paused"):
+        sync_run()
+
+    forced = commands.run_now(SAMPLE_ID, actor="test", sync=True, force=True)
+    assert forced.status == RunStatus.SUCCEEDED
+
+
+def test_live_lease_makes_a_trigger_skip_with_the_holder(sample):
+    holder = WorkflowRun.objects.create(workflow_id=SAMPLE_ID, trigger=Trigger.SHELL, status=RunStatus.RUNNING)
+    assert leases.claim(SAMPLE_ID, holder.pk).won
+
+    run = sync_run()
+
+    assert run.status == RunStatus.SKIPPED
+    assert run.reason == f"already running (run #{holder.pk})"
+
+
+def test_expired_lease_is_taken_over_and_the_dead_run_marked_abandoned(sample, time_machine):
+    dead = WorkflowRun.objects.create(workflow_id=SAMPLE_ID, trigger=Trigger.SHELL, status=RunStatus.RUNNING)
+    assert leases.claim(SAMPLE_ID, dead.pk).won
+    time_machine.move_to(timezone.now() + timezone.timedelta(seconds=leases.lease_seconds() + 1))
+
+    run = sync_run()
+
+    assert run.status == RunStatus.SUCCEEDED
+    dead.refresh_from_db()
+    assert (dead.status, dead.reason) == (RunStatus.FAILED, leases.ABANDONED)
+    assert WorkflowLog.objects.filter(run=run, level=LogLevel.WARNING, message__contains=f"#{dead.pk} was abandoned").exists()
+
+
+def test_lease_is_released_after_the_run(sample):
+    sync_run()
+
+    workflow = Workflow.objects.get(pk=SAMPLE_ID)
+    assert (workflow.lease_holder, workflow.lease_until) == (None, None)
+
+
+def test_failure_is_journaled_and_the_threshold_pauses_and_emails_supervisors(sample, settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    Workflow.objects.filter(pk=SAMPLE_ID).update(
+        properties={"fail": True}, error_threshold=2, supervisors="ops@example.com, lead@example.com")
+
+    first = sync_run()
+    assert (first.status, first.reason) == (RunStatus.FAILED, "RuntimeError: sample failure requested")
+    assert WorkflowLog.objects.filter(run=first, level=LogLevel.ERROR, message__contains="Traceback").exists()
+    assert Workflow.objects.get(pk=SAMPLE_ID).state == WorkflowState.STARTED
+
+    sync_run()
+    workflow = Workflow.objects.get(pk=SAMPLE_ID)
+    assert workflow.state == WorkflowState.PAUSED
+    assert WorkflowAudit.objects.filter(workflow=workflow, action="pause", actor="system").exists()
+    assert len(mail.outbox) == 1
+    assert mail.outbox[0].to == ["ops@example.com", "lead@example.com"]
+    assert "paused after 2 failed runs" in mail.outbox[0].subject
+
+
+def test_success_resets_the_consecutive_errors(sample):
+    Workflow.objects.filter(pk=SAMPLE_ID).update(consecutive_errors=2)
+
+    sync_run()
+
+    assert Workflow.objects.get(pk=SAMPLE_ID).consecutive_errors == 0
+
+
+def test_transient_failure_is_raised_for_a_retry_and_not_counted(sample, monkeypatch):
+    from tests.workflows import sample_workflow
+
+    def flaky(ctx):  # noqa: ANN001
+        raise TransientError("analytics answered 503")
+
+    flaky.__name__ = "prepare"
+    flaky_definition = dataclasses.replace(
+        sample_workflow.definition, activities=(flaky,) + sample_workflow.definition.activities[1:])
+    monkeypatch.setitem(definition_module._REGISTRY, SAMPLE_ID, flaky_definition)
+
+    with pytest.raises(TransientRunError) as raised:
+        execute(RunRequest(workflow_id=SAMPLE_ID, trigger=Trigger.SHELL, retry_allowed=True))
+
+    assert raised.value.run.status == RunStatus.FAILED
+    assert raised.value.run.reason == "analytics answered 503 (transient; will retry)"
+    assert Workflow.objects.get(pk=SAMPLE_ID).consecutive_errors == 0
+
+
+def test_only_transient_errors_are_retried():
+    import requests
+    from django.db import OperationalError
+
+    assert is_transient(TransientError("503"))
+    assert is_transient(requests.ConnectionError())
+    assert is_transient(OperationalError("server closed the connection"))
+    assert not is_transient(PermanentError("malformed answer"))
+    assert not is_transient(ValueError("bug"))
+    assert not is_transient(KeyError("bug"))
+
+
+def test_backoff_grows_exponentially_with_full_jitter_and_a_ceiling():
+    policy = RetryPolicy(max_retries=5, backoff_s=10, backoff_max_s=60)
+    for attempt, ceiling in [(1, 10), (2, 20), (3, 40), (4, 60), (5, 60)]:
+        delays = [backoff_seconds(policy, attempt) for _ in range(200)]
+        assert 0 <= min(delays) and max(delays) <= ceiling
+        assert max(delays) > ceiling / 2, "jitter spreads over the whole interval"
+
+
+def test_every_command_is_audited_with_its_user(sample, django_user_model):
+    user = django_user_model.objects.create_user("operator")
+    commands.pause(SAMPLE_ID, user=user)
+    commands.resume(SAMPLE_ID, user=user)
+    commands.stop(SAMPLE_ID, user=user)
+    commands.start(SAMPLE_ID, user=user)
+
+    audit = list(WorkflowAudit.objects.filter(workflow_id=SAMPLE_ID).order_by("id").values_list("action", "actor", "changes"))
+    assert audit == [
+        ("pause", "operator", {"state": ["started", "paused"]}),
+        ("resume", "operator", {"state": ["paused", "started"]}),
+        ("stop", "operator", {"state": ["started", "stopped"]}),
+        ("start", "operator", {"state": ["stopped", "started"]}),
+    ]
+
+
+def test_stop_ends_a_paused_run_for_good(sample):
+    Workflow.objects.filter(pk=SAMPLE_ID).update(activity_modes={"consume": "suspended"})
+    paused = sync_run()
+
+    commands.stop(SAMPLE_ID, actor="test")
+
+    paused.refresh_from_db()
+    assert paused.status == RunStatus.STOPPED
+    with pytest.raises(commands.CommandRefused, match="cannot be resumed"):
+        commands.resume(SAMPLE_ID, actor="test")
+
+
+def test_long_pause_is_reported_once_a_week(sample, settings, time_machine):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    Workflow.objects.filter(pk=SAMPLE_ID).update(supervisors="ops@example.com")
+    commands.pause(SAMPLE_ID, actor="test")
+    start = timezone.now()
+
+    time_machine.move_to(start + timezone.timedelta(days=6))
+    assert SAMPLE_ID not in report_long_pauses()
+    time_machine.move_to(start + timezone.timedelta(days=8))
+    assert SAMPLE_ID in report_long_pauses()
+    assert SAMPLE_ID not in report_long_pauses(), "once a week, not at every check"
+    time_machine.move_to(start + timezone.timedelta(days=15, hours=1))
+    assert SAMPLE_ID in report_long_pauses()
+
+    assert [message.subject for message in mail.outbox] == ["[workflows] Workflow engineSample paused for 8 days",
+                                                             "[workflows] Workflow engineSample paused for 15 days"]
+    assert WorkflowLog.objects.filter(workflow_id=SAMPLE_ID, level=LogLevel.WARNING, message__contains="paused for").count() == 2
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_one_hundred_simultaneous_triggers_give_one_run_and_99_skips(sample):
+    Workflow.objects.filter(pk=SAMPLE_ID).update(properties={"wait_for_skips": 99})
+    barrier = threading.Barrier(100)
+    errors: list[BaseException] = []
+
+    def trigger() -> None:
+        try:
+            barrier.wait()
+            execute(RunRequest(workflow_id=SAMPLE_ID, trigger=Trigger.SCHEDULE))
+        except BaseException as error:  # noqa: BLE001 - collected and asserted below
+            errors.append(error)
+        finally:
+            close_old_connections()
+            connection.close()
+
+    threads = [threading.Thread(target=trigger) for _ in range(100)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    statuses = list(WorkflowRun.objects.filter(workflow_id=SAMPLE_ID).values_list("status", flat=True))
+    assert len(statuses) == 100
+    assert statuses.count(RunStatus.SUCCEEDED) == 1
+    assert statuses.count(RunStatus.SKIPPED) == 99
+    assert all(reason.startswith("already running (run #") for reason in
+               WorkflowRun.objects.filter(status=RunStatus.SKIPPED).values_list("reason", flat=True))
+    assert effects() == (50, 50)
