@@ -19,6 +19,11 @@ run: $(VENV)/.installed
 	$(PY) manage.py seed_demo --if-empty
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
 
+## Seed, run every workflow once through a real worker, print a table (embedded default).
+demo: $(VENV)/.installed
+	$(PY) manage.py migrate --no-input
+	$(PY) manage.py demo
+
 ## Run the whole test suite.
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -19,6 +19,19 @@ from django.conf import settings
 READY_TIMEOUT_S = 60
 
 
+def current_database_url() -> str:
+    """The URL of the database this process is connected to now (e.g. a test or benchmark
+    database), for a child process."""
+    from django.db import connection
+
+    database = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{database['NAME']}"
+    user = database.get("USER") or "postgres"
+    password = f":{database['PASSWORD']}" if database.get("PASSWORD") else ""
+    return f"postgres://{user}{password}@{database.get('HOST') or '127.0.0.1'}:{database.get('PORT') or 5432}/{database['NAME']}"
+
+
 class WorkerProcess:
     def __init__(self, *, queues: list[str], env: dict[str, str] | None = None, concurrency: int = 1) -> None:
         self.queues = queues

@@ -5,24 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from django.db import connection
 
 from campaign.models import Campaign, Delivery, SendingFeedback, TrackingLog
 from tests.workflows import sample_workflow
 from workflows.schedules import ensure_workflow
 from workflows.worker_process import WorkerProcess
+from workflows.worker_process import current_database_url as database_url
 
 #: Short enough that a takeover test waits seconds, long enough that a live run renews in time.
 TEST_LEASE_SECONDS = 4
-
-
-def database_url() -> str:
-    """The URL of the database this test runs on (the test database), for child processes."""
-    settings = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{settings['NAME']}"
-    user = settings.get("USER") or "postgres"
-    return f"postgres://{user}@{settings.get('HOST') or '127.0.0.1'}:{settings.get('PORT') or 5432}/{settings['NAME']}"
 
 
 @pytest.fixture
