@@ -4,7 +4,10 @@ import os
 
 from celery import Celery
 
+from campaign.config import exit_on_config_error
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "campaign.settings")
+exit_on_config_error()
 
 app = Celery("campaign")
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -45,6 +45,20 @@ class ConfigError(ImproperlyConfigured):
         super().__init__(f"{variable}: {problem}")
 
 
+def exit_on_config_error() -> None:
+    """Load the settings now and, if a variable is malformed, stop with one line naming it (for
+    the celery and gunicorn entry points; manage.py does the same around its commands)."""
+    import sys
+
+    from django.conf import settings
+
+    try:
+        settings.INSTALLED_APPS  # noqa: B018 - forces settings to load
+    except ConfigError as error:
+        sys.stderr.write(f"Configuration error: {error}\n")
+        raise SystemExit(2) from None
+
+
 @dataclass(frozen=True)
 class Config:
     """The parsed configuration; ``campaign.settings`` copies it into Django settings."""

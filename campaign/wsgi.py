@@ -4,6 +4,9 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
+from campaign.config import exit_on_config_error
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "campaign.settings")
+exit_on_config_error()
 
 application = get_wsgi_application()

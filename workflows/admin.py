@@ -415,7 +415,7 @@ class WorkflowAdmin(admin.ModelAdmin):
                 continue
             except OperationalError as error:  # the run is recorded, its message could not be sent
                 self.message_user(request, f"{command.label} {workflow.pk}: the broker is unreachable ({error}); "
-                                           "the run stays queued.", messages.ERROR)
+                                           "the run is marked failed.", messages.ERROR)
                 continue
             done.append(workflow.pk)
             if isinstance(result, WorkflowRun):

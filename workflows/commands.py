@@ -21,7 +21,7 @@ from django.db import transaction
 from kombu.exceptions import OperationalError
 from django.utils import timezone
 
-from workflows import engine, schedules
+from workflows import engine, leases, schedules
 from workflows.definition import get_definition
 from workflows.models import RunStatus, Trigger, Workflow, WorkflowAudit, WorkflowRun, WorkflowState
 
@@ -54,7 +54,10 @@ def _set_state(workflow_id: str, state: str, action: str, *, user: AbstractBaseU
             workflow.consecutive_errors = 0
         elif before == WorkflowState.STARTED:
             workflow.paused_at = timezone.now()
-        workflow.save(update_fields=["state", "paused_at", "paused_reported_at", "consecutive_errors", "updated_at"])
+        if state == WorkflowState.STOPPED:
+            workflow.halt_run = workflow.lease_holder  # halts even if started again before its next batch
+        workflow.save(update_fields=["state", "paused_at", "paused_reported_at", "consecutive_errors", "halt_run",
+                                     "updated_at"])
         catch_up = paused_at if get_definition(workflow.pk).catch_up else None
         schedules.set_enabled(workflow, state == WorkflowState.STARTED, catch_up_since=catch_up)
         audit(workflow.pk, action, user=user, actor=actor, changes={"state": [before, state]}, note=note)
@@ -96,7 +99,9 @@ def restart(workflow_id: str, *, user: AbstractBaseUser | None = None, actor: st
             sync: bool = False) -> WorkflowRun:
     stop(workflow_id, user=user, actor=actor)
     _set_state(workflow_id, WorkflowState.STARTED, "restart", user=user, actor=actor)
-    return run_now(workflow_id, user=user, actor=actor, trigger=trigger, sync=sync, audit_action=None)
+    # The fresh run waits (up to a lease) for the stopped one to halt at its next batch boundary.
+    return run_now(workflow_id, user=user, actor=actor, trigger=trigger, sync=sync, audit_action=None,
+                   wait_for_lease_s=leases.lease_seconds())
 
 
 def run_now(
@@ -109,6 +114,7 @@ def run_now(
     overrides: dict[str, Any] | None = None,
     sync: bool = False,
     audit_action: str | None = "run now",
+    wait_for_lease_s: float = 0.0,
 ) -> WorkflowRun:
     """Queue a run (or, with ``sync``, execute it in this process) and return it."""
     definition = get_definition(workflow_id)
@@ -125,18 +131,19 @@ def run_now(
         celery_task_id="" if sync else str(uuid.uuid4()),
     )
     if sync:
-        return engine.execute(engine.RunRequest(workflow_id=workflow.pk, trigger=trigger, run_id=run.pk, force=force))
-    _enqueue(run, force=force)
+        return engine.execute(engine.RunRequest(workflow_id=workflow.pk, trigger=trigger, run_id=run.pk, force=force,
+                                                wait_for_lease_s=wait_for_lease_s))
+    _enqueue(run, force=force, wait_for_lease_s=wait_for_lease_s)
     return run
 
 
-def _enqueue(run: WorkflowRun, *, force: bool = False) -> None:
+def _enqueue(run: WorkflowRun, *, force: bool = False, wait_for_lease_s: float = 0.0) -> None:
     """Send the run's message once the transaction that created the run has committed."""
     task_id = run.celery_task_id or str(uuid.uuid4())
     if run.celery_task_id != task_id:
         WorkflowRun.objects.filter(pk=run.pk).update(celery_task_id=task_id)
     definition = get_definition(run.workflow_id)
-    kwargs = {"run_id": run.pk, "trigger": run.trigger, "force": force}
+    kwargs = {"run_id": run.pk, "trigger": run.trigger, "force": force, "wait_for_lease_s": wait_for_lease_s}
 
     def send() -> None:
         from campaign.celery import app

@@ -134,7 +134,9 @@ class ActivityContext:
             self._lease.renew_if_due()
         if self._lease is not None and self._lease.lost.is_set():
             raise LeaseLost(f"the lease of {self.workflow_id} was taken over by another run")
-        state = Workflow.objects.filter(pk=self.workflow_id).values_list("state", flat=True).get()
+        state, halt_run = Workflow.objects.filter(pk=self.workflow_id).values_list("state", "halt_run").get()
+        if halt_run == self.run.pk:
+            raise RunHalted(WorkflowState.STOPPED)
         if state in (WorkflowState.PAUSED, WorkflowState.STOPPED) and state != self._started_in_state:
             raise RunHalted(state)
 

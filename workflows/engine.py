@@ -8,6 +8,7 @@ worker. The engine knows nothing of any particular workflow: it calls the defini
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from collections import Counter
 from dataclasses import dataclass
@@ -22,11 +23,13 @@ from workflows.context import ActivityContext, LeaseLost, RunHalted
 from workflows.definition import WorkflowDefinition, get_definition
 from workflows.errors import describe, is_transient
 from workflows.models import (
+    FINAL_RUN_STATUSES,
     ActivityMode,
     ActivityRun,
     ActivityStatus,
     LogLevel,
     RunStatus,
+    Trigger,
     Workflow,
     WorkflowLog,
     WorkflowRun,
@@ -36,6 +39,9 @@ from workflows.models import (
 logger = logging.getLogger(__name__)
 
 NOT_IMPLEMENTED = "not implemented"
+
+#: How often a waiting claim (restart) tries again, in seconds.
+CLAIM_RETRY_S = 0.25
 
 
 class TransientRunError(Exception):
@@ -59,6 +65,8 @@ class RunRequest:
     attempt: int = 1
     #: True when the task may be retried after a transient failure.
     retry_allowed: bool = False
+    #: Keep trying to claim for this long (restart: the stopped run halts at its next batch boundary).
+    wait_for_lease_s: float = 0.0
 
 
 def journal(workflow_id: str, message: str, *, run: WorkflowRun | None = None, activity: str = "", level: str = LogLevel.INFO) -> None:
@@ -70,13 +78,26 @@ def execute(request: RunRequest) -> WorkflowRun:
     definition = get_definition(request.workflow_id)
     workflow = Workflow.objects.get(pk=definition.id)
     run = _load_or_create_run(request, definition)
+    if run.status in FINAL_RUN_STATUSES:
+        logger.warning("message for run #%s of %s ignored: the run is already %s", run.pk, definition.id, run.status)
+        return run
+    if run.status == RunStatus.RUNNING:
+        if leases.is_alive(definition.id, run.pk):
+            logger.warning("duplicate message for run #%s of %s ignored: the run is alive", run.pk, definition.id)
+            return run
+        # The message came back after its worker died: a new attempt takes the run over (the claim
+        # below marks the dead one failed/abandoned once its lease has expired).
+        run = WorkflowRun.objects.create(
+            workflow_id=definition.id, trigger=run.trigger, requested_by=run.requested_by,
+            celery_task_id=request.task_id, overrides=run.overrides, attempt=run.attempt + 1,
+        )
     continuing = run.status == RunStatus.PAUSED
 
     refusal = _refusal(workflow, run, request, continuing)
     if refusal:
         return _finish(run, RunStatus.SKIPPED, refusal)
 
-    claim = leases.claim(definition.id, run.pk)
+    claim = _claim(definition.id, run.pk, wait_s=request.wait_for_lease_s)
     if not claim.won:
         return _finish(run, RunStatus.SKIPPED, f"already running (run #{claim.holder})")
     if claim.abandoned_run:
@@ -89,13 +110,28 @@ def execute(request: RunRequest) -> WorkflowRun:
         _release_quietly(definition.id, run.pk)
 
 
+def _claim(workflow_id: str, run_id: int, *, wait_s: float) -> leases.Claim:
+    deadline = time.monotonic() + wait_s
+    while True:
+        claim = leases.claim(workflow_id, run_id)
+        if claim.won or time.monotonic() >= deadline:
+            return claim
+        time.sleep(CLAIM_RETRY_S)
+
+
 def _load_or_create_run(request: RunRequest, definition: WorkflowDefinition) -> WorkflowRun:
     if request.run_id is not None:
         run = WorkflowRun.objects.get(pk=request.run_id, workflow_id=definition.id)
-        if request.task_id and run.celery_task_id != request.task_id:
+        if request.task_id and run.celery_task_id != request.task_id and run.status == RunStatus.QUEUED:
             run.celery_task_id = request.task_id
             run.save(update_fields=["celery_task_id"])
         return run
+    if request.trigger != Trigger.SCHEDULE:
+        # Sent from outside the commands (``celery -A campaign call workflows.<id>``): audit it too.
+        from workflows.commands import audit
+
+        audit(definition.id, "run now", actor=request.requested_by or f"{request.trigger} (Celery message)",
+              note=f"task {request.task_id}" if request.task_id else "")
     return WorkflowRun.objects.create(
         workflow_id=definition.id,
         trigger=request.trigger,
@@ -108,8 +144,6 @@ def _load_or_create_run(request: RunRequest, definition: WorkflowDefinition) -> 
 
 def _refusal(workflow: Workflow, run: WorkflowRun, request: RunRequest, continuing: bool) -> str:
     """Why this run must not go on, or an empty string."""
-    if run.status not in (RunStatus.QUEUED, RunStatus.PAUSED):
-        return f"run #{run.pk} is already {run.status}"
     if workflow.state != WorkflowState.STARTED and not request.force:
         return f"workflow is {workflow.state}"
     paused = WorkflowRun.objects.filter(workflow=workflow, status=RunStatus.PAUSED).exclude(pk=run.pk).first()

@@ -32,8 +32,16 @@ TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
 )
 
 
+#: HTTP answers worth another try: rate limited, or the server's own trouble.
+TRANSIENT_HTTP_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
 def is_transient(error: BaseException) -> bool:
-    return isinstance(error, TRANSIENT_TYPES) and not isinstance(error, PermanentError)
+    if isinstance(error, PermanentError):
+        return False
+    if isinstance(error, requests.HTTPError):
+        return error.response is not None and error.response.status_code in TRANSIENT_HTTP_STATUSES
+    return isinstance(error, TRANSIENT_TYPES)
 
 
 def describe(error: BaseException) -> str:

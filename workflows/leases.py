@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
@@ -42,10 +42,6 @@ def claim(workflow_id: str, run_id: int) -> Claim:
     now = timezone.now()
     current = Workflow.objects.filter(pk=workflow_id).values("lease_holder", "lease_until").get()
     holder, until = current["lease_holder"], current["lease_until"]
-    if holder == run_id:
-        # The same run claiming again (a continuation): refresh.
-        renew(workflow_id, run_id)
-        return Claim(won=True)
     if holder is not None and until is not None and until > now:
         return Claim(won=False, holder=holder)
     # Free or expired: compare-and-set against exactly what was read, so of two racing claimers
@@ -83,8 +79,9 @@ def release(workflow_id: str, run_id: int) -> None:
     Workflow.objects.filter(pk=workflow_id, lease_holder=run_id).update(lease_holder=None, lease_until=None)
 
 
-def lease_expiry(workflow_id: str) -> datetime | None:
-    return Workflow.objects.filter(pk=workflow_id).values_list("lease_until", flat=True).get()
+def is_alive(workflow_id: str, run_id: int) -> bool:
+    """Whether ``run_id`` holds a lease that has not expired."""
+    return Workflow.objects.filter(pk=workflow_id, lease_holder=run_id, lease_until__gt=timezone.now()).exists()
 
 
 class LeaseKeeper:

@@ -84,6 +84,11 @@ class Workflow(models.Model):
     cursors = models.JSONField("cursors", default=dict, blank=True, help_text="Where each incremental scan resumes.")
     consecutive_errors = models.PositiveIntegerField("consecutive errors", default=0)
     lease_holder = models.BigIntegerField("lease holder (run id)", null=True, blank=True)
+    halt_run = models.BigIntegerField(
+        "run asked to stop", null=True, blank=True,
+        help_text="Set by stop/restart: that run halts as stopped at its next batch boundary, even if the "
+                  "workflow was started again meanwhile.",
+    )
     lease_until = models.DateTimeField("lease until", null=True, blank=True)
     paused_at = models.DateTimeField("paused since", null=True, blank=True)
     paused_reported_at = models.DateTimeField("long pause last reported", null=True, blank=True)

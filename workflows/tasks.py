@@ -57,13 +57,14 @@ def make_task(definition: WorkflowDefinition) -> Task:
         force: bool = False,
         overrides: dict[str, Any] | None = None,
         attempt: int = 1,
+        wait_for_lease_s: float = 0.0,
     ) -> dict[str, Any]:
         from workflows.engine import RunRequest, TransientRunError, execute
 
         request = RunRequest(
             workflow_id=definition.id, trigger=trigger, run_id=run_id, requested_by=requested_by,
             task_id=self.request.id or "", force=force, overrides=overrides, attempt=attempt,
-            retry_allowed=attempt <= definition.retry.max_retries,
+            retry_allowed=attempt <= definition.retry.max_retries, wait_for_lease_s=wait_for_lease_s,
         )
         try:
             run = execute(request)

@@ -287,3 +287,58 @@ def test_one_hundred_simultaneous_triggers_give_one_run_and_99_skips(sample):
     assert all(reason.startswith("already running (run #") for reason in
                WorkflowRun.objects.filter(status=RunStatus.SKIPPED).values_list("reason", flat=True))
     assert effects() == (50, 50)
+
+
+def test_a_message_for_a_finished_run_leaves_it_untouched(sample):
+    run = sync_run()
+
+    again = execute(RunRequest(workflow_id=SAMPLE_ID, trigger=Trigger.SHELL, run_id=run.pk, task_id="redelivered"))
+
+    assert again.pk == run.pk
+    run.refresh_from_db()
+    assert (run.status, run.reason) == (RunStatus.SUCCEEDED, "")
+    assert WorkflowRun.objects.filter(workflow_id=SAMPLE_ID).count() == 1
+
+
+def test_a_duplicate_message_for_a_live_run_starts_nothing(sample):
+    live = WorkflowRun.objects.create(workflow_id=SAMPLE_ID, trigger=Trigger.SHELL, status=RunStatus.RUNNING)
+    assert leases.claim(SAMPLE_ID, live.pk).won
+
+    again = execute(RunRequest(workflow_id=SAMPLE_ID, trigger=Trigger.SHELL, run_id=live.pk))
+
+    assert again.pk == live.pk and again.status == RunStatus.RUNNING
+    assert WorkflowRun.objects.filter(workflow_id=SAMPLE_ID).count() == 1
+    assert effects() == (0, 0)
+
+
+def test_a_message_redelivered_after_its_worker_died_takes_the_run_over(sample, time_machine):
+    dead = WorkflowRun.objects.create(workflow_id=SAMPLE_ID, trigger=Trigger.ADMIN, status=RunStatus.RUNNING,
+                                      requested_by="alice", overrides={"batch_size": 20})
+    assert leases.claim(SAMPLE_ID, dead.pk).won
+    time_machine.move_to(timezone.now() + timezone.timedelta(seconds=leases.lease_seconds() + 1))
+
+    attempt = execute(RunRequest(workflow_id=SAMPLE_ID, trigger=Trigger.ADMIN, run_id=dead.pk))
+
+    assert attempt.pk != dead.pk
+    assert (attempt.status, attempt.attempt, attempt.requested_by, attempt.overrides) == (
+        RunStatus.SUCCEEDED, 2, "alice", {"batch_size": 20})
+    dead.refresh_from_db()
+    assert (dead.status, dead.reason) == (RunStatus.FAILED, leases.ABANDONED)
+
+
+def test_a_message_sent_outside_the_commands_is_audited(sample):
+    execute(RunRequest(workflow_id=SAMPLE_ID, trigger=Trigger.SHELL, task_id="abc"))
+
+    assert WorkflowAudit.objects.filter(workflow_id=SAMPLE_ID, action="run now", note="task abc").exists()
+
+
+def test_http_429_and_5xx_are_transient_but_other_4xx_are_not():
+    import requests
+
+    def http_error(status: int) -> requests.HTTPError:
+        response = requests.Response()
+        response.status_code = status
+        return requests.HTTPError(response=response)
+
+    assert [is_transient(http_error(status)) for status in (429, 500, 502, 503, 504)] == [True] * 5
+    assert [is_transient(http_error(status)) for status in (400, 401, 403, 404, 422)] == [False] * 5

@@ -116,3 +116,16 @@ def test_celery_call_from_the_shell_reaches_the_worker_and_records_a_shell_run(s
     assert run.trigger == "shell"
     assert run.celery_task_id == completed.stdout.strip()
     assert effects() == (50, 50)
+
+
+def test_restart_halts_the_running_run_and_starts_a_fresh_one(sample, worker):
+    Workflow.objects.filter(pk=SAMPLE_ID).update(properties={"sleep_ms": 150, "batch_size": 5})
+    first = commands.run_now(SAMPLE_ID, actor="test")
+    wait_for(lambda: effects()[0] >= 10, what="a few batches")
+
+    fresh = commands.restart(SAMPLE_ID, actor="test")
+
+    wait_for(lambda: run_status(fresh.pk) == RunStatus.SUCCEEDED, what="the fresh run")
+    assert run_status(first.pk) == RunStatus.STOPPED
+    assert Workflow.objects.get(pk=SAMPLE_ID).state == "started"
+    assert effects() == (50, 50)

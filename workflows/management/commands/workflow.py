@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 from django.core.exceptions import ValidationError
+from kombu.exceptions import OperationalError as BrokerError
 from django.core.management.base import BaseCommand, CommandParser, DjangoHelpFormatter
 from django.utils import timezone
 
@@ -261,6 +262,8 @@ class Command(BaseCommand):
             raise CommandFailed(f"invalid --set for {workflow.pk}: {validation_message(error)}", EXIT_USAGE) from None
         except CommandRefused as refusal:
             raise CommandFailed(f"refused: {refusal}", EXIT_REFUSED) from None
+        except BrokerError as error:
+            raise CommandFailed(f"the broker is unreachable ({error}); run marked failed", EXIT_RUN_FAILED) from None
         run = WorkflowRun.objects.prefetch_related("activities").get(pk=run.pk)
         if as_json:
             self.emit_json(run_to_dict(run))
@@ -292,6 +295,8 @@ class Command(BaseCommand):
                 result = commands.restart(workflow.pk, actor=actor, trigger=Trigger.CLI)
         except CommandRefused as refusal:
             raise CommandFailed(f"refused: {refusal}", EXIT_REFUSED) from None
+        except BrokerError as error:
+            raise CommandFailed(f"the broker is unreachable ({error}); run marked failed", EXIT_RUN_FAILED) from None
         if isinstance(result, WorkflowRun):
             self.stdout.write(f"{workflow.pk} restarted (was {before}); queued run #{result.pk}.")
         else:
