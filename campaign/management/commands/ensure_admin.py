@@ -1,5 +1,6 @@
 """Create the first administrator and print how to log in (``make run``)."""
 
+import os
 import secrets
 
 from django.conf import settings
@@ -28,7 +29,8 @@ class Command(BaseCommand):
             self.stdout.write(self.style.SUCCESS(f"Created the administrator '{username}'."))
         if password_file.exists() and User.objects.filter(username=username, is_superuser=True).exists():
             self.stdout.write(
-                f"Admin: http://127.0.0.1:8000/admin/  user: {username}  password: {password_file.read_text().strip()}"
+                f"Admin: http://{os.environ.get('WEB_BIND', '127.0.0.1:8000')}/admin/  "
+                f"user: {username}  password: {password_file.read_text().strip()}"
             )
         else:
             self.stdout.write("A superuser already exists; log in with its credentials (manage.py changepassword to reset).")
