@@ -92,7 +92,7 @@ def seeded(db: None) -> str:
 # -- determinism -------------------------------------------------------------------------------
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_same_seed_and_anchor_give_the_same_rows_and_another_seed_does_not() -> None:
     call_command("flush", interactive=False)  # the demo user's id comes from a sequence earlier tests moved
     seed("--seed=11", profiles=FEW_PROFILES)
