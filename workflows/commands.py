@@ -14,6 +14,7 @@ it is given, and each writes a WorkflowAudit row naming who gave it.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -115,8 +116,10 @@ def run_now(
     sync: bool = False,
     audit_action: str | None = "run now",
     wait_for_lease_s: float = 0.0,
+    on_progress: Callable[[WorkflowRun], None] | None = None,
 ) -> WorkflowRun:
-    """Queue a run (or, with ``sync``, execute it in this process) and return it."""
+    """Queue a run (or, with ``sync``, execute it in this process, calling ``on_progress`` after
+    each batch) and return it."""
     definition = get_definition(workflow_id)
     workflow = Workflow.objects.get(pk=definition.id)
     if workflow.state != WorkflowState.STARTED and not force:
@@ -132,7 +135,7 @@ def run_now(
     )
     if sync:
         return engine.execute(engine.RunRequest(workflow_id=workflow.pk, trigger=trigger, run_id=run.pk, force=force,
-                                                wait_for_lease_s=wait_for_lease_s))
+                                                wait_for_lease_s=wait_for_lease_s, on_progress=on_progress))
     _enqueue(run, force=force, wait_for_lease_s=wait_for_lease_s)
     return run
 

@@ -59,6 +59,7 @@ class ActivityContext:
         batch_size: int,
         lease: LeaseKeeper | None,
         started_in_state: str = WorkflowState.STARTED,
+        on_progress: Callable[[WorkflowRun], None] | None = None,
     ) -> None:
         self.workflow_id = workflow_id
         self.run = run
@@ -68,6 +69,7 @@ class ActivityContext:
         self._lease = lease
         # A forced run of a paused workflow must not halt on the pause it was forced through.
         self._started_in_state = started_in_state
+        self._on_progress = on_progress
 
     # -- journal and counters -------------------------------------------------------------
     def log(self, message: str, *, level: str = LogLevel.INFO) -> None:
@@ -124,6 +126,8 @@ class ActivityContext:
                     self.count(name, amount)
                 self.run.progress_done += batch.rows
                 self.save_counters()
+            if self._on_progress is not None:
+                self._on_progress(self.run)
             total += batch.rows
             if batch.rows < limit:
                 return total

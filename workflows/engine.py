@@ -11,6 +11,7 @@ import logging
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +68,8 @@ class RunRequest:
     retry_allowed: bool = False
     #: Keep trying to claim for this long (restart: the stopped run halts at its next batch boundary).
     wait_for_lease_s: float = 0.0
+    #: Called after each committed batch (in-process runs: the CLI's progress bar).
+    on_progress: Callable[[WorkflowRun], None] | None = None
 
 
 def journal(workflow_id: str, message: str, *, run: WorkflowRun | None = None, activity: str = "", level: str = LogLevel.INFO) -> None:
@@ -198,6 +201,7 @@ def _run_activities(
             context = ActivityContext(
                 workflow_id=definition.id, run=run, activity=current, properties=properties,
                 batch_size=definition.batch_size, lease=lease, started_in_state=workflow.state,
+                on_progress=request.on_progress,
             )
             context.checkpoint()
             activity(context)

@@ -562,3 +562,25 @@ def test_manage_py_unknown_id_exits_2_with_one_line_and_no_traceback() -> None:
     assert completed.stderr.strip().splitlines() == [
         "workflow: unknown workflow 'noSuchWorkflow'; `workflow list` shows the ids"
     ]
+
+
+class Terminal(StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("stream, drawn", [(Terminal, True), (StringIO, False)])
+def test_run_sync_draws_a_progress_bar_only_on_a_terminal(db: None, stream: type[StringIO], drawn: bool) -> None:
+    from campaign.models import Campaign, Delivery, SendingFeedback
+    from tests.workflows import sample_workflow
+
+    ensure_workflow(sample_workflow.definition)
+    Delivery.objects.create(label=sample_workflow.SAMPLE_DELIVERY_LABEL, campaign=Campaign.objects.create(label="c"))
+    SendingFeedback.objects.bulk_create(SendingFeedback(delivery_log_id=i, outcome="delivered") for i in range(1, 31))
+
+    stderr = stream()
+    call_command("workflow", "run", sample_workflow.SAMPLE_ID, "--sync", "--set", "batch_size=10", stdout=StringIO(), stderr=stderr)
+
+    output = stderr.getvalue()
+    assert ("\r[##########--------------------] 10 / 30 rows (33%)" in output) is drawn
+    assert ("\r[##############################] 30 / 30 rows (100%)" in output) is drawn

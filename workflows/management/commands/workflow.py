@@ -238,6 +238,7 @@ class Command(BaseCommand):
             f"Next run:    {format_time(schedules.next_run_at(workflow))}",
             f"Last run:    {describe_last_run(last_run)}"
             + (f" — {last_run.reason}" if last_run is not None and last_run.reason else ""),
+            f"Progress:    {format_progress(last_run)}" if last_run is not None and last_run.status == RunStatus.RUNNING else "",
             f"History:     {workflow.history_days} days",
             "Properties:" + ("  -" if not definition.properties else ""),
         ]
@@ -256,8 +257,11 @@ class Command(BaseCommand):
         definition, workflow = self.lookup(workflow_id)
         try:
             overrides = definition.parse_overrides(assignments)
+            bar = ProgressBar(self.stderr) if sync and not as_json and self.stderr.isatty() else None
             run = commands.run_now(workflow.pk, actor=actor_name(), trigger=Trigger.CLI, force=force,
-                                   overrides=overrides, sync=sync)
+                                   overrides=overrides, sync=sync, on_progress=bar.update if bar else None)
+            if bar:
+                bar.close()
         except ValidationError as error:
             raise CommandFailed(f"invalid --set for {workflow.pk}: {validation_message(error)}", EXIT_USAGE) from None
         except CommandRefused as refusal:
@@ -347,3 +351,33 @@ class Command(BaseCommand):
             lines.append(f"  {activity.position + 1}. {activity.name}  {activity.status}  {format_counters(activity.counters or {})}"
                          + (f"  ({one_line(activity.message)})" if activity.message else ""))
         return "\n".join(lines)
+
+
+def format_progress(run: WorkflowRun) -> str:
+    """"12,000 / 50,000 rows (24%)", or the rows done when the total is unknown."""
+    if run.progress_total:
+        return f"{run.progress_done:,} / {run.progress_total:,} rows ({min(run.progress_done / run.progress_total, 1):.0%})"
+    return f"{run.progress_done:,} rows"
+
+
+class ProgressBar:
+    """A one-line bar redrawn on a terminal after each batch of an in-process run."""
+
+    WIDTH = 30
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.drawn = False
+
+    def update(self, run: WorkflowRun) -> None:
+        text = format_progress(run)
+        if run.progress_total:
+            filled = int(min(run.progress_done / run.progress_total, 1) * self.WIDTH)
+            text = f"[{'#' * filled}{'-' * (self.WIDTH - filled)}] {text}"
+        self.stream.write(f"\r{text}", ending="")
+        self.stream.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        if self.drawn:
+            self.stream.write("")
