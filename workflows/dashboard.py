@@ -113,6 +113,7 @@ def dashboard_view(request: HttpRequest) -> HttpResponse:
     context = {
         **admin.site.each_context(request),
         "title": "Technical workflows",
+        "is_nav_sidebar_enabled": False,  # the heat map needs the width
         "workflows": workflows,
         "days": HEAT_MAP_DAYS,
         "legend": [(RunStatus(status).label, RUN_STATUS_COLOURS[status]) for status in SEVERITY],

@@ -1,0 +1,129 @@
+"""End to end in headless Chromium: log in, the dashboard, pause, run now, a refused crontab.
+
+The screenshots land in docs/images/, where the documentation shows them.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.utils import timezone
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.select import Select
+from selenium.webdriver.support.ui import WebDriverWait
+
+from workflows.models import RunStatus, WorkflowRun
+from workflows.worker_process import WorkerProcess, current_database_url
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+
+SCREENSHOTS = Path(settings.BASE_DIR) / "docs" / "images"
+PASSWORD = "browser-test-password"
+
+
+@pytest.fixture
+def logged_in(browser, live_server, django_user_model):  # noqa: ANN001
+    django_user_model.objects.create_superuser("admin", "admin@example.com", PASSWORD)
+    browser.get(f"{live_server.url}/admin/login/")
+    browser.find_element(By.NAME, "username").send_keys("admin")
+    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    WebDriverWait(browser, 10).until(EC.presence_of_element_located((By.ID, "user-tools")))
+    return browser
+
+
+def wait(browser, condition, timeout: float = 30):  # noqa: ANN001, ANN201
+    return WebDriverWait(browser, timeout).until(condition)
+
+
+def add_run_history() -> None:
+    """A week of runs, so the heat map (and its screenshot) shows something."""
+    now = timezone.now()
+    statuses = {"updateDeliveryExecInfo": 6, "kpiSharing": 4, "updateEventsStatus": 6, "mcSynch_local": 1,
+                "updateDeliveryIndicators": 1, "importSharedAudience": 1}
+    runs = []
+    for workflow_id, per_hour in statuses.items():
+        for hour in range(7 * 24):
+            for slot in range(per_hour):
+                at = now - timedelta(hours=hour, minutes=slot * 7)
+                status = (RunStatus.FAILED if (hour * 7 + slot) % 97 == 3 else
+                          RunStatus.SKIPPED if (hour + slot) % 41 == 5 else RunStatus.SUCCEEDED)
+                runs.append(WorkflowRun(workflow_id=workflow_id, trigger="schedule", status=status, created_at=at,
+                                        started_at=at, finished_at=at + timedelta(seconds=2), duration_s=2.0))
+    for hour in range(0, 7 * 24, 24):
+        at = now - timedelta(hours=hour + 9)
+        runs.append(WorkflowRun(workflow_id="cleanup", trigger="schedule", status=RunStatus.SUCCEEDED, created_at=at,
+                                started_at=at, finished_at=at + timedelta(minutes=4), duration_s=240.0))
+    WorkflowRun.objects.bulk_create(runs)
+
+
+def test_dashboard_shows_every_workflow_and_its_heat_map(logged_in, live_server):  # noqa: ANN001
+    browser = logged_in
+    add_run_history()
+    browser.get(f"{live_server.url}/admin/workflows/dashboard/")
+
+    rows = browser.find_elements(By.CSS_SELECTOR, "#workflow-dashboard tbody tr")
+    assert len(rows) >= 15
+    assert "Every 10 minutes" in browser.find_element(By.ID, "workflow-updateDeliveryExecInfo").text
+    assert len(browser.find_element(By.ID, "workflow-cleanup").find_elements(By.CSS_SELECTOR, ".heat .cell")) == 7 * 24
+    assert browser.find_elements(By.CSS_SELECTOR, "#workflow-updateDeliveryExecInfo .heat a.status-failed")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(SCREENSHOTS / "dashboard.png"))
+
+
+def test_pausing_a_workflow_changes_its_badge(logged_in, live_server):  # noqa: ANN001
+    browser = logged_in
+    browser.get(f"{live_server.url}/admin/workflows/workflow/")
+    row = browser.find_element(By.XPATH, "//tr[.//a[text()='cleanup']]")
+    assert "Started" in row.text
+    row.find_element(By.CSS_SELECTOR, "input.action-select").click()
+    Select(browser.find_element(By.NAME, "action")).select_by_value("pause_workflows")
+    browser.find_element(By.NAME, "index").click()
+
+    wait(browser, EC.presence_of_element_located((By.CSS_SELECTOR, "ul.messagelist")))
+    row = browser.find_element(By.XPATH, "//tr[.//a[text()='cleanup']]")
+    assert row.find_element(By.CSS_SELECTOR, ".workflow-state").text == "Paused"
+    browser.save_screenshot(str(SCREENSHOTS / "workflow-list-paused.png"))
+
+
+def test_run_now_shows_the_run_and_its_journal(logged_in, live_server, settings):  # noqa: ANN001
+    browser = logged_in
+    env = {"DATABASE_URL": current_database_url(), "SECRET_KEY": settings.SECRET_KEY}
+    with WorkerProcess(queues=["celery"], env=env):
+        browser.get(f"{live_server.url}/admin/workflows/workflow/abTesting/change/")
+        browser.find_element(By.ID, "command-run_now").click()
+        wait(browser, EC.presence_of_element_located((By.CSS_SELECTOR, "ul.messagelist")))
+        wait(browser, lambda _: WorkflowRun.objects.filter(workflow_id="abTesting", status=RunStatus.SUCCEEDED).exists())
+
+    run = WorkflowRun.objects.get(workflow_id="abTesting")
+    browser.get(f"{live_server.url}/admin/workflows/workflowrun/{run.pk}/change/")
+    page = browser.find_element(By.ID, "content").text
+    assert "Succeeded" in page
+    assert f"Run #{run.pk} started (admin, by admin)." in page
+    assert "decide_winners" in page
+    browser.save_screenshot(str(SCREENSHOTS / "run-page.png"))
+
+
+def test_an_invalid_crontab_is_refused_with_its_message(logged_in, live_server):  # noqa: ANN001
+    browser = logged_in
+    browser.get(f"{live_server.url}/admin/workflows/workflow/cleanup/change/")
+    field = browser.find_element(By.NAME, "schedule_crontab")
+    field.clear()
+    field.send_keys("0 0 31 2 *")
+    browser.find_element(By.NAME, "_save").click()
+
+    error = wait(browser, EC.presence_of_element_located((By.CSS_SELECTOR, ".errorlist")))
+    assert "never" in error.text
+    browser.save_screenshot(str(SCREENSHOTS / "crontab-refused.png"))
+
+    field = browser.find_element(By.NAME, "schedule_crontab")
+    field.clear()
+    field.send_keys("30 5 * * 1-5")
+    browser.find_element(By.NAME, "_save").click()
+    wait(browser, EC.presence_of_element_located((By.CSS_SELECTOR, "ul.messagelist")))
+    browser.get(f"{live_server.url}/admin/workflows/workflow/")
+    assert "At 05:30, Monday through Friday" in browser.find_element(By.XPATH, "//tr[.//a[text()='cleanup']]").text
