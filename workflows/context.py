@@ -31,8 +31,9 @@ class LeaseLost(Exception):
     """Another run took the workflow over (this run's lease had expired)."""
 
 
-class NotImplementedWorkflow(Exception):
-    pass
+class SkipRun(Exception):
+    """Raise from an activity when the run has nothing it may do (e.g. its external account is
+    missing or disabled): the run ends ``skipped`` with this reason, not ``failed``."""
 
 
 @dataclass

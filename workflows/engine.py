@@ -20,7 +20,7 @@ from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
 from workflows import leases, notifications
-from workflows.context import ActivityContext, LeaseLost, RunHalted
+from workflows.context import ActivityContext, LeaseLost, RunHalted, SkipRun
 from workflows.definition import WorkflowDefinition, get_definition
 from workflows.errors import describe, is_transient
 from workflows.models import (
@@ -210,6 +210,10 @@ def _run_activities(
             journal(definition.id, f"Done: {_format_counters(current.counters)}.", run=run, activity=name)
     except RunHalted as halt:
         return _halt(definition, run, current, halt.state)
+    except SkipRun as skip:
+        _end_activity(current, ActivityStatus.SKIPPED, str(skip))
+        journal(definition.id, f"Skipped: {skip}", run=run, activity=current.name if current else "")
+        return _finish(run, RunStatus.SKIPPED, str(skip))
     except LeaseLost as error:
         _end_activity(current, ActivityStatus.FAILED, str(error))
         return _finish(run, RunStatus.FAILED, str(error))

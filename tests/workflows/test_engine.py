@@ -342,3 +342,23 @@ def test_http_429_and_5xx_are_transient_but_other_4xx_are_not():
 
     assert [is_transient(http_error(status)) for status in (429, 500, 502, 503, 504)] == [True] * 5
     assert [is_transient(http_error(status)) for status in (400, 401, 403, 404, 422)] == [False] * 5
+
+
+def test_an_activity_can_skip_the_run_with_a_reason(sample, monkeypatch):
+    from tests.workflows import sample_workflow
+    from workflows.context import SkipRun
+
+    def no_account(ctx):  # noqa: ANN001
+        raise SkipRun("no enabled analytics account")
+
+    no_account.__name__ = "prepare"
+    skipping = dataclasses.replace(sample_workflow.definition,
+                                   activities=(no_account,) + sample_workflow.definition.activities[1:])
+    monkeypatch.setitem(definition_module._REGISTRY, SAMPLE_ID, skipping)
+
+    run = sync_run()
+
+    assert (run.status, run.reason) == (RunStatus.SKIPPED, "no enabled analytics account")
+    assert list(run.activities.values_list("name", "status")) == [("prepare", "skipped")]
+    assert effects() == (0, 0)
+    assert Workflow.objects.get(pk=SAMPLE_ID).consecutive_errors == 0
