@@ -19,6 +19,7 @@ from workflows.definition import RetryPolicy
 from workflows.engine import NOT_IMPLEMENTED, RunRequest, TransientRunError, execute
 from workflows.errors import PermanentError, TransientError, is_transient
 from workflows.housekeeping import report_long_pauses
+from workflows.schedules import ensure_workflow
 from workflows.models import (
     ActivityRun,
     LogLevel,
@@ -37,11 +38,17 @@ def sync_run(**overrides: object) -> WorkflowRun:
     return commands.run_now(SAMPLE_ID, actor="test", sync=True, overrides=overrides or None)
 
 
+UNWRITTEN = definition_module.register(definition_module.WorkflowDefinition(
+    id="unwrittenSample", label="Unwritten", description="A declared workflow without activities yet.", schedule=None))
+
+
 def test_unimplemented_workflow_fails_with_reason_not_implemented(db):
-    run = commands.run_now("cleanup", actor="test", sync=True)
+    ensure_workflow(UNWRITTEN)
+
+    run = commands.run_now(UNWRITTEN.id, actor="test", sync=True)
 
     assert (run.status, run.reason) == (RunStatus.FAILED, NOT_IMPLEMENTED)
-    assert Workflow.objects.get(pk="cleanup").consecutive_errors == 0, "not a malfunction to escalate"
+    assert Workflow.objects.get(pk=UNWRITTEN.id).consecutive_errors == 0, "not a malfunction to escalate"
 
 
 def test_run_counts_batches_and_journals_each_activity(sample):
