@@ -39,11 +39,13 @@ class SkipRun(Exception):
 @dataclass
 class Batch:
     """What one call of a batch step did: how many source rows it consumed, and where the next
-    batch starts. ``rows < limit`` ends the loop (a short batch means the source is drained)."""
+    batch starts. The loop ends after a short batch (``rows < limit``: the source is drained),
+    unless the step says so itself with ``done`` (a step whose batches vary in size)."""
 
     rows: int
     cursor: Any
     counters: dict[str, int] | None = None
+    done: bool | None = None
 
 
 BatchStep = Callable[[Any, int], Batch]
@@ -130,7 +132,7 @@ class ActivityContext:
             if self._on_progress is not None:
                 self._on_progress(self.run)
             total += batch.rows
-            if batch.rows < limit:
+            if batch.done or (batch.done is None and batch.rows < limit):
                 return total
 
     def checkpoint(self) -> None:

@@ -168,9 +168,12 @@ def _run_activities(
     run.status = RunStatus.RUNNING
     run.started_at = run.started_at or now
     run.reason = ""
-    run.save(update_fields=["status", "started_at", "reason"])
-    journal(definition.id, f"Run #{run.pk} {'continues' if continuing else 'started'} ({run.trigger}"
-            f"{', by ' + run.requested_by if run.requested_by else ''}).", run=run)
+    # Bookkeeping writes are grouped in few transactions: each commit costs a disk flush, and a run
+    # with little to do (an incremental run) would otherwise spend most of its time on them.
+    with transaction.atomic():
+        run.save(update_fields=["status", "started_at", "reason"])
+        journal(definition.id, f"Run #{run.pk} {'continues' if continuing else 'started'} ({run.trigger}"
+                f"{', by ' + run.requested_by if run.requested_by else ''}).", run=run)
 
     if not definition.implemented:
         return _fail(definition, workflow, run, NOT_IMPLEMENTED, final=True)
@@ -205,9 +208,10 @@ def _run_activities(
             )
             context.checkpoint()
             activity(context)
-            context.save_counters()
-            _end_activity(current, ActivityStatus.SUCCEEDED, "")
-            journal(definition.id, f"Done: {_format_counters(current.counters)}.", run=run, activity=name)
+            with transaction.atomic():
+                context.save_counters()
+                _end_activity(current, ActivityStatus.SUCCEEDED, "")
+                journal(definition.id, f"Done: {_format_counters(current.counters)}.", run=run, activity=name)
     except RunHalted as halt:
         return _halt(definition, run, current, halt.state)
     except SkipRun as skip:
@@ -233,8 +237,11 @@ def _run_activities(
             raise TransientRunError(run, error) from error
         return run
 
-    Workflow.objects.filter(pk=workflow.pk).update(consecutive_errors=0)
-    return _finish(run, RunStatus.SUCCEEDED, "")
+    with transaction.atomic():
+        Workflow.objects.filter(pk=workflow.pk, consecutive_errors__gt=0).update(consecutive_errors=0)
+        run = _finish(run, RunStatus.SUCCEEDED, "")
+        leases.release(definition.id, run.pk)
+    return run
 
 
 def _halt(definition: WorkflowDefinition, run: WorkflowRun, current: ActivityRun | None, state: str) -> WorkflowRun:

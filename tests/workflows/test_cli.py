@@ -1,8 +1,8 @@
 """``manage.py workflow``: every sub-command, its exit code and one-line stderr, the JSON shapes
 (exact key sets), id matching, refusals and ``--set`` validation (SPEC §4.5).
 
-The builtin workflows are not implemented yet, so their runs fail with "not implemented"; the
-successful path uses ``cliSample``, a one-activity workflow declared here.
+The failing path uses ``cliUnwritten``, a declared workflow without activities (its runs fail with
+"not implemented"); the successful path uses ``cliSample``, a one-activity workflow declared here.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from workflows.definition import WorkflowDefinition, all_definitions, register
 from workflows.management.commands.workflow import EXIT_CODES_HELP, Command
 from workflows.models import RunStatus, Trigger, Workflow, WorkflowAudit, WorkflowRun, WorkflowState
 from workflows.properties import IntegerProperty
-from workflows.schedules import ensure_workflow
+from workflows.schedules import ensure_workflow, sync_workflows
 from workflows.serializers import ACTIVITY_KEYS, RUN_KEYS, SCHEDULE_KEYS, WORKFLOW_KEYS
 
 #: SPEC §5: the platform's workflow ids.
@@ -57,6 +57,12 @@ SAMPLE = register(WorkflowDefinition(
 ))
 
 
+UNWRITTEN = register(WorkflowDefinition(
+    id="cliUnwritten", label="CLI unwritten", description="Test-only workflow declared without activities.",
+    schedule=None,
+))
+
+
 @dataclass(frozen=True)
 class Result:
     exit_code: int
@@ -68,6 +74,7 @@ class Result:
 
 
 def workflow_cli(*args: str) -> Result:
+    ensure_workflow(UNWRITTEN)
     stdout, stderr = StringIO(), StringIO()
     try:
         call_command("workflow", *args, stdout=stdout, stderr=stderr)
@@ -219,7 +226,7 @@ def test_show_block_gives_the_schedule_in_words_and_as_crontab(db: None) -> None
     result = workflow_cli("show", "kpiSharing")
 
     assert "Every 15 minutes (*/15 * * * *, UTC)" in result.stdout.replace(settings.TIME_ZONE, "UTC")
-    assert "(not implemented)" in result.stdout
+    assert "(not implemented)" in workflow_cli("show", "cliUnwritten").stdout
 
 
 @pytest.mark.parametrize("args", [
@@ -236,27 +243,27 @@ def test_unknown_id_exits_2_with_one_line_reason(db: None, args: tuple[str, ...]
 
 # -- run --sync ----------------------------------------------------------------------------------
 
-def test_run_sync_of_unimplemented_builtin_exits_1_saying_not_implemented(db: None) -> None:
-    result = workflow_cli("run", "Billing", "--sync")
+def test_run_sync_of_unimplemented_workflow_exits_1_saying_not_implemented(db: None) -> None:
+    result = workflow_cli("run", "CLIUNWRITTEN", "--sync")
 
     assert result.exit_code == 1
-    assert_one_line_reason(result, "billing", "failed", "not implemented")
+    assert_one_line_reason(result, "cliUnwritten", "failed", "not implemented")
     assert result.stdout.startswith("Run #")
-    assert "billing: failed — not implemented" in result.stdout
-    run = WorkflowRun.objects.get(workflow_id="billing")
+    assert "cliUnwritten: failed — not implemented" in result.stdout
+    run = WorkflowRun.objects.get(workflow_id="cliUnwritten")
     assert (run.status, run.reason, run.trigger, run.requested_by) == (RunStatus.FAILED, "not implemented", Trigger.CLI, ACTOR)
 
 
-def test_run_sync_json_of_builtin_is_the_failed_run(db: None) -> None:
-    result = workflow_cli("run", "cleanup", "--sync", "--json")
+def test_run_sync_json_of_a_failed_run(db: None) -> None:
+    result = workflow_cli("run", "cliUnwritten", "--sync", "--json")
 
     assert result.exit_code == 1
     data = result.json()
     assert_run_shape(data)
-    assert data["workflow"] == "cleanup"
+    assert data["workflow"] == "cliUnwritten"
     assert data["trigger"] == "cli"
     assert (data["status"], data["reason"]) == ("failed", "not implemented")
-    assert data["run_id"] == WorkflowRun.objects.get(workflow_id="cleanup").pk
+    assert data["run_id"] == WorkflowRun.objects.get(workflow_id="cliUnwritten").pk
     assert data["finished_at"] is not None
     assert data["duration_s"] >= 0
     assert_one_line_reason(result, "not implemented")
@@ -344,14 +351,14 @@ def test_run_on_stopped_workflow_without_sync_is_refused_and_sends_nothing(
 
 
 def test_run_with_force_on_paused_workflow_runs(db: None) -> None:
-    set_state("billing", WorkflowState.PAUSED)
+    set_state("cliUnwritten", WorkflowState.PAUSED)
 
-    result = workflow_cli("run", "billing", "--sync", "--force", "--json")
+    result = workflow_cli("run", "cliUnwritten", "--sync", "--force", "--json")
 
-    # Not refused: the run was executed, and fails only because billing is not implemented.
+    # Not refused: the run was executed, and fails only because it has no activities.
     assert result.exit_code == 1
     assert (result.json()["status"], result.json()["reason"]) == ("failed", "not implemented")
-    audit = WorkflowAudit.objects.get(workflow_id="billing", action="run now")
+    audit = WorkflowAudit.objects.get(workflow_id="cliUnwritten", action="run now")
     assert audit.actor == ACTOR
     assert "forced" in audit.note
 
@@ -493,9 +500,9 @@ def test_runs_json_lists_most_recent_first_up_to_limit(cli_sample: Workflow) -> 
 
 
 def test_runs_table_shows_status_duration_and_reason(db: None) -> None:
-    workflow_cli("run", "billing", "--sync")
+    workflow_cli("run", "cliUnwritten", "--sync")
 
-    result = workflow_cli("runs", "billing")
+    result = workflow_cli("runs", "cliUnwritten")
 
     assert result.exit_code == 0
     header, row = result.stdout.splitlines()
@@ -543,6 +550,7 @@ def manage(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_manage_py_workflow_list_json_prints_parseable_json() -> None:
+    sync_workflows()  # committed: the child process reads the rows
     completed = manage("workflow", "list", "--json")
 
     assert completed.returncode == 0, completed.stderr

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -93,21 +92,15 @@ def run_case(case: BenchmarkCase, *, rows: int, seed: int) -> Result:
 
 
 def run_workflow_process(workflow_id: str, properties: dict[str, Any]) -> tuple[float, float]:
-    """Run the workflow once in a child ``workflow run --sync``; returns (run seconds as the engine
-    measured them, the child's peak resident memory in MB)."""
-    arguments = [sys.executable, "manage.py", "workflow", "run", workflow_id, "--sync", "--force", "--json"]
-    for name, value in properties.items():
-        arguments += ["--set", f"{name}={value}"]
+    """Run the workflow once in a fresh child process (:mod:`workflows.benchmarks.child`); returns
+    (run seconds as the engine measured them, the child's own peak resident memory in MB)."""
+    arguments = [sys.executable, "-m", "workflows.benchmarks.child", workflow_id, json.dumps(properties)]
     env = {**os.environ, "DATABASE_URL": current_database_url(), "SECRET_KEY": settings.SECRET_KEY}
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        process = subprocess.Popen(arguments, cwd=settings.BASE_DIR, env=env, stdout=out, stderr=err)
-        # wait4, not wait: it also returns this child's own resource usage (peak RSS).
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read().decode(), err.read().decode()
-    if process.returncode != 0:
-        raise BenchmarkError(f"{workflow_id} failed: {stderr.strip() or stdout.strip()}")
-    run = json.loads(stdout)
-    return float(run["duration_s"]), usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+    completed = subprocess.run(arguments, cwd=settings.BASE_DIR, env=env, capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise BenchmarkError(f"{workflow_id} could not run: {completed.stderr.strip()[-2000:]}")
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    run = result["run"]
+    if run["status"] != "succeeded":
+        raise BenchmarkError(f"{workflow_id} run #{run['run_id']} {run['status']}: {run['reason']}")
+    return float(run["duration_s"]), float(result["peak_rss_mb"])

@@ -1,17 +1,445 @@
 """updateDeliveryIndicators — Update delivery indicators (SPEC §5).
 
-Recomputes the KPIs of the deliveries whose logs or tracking changed since the last run.
+Recomputes the indicator fields of the deliveries whose logs or tracking changed since the last
+run, from the source rows (DeliveryLog, TrackingLog), never by adding increments: recomputing a
+delivery twice gives the same figures, so every batch is safe to redo.
 
-Not implemented yet: its activities come with their own issue; until then every run fails with
-reason "not implemented" rather than pretending to work.
+What "changed" means (the contract with updateDeliveryExecInfo, the only writer of both tables):
+a DeliveryLog whose ``updated_at`` is after the timestamp watermark, or a TrackingLog whose ``id``
+is after the id watermark. The work between two watermarks is a *pass*, kept in the workflow's
+cursors so that an interrupted run (crash, pause, stop) is continued by the next one:
+
+- ``pass``: the pass's window, written once when it opens: ``opened_at``, ``full``,
+  ``logs_after`` (the timestamp watermark), ``tracking_after`` / ``tracking_until`` (the id range).
+- ``pass_deliveries`` / ``pass_logs`` / ``pass_tracking``: keyset positions of its phases.
+- ``logs_updated_at`` / ``tracking_id``: the watermarks, moved when the pass closes (together with
+  clearing ``pass``, in one transaction).
+
+A *full* pass (first run, or ``recompute_all``) walks the Delivery table by id and recomputes
+every delivery that has logs or tracking. An *incremental* pass walks the changed rows themselves
+in keyset order — logs by ``(updated_at, id)``, then tracking by ``id`` — so its cost follows the
+changed rows and the deliveries they belong to, not the size of the tables. A delivery met again
+later in the same pass is not recomputed twice: its ``indicators_updated_at`` is already after
+the pass opened, and anything that changed it since will be seen by the next pass.
+
+Commit-order race: a log's ``updated_at`` is set before its transaction commits, so a run can miss
+a row stamped just before it looked. The next timestamp watermark is therefore the pass's opening
+time minus :data:`LOG_TIMESTAMP_SAFETY_MARGIN`; the few deliveries changed inside that margin are
+recomputed once more, which is harmless. TrackingLog ids need no margin: their only writer runs
+one batch at a time, so a visible id is never preceded by an id still in flight.
+
+Each batch recomputes its deliveries, advances its keyset position and adds its counters in one
+transaction (:meth:`ActivityContext.batches`).
 """
 
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import Count, Exists, Max, OuterRef, Q
+from django.utils import timezone
+
+from campaign.models import Delivery, DeliveryLog, FailureType, LogStatus, TrackingLog, UrlType
+from workflows.context import ActivityContext, Batch, BatchStep
 from workflows.definition import Schedule, WorkflowDefinition, register
+from workflows.properties import BooleanProperty, IntegerProperty
+
+#: How far before a pass's opening the next timestamp watermark is set. It must exceed the longest
+#: transaction of updateDeliveryExecInfo (one batch: seconds) plus the clock skew between workers;
+#: the cost is recomputing, once more, the deliveries changed within the margin.
+LOG_TIMESTAMP_SAFETY_MARGIN = timedelta(minutes=5)
+
+#: Source rows (logs + tracking rows) a full-pass batch aims to read. A delivery is recomputed
+#: from all its rows at once, so the number of deliveries per batch adapts to their size as the
+#: pass goes (deliveries of 2,500 messages: about 100 per batch; of 1,000,000: one). 500,000 rows
+#: is about half a second of aggregation: few enough commits that they are noise, short enough a
+#: transaction for the writers of those tables.
+DEFAULT_SOURCE_ROWS_PER_BATCH = 500_000
+#: The size assumed for a delivery before any was measured (sizes the pass's first batch).
+ASSUMED_ROWS_PER_DELIVERY = 5_000
+#: At most this many deliveries per batch (the length of the IN lists), however small they are.
+MAX_DELIVERIES_PER_BATCH = 1_000
+
+#: Changed rows (logs, then tracking rows) read per batch in an incremental pass; the deliveries
+#: they belong to, usually a handful, are recomputed in the same transaction. At most 30,000: the
+#: ids of those deliveries go into IN lists, and SQLite takes at most 32,766 parameters.
+DEFAULT_CHANGED_ROWS_PER_BATCH = 20_000
+
+#: The fields this workflow owns on Delivery (SPEC §5), all written by every recomputation.
+INDICATOR_FIELDS = (
+    "to_deliver", "sent", "delivered", "bounces", "hard_bounces", "soft_bounces", "bounces_by_reason",
+    "opens", "unique_opens", "clicks", "unique_clicks", "unsubscribes", "mirror_pages",
+    "delivered_rate", "bounce_rate", "open_rate", "click_through_rate", "unsubscribe_rate", "reactivity",
+    "indicators_updated_at",
+)
+
+#: Tracking types that prove the message was opened: a click, an opt-out or a mirror-page view can
+#: only come from an opened message, even when the open pixel was blocked.
+OPENING_URL_TYPES = (UrlType.CLICK, UrlType.OPEN, UrlType.OPT_OUT, UrlType.MIRROR_PAGE)
+
+#: Deliveries written per UPDATE statement (21 parameters each: well under SQLite's 32,766).
+UPDATE_SLICE = 500
+
+_HUNDREDTH = Decimal("0.01")
+_HUNDRED_PERCENT = Decimal("100.00")
+
+
+def percentage(numerator: int, denominator: int) -> Decimal:
+    """``numerator / denominator`` in percent, two decimals, rounded half up; 0 when the
+    denominator is 0. Capped at 100: a rate above it only comes from inconsistent source rows
+    (tracking of a log since purged) and would not fit the column."""
+    if denominator <= 0:
+        return Decimal("0.00")
+    rate = (Decimal(100 * numerator) / Decimal(denominator)).quantize(_HUNDREDTH, rounding=ROUND_HALF_UP)
+    return min(rate, _HUNDRED_PERCENT)
+
+
+# -- recomputation --------------------------------------------------------------------------------
+
+@dataclass
+class _LogCounts:
+    logs: int = 0
+    to_deliver: int = 0
+    delivered: int = 0
+    bounces: int = 0
+    hard_bounces: int = 0
+    soft_bounces: int = 0
+    bounces_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _TrackingCounts:
+    rows: int = 0
+    opens: int = 0
+    unique_opens: int = 0
+    clicks: int = 0
+    unique_clicks: int = 0
+    unsubscribes: int = 0
+    mirror_pages: int = 0
+
+
+def _log_counts(delivery_ids: Sequence[int]) -> dict[int, _LogCounts]:
+    """One grouped scan of the deliveries' logs (a few groups per delivery), rolled up here."""
+    groups = (
+        DeliveryLog.objects.filter(delivery_id__in=delivery_ids)
+        .order_by()
+        .values_list("delivery_id", "status", "failure_type", "failure_reason")
+        .annotate(logs=Count("*"))
+    )
+    counts: dict[int, _LogCounts] = defaultdict(_LogCounts)
+    for delivery_id, status, failure_type, failure_reason, logs in groups:
+        row = counts[delivery_id]
+        row.logs += logs
+        if status != LogStatus.IGNORED:
+            row.to_deliver += logs
+        if status == LogStatus.SENT:
+            row.delivered += logs
+        elif status == LogStatus.FAILED:
+            row.bounces += logs
+            if failure_type == FailureType.HARD:
+                row.hard_bounces += logs
+            elif failure_type == FailureType.SOFT:
+                row.soft_bounces += logs
+            reason = str(failure_reason)
+            row.bounces_by_reason[reason] = row.bounces_by_reason.get(reason, 0) + logs
+    return counts
+
+
+def _tracking_counts(delivery_ids: Sequence[int]) -> dict[int, _TrackingCounts]:
+    """Counts by type and distinct delivery logs that opened / clicked, in one scan through the
+    delivery-id index. Rows are counted by their ``delivery_id`` and the distinct counts by
+    ``delivery_log_id``, so tracking of a purged log still counts."""
+    table = TrackingLog._meta.db_table
+    placeholders = ", ".join(["%s"] * len(delivery_ids))
+    opening = ", ".join(str(int(code)) for code in OPENING_URL_TYPES)
+    sql = f"""
+        SELECT delivery_id, COUNT(*),
+               SUM(CASE WHEN url_type = {UrlType.OPEN:d} THEN 1 ELSE 0 END),
+               COUNT(DISTINCT CASE WHEN url_type IN ({opening}) THEN delivery_log_id END),
+               SUM(CASE WHEN url_type = {UrlType.CLICK:d} THEN 1 ELSE 0 END),
+               COUNT(DISTINCT CASE WHEN url_type = {UrlType.CLICK:d} THEN delivery_log_id END),
+               SUM(CASE WHEN url_type = {UrlType.OPT_OUT:d} THEN 1 ELSE 0 END),
+               SUM(CASE WHEN url_type = {UrlType.MIRROR_PAGE:d} THEN 1 ELSE 0 END)
+        FROM {table}
+        WHERE delivery_id IN ({placeholders})
+        GROUP BY delivery_id
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, list(delivery_ids))
+        return {
+            delivery_id: _TrackingCounts(
+                rows=int(rows), opens=int(opens), unique_opens=int(opened), clicks=int(clicks),
+                unique_clicks=int(clicked), unsubscribes=int(unsubscribes), mirror_pages=int(mirror_pages),
+            )
+            for delivery_id, rows, opens, opened, clicks, clicked, unsubscribes, mirror_pages in cursor.fetchall()
+        }
+
+
+@dataclass(frozen=True)
+class Recomputed:
+    deliveries: int  # written (a delivery deleted meanwhile is skipped)
+    source_rows: int  # logs and tracking rows read
+
+
+def recompute_indicators(*, delivery_ids: Sequence[int], now: datetime) -> Recomputed:
+    """Recompute every indicator field of these deliveries from their logs and tracking.
+
+    A delivery with no log left (all purged by cleanup) keeps its log-based counts: indicators
+    computed earlier stay as they were, only the tracking-based ones move.
+    """
+    if not delivery_ids:
+        return Recomputed(deliveries=0, source_rows=0)
+    log_counts = _log_counts(delivery_ids)
+    tracking_counts = _tracking_counts(delivery_ids)
+    kept = Delivery.objects.filter(pk__in=delivery_ids).order_by("pk").values_list(
+        "pk", "to_deliver", "delivered", "bounces", "hard_bounces", "soft_bounces", "bounces_by_reason",
+    )
+    rows = []
+    for delivery_id, *stored in kept:
+        logs = log_counts.get(delivery_id) or _LogCounts(0, *stored)
+        tracking = tracking_counts.get(delivery_id, _TrackingCounts())
+        sent = logs.delivered + logs.bounces
+        rows.append({
+            "id": delivery_id,
+            "to_deliver": logs.to_deliver,
+            "sent": sent,
+            "delivered": logs.delivered,
+            "bounces": logs.bounces,
+            "hard_bounces": logs.hard_bounces,
+            "soft_bounces": logs.soft_bounces,
+            "bounces_by_reason": logs.bounces_by_reason,
+            "opens": tracking.opens,
+            "unique_opens": tracking.unique_opens,
+            "clicks": tracking.clicks,
+            "unique_clicks": tracking.unique_clicks,
+            "unsubscribes": tracking.unsubscribes,
+            "mirror_pages": tracking.mirror_pages,
+            "delivered_rate": percentage(logs.delivered, sent),
+            "bounce_rate": percentage(logs.bounces, sent),
+            "open_rate": percentage(tracking.unique_opens, logs.delivered),
+            "click_through_rate": percentage(tracking.unique_clicks, logs.delivered),
+            "unsubscribe_rate": percentage(tracking.unsubscribes, logs.delivered),
+            "reactivity": percentage(tracking.unique_clicks, tracking.unique_opens),
+            "indicators_updated_at": now,
+        })
+    _write_indicators(rows)
+    source_rows = sum(c.logs for c in log_counts.values()) + sum(c.rows for c in tracking_counts.values())
+    return Recomputed(deliveries=len(rows), source_rows=source_rows)
+
+
+def _write_indicators(rows: Sequence[dict[str, Any]]) -> None:
+    """``UPDATE ... FROM (VALUES ...)``, one statement per slice of deliveries. (The ORM's
+    bulk_update spends milliseconds of Python per row building CASE expressions: more than the
+    aggregation before it.)"""
+    table = Delivery._meta.db_table
+    columns = ("id", *INDICATOR_FIELDS)
+    as_json = "::jsonb" if connection.vendor == "postgresql" else ""
+    assignments = ", ".join(
+        f"{name} = v.{name}{as_json if name == 'bounces_by_reason' else ''}" for name in INDICATOR_FIELDS
+    )
+    row_placeholder = "(" + ", ".join(["%s"] * len(columns)) + ")"
+
+    def value(row: dict[str, Any], name: str) -> Any:
+        if name == "bounces_by_reason":
+            return json.dumps(row[name], sort_keys=True)
+        if name == "indicators_updated_at":
+            return connection.ops.adapt_datetimefield_value(row[name])
+        return row[name]
+
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), UPDATE_SLICE):
+            chunk = rows[start:start + UPDATE_SLICE]
+            cursor.execute(
+                f"WITH v ({', '.join(columns)}) AS (VALUES {', '.join([row_placeholder] * len(chunk))}) "
+                f"UPDATE {table} SET {assignments} FROM v WHERE {table}.id = v.id",
+                [value(row, name) for row in chunk for name in columns],
+            )
+
+
+def _not_recomputed_since(delivery_ids: Iterable[int], moment: datetime) -> list[int]:
+    """Those of ``delivery_ids`` whose indicators were not recomputed at or after ``moment``."""
+    ids = sorted(set(delivery_ids))
+    if not ids:
+        return []
+    return list(
+        Delivery.objects.filter(pk__in=ids)
+        .filter(Q(indicators_updated_at__isnull=True) | Q(indicators_updated_at__lt=moment))
+        .order_by("pk").values_list("pk", flat=True)
+    )
+
+
+# -- passes ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Window:
+    """What one pass covers; stored as the ``pass`` cursor while the pass is open."""
+
+    opened_at: datetime
+    full: bool
+    logs_after: datetime | None
+    tracking_after: int
+    tracking_until: int
+
+    def as_cursor(self) -> dict[str, Any]:
+        return {
+            "opened_at": self.opened_at.isoformat(),
+            "full": self.full,
+            "logs_after": self.logs_after.isoformat() if self.logs_after else None,
+            "tracking_after": self.tracking_after,
+            "tracking_until": self.tracking_until,
+        }
+
+    @classmethod
+    def from_cursor(cls, value: dict[str, Any]) -> Window:
+        return cls(
+            opened_at=datetime.fromisoformat(value["opened_at"]),
+            full=bool(value["full"]),
+            logs_after=datetime.fromisoformat(value["logs_after"]) if value["logs_after"] else None,
+            tracking_after=int(value["tracking_after"]),
+            tracking_until=int(value["tracking_until"]),
+        )
+
+
+def _open_pass(ctx: ActivityContext) -> Window:
+    """Continue the pass an earlier run left open, or open the next one."""
+    stored = ctx.get_cursor("pass")
+    if stored and (stored["full"] or not ctx.properties["recompute_all"]):
+        window = Window.from_cursor(stored)
+        ctx.log(f"Continuing the pass opened at {window.opened_at.isoformat()}.")
+        return window
+
+    logs_watermark = ctx.get_cursor("logs_updated_at")
+    window = Window(
+        opened_at=timezone.now(),
+        full=logs_watermark is None or ctx.properties["recompute_all"],
+        logs_after=datetime.fromisoformat(logs_watermark) if logs_watermark else None,
+        tracking_after=int(ctx.get_cursor("tracking_id") or 0),
+        tracking_until=TrackingLog.objects.aggregate(last=Max("id"))["last"] or 0,
+    )
+    with transaction.atomic():
+        ctx.set_cursor("pass", window.as_cursor())
+        first_take = ctx.properties["source_rows_per_batch"] // ASSUMED_ROWS_PER_DELIVERY
+        ctx.set_cursor("pass_deliveries", {"after": 0, "take": min(max(first_take, 1), MAX_DELIVERIES_PER_BATCH)})
+        ctx.set_cursor("pass_logs", [window.logs_after.isoformat() if window.logs_after else None, 0])
+        ctx.set_cursor("pass_tracking", window.tracking_after)
+    if window.full:
+        ctx.log("Full pass: every delivery with logs or tracking.")
+    else:
+        ctx.log(f"Incremental pass: logs updated after {window.logs_after.isoformat()}, "
+                f"tracking rows {window.tracking_after + 1} to {window.tracking_until}.")
+    return window
+
+
+def _close_pass(ctx: ActivityContext, window: Window) -> None:
+    """Move the watermarks past what the pass covered and clear it, in one transaction."""
+    with transaction.atomic():
+        ctx.set_cursor("logs_updated_at", (window.opened_at - LOG_TIMESTAMP_SAFETY_MARGIN).isoformat())
+        ctx.set_cursor("tracking_id", window.tracking_until)
+        ctx.set_cursor("pass", None)
+
+
+def _every_delivery_step(rows_per_batch: int) -> BatchStep:
+    """Full pass: the next deliveries, by id, that have logs or tracking, as many as should add up
+    to ``rows_per_batch`` source rows judging by the size of those recomputed so far.
+
+    Position: ``{"after": last delivery id, "take": deliveries for the next batch}``. Run with a
+    limit of 1: every batch recomputes at least one delivery, and one that finds none ends the pass.
+    """
+    has_logs = Exists(DeliveryLog.objects.filter(delivery_id=OuterRef("pk")))
+    has_tracking = Exists(TrackingLog.objects.filter(delivery_id=OuterRef("pk")))
+
+    def step(position: dict[str, int], limit: int) -> Batch:
+        take = position["take"]
+        ids = list(
+            Delivery.objects.filter(pk__gt=position["after"]).filter(has_logs | has_tracking)
+            .order_by("pk").values_list("pk", flat=True)[:take]
+        )
+        done = recompute_indicators(delivery_ids=ids, now=timezone.now())
+        if done.source_rows:
+            take = round(len(ids) * rows_per_batch / done.source_rows)
+        take = min(max(take, 1), MAX_DELIVERIES_PER_BATCH)
+        return Batch(rows=len(ids), cursor={"after": ids[-1] if ids else position["after"], "take": take},
+                     counters={"deliveries": done.deliveries})
+
+    return step
+
+
+def _changed_logs_step(window: Window) -> BatchStep:
+    """Incremental pass: the next logs updated in the window, in (updated_at, id) order."""
+
+    def step(position: list[Any], limit: int) -> Batch:
+        after_at, after_id = datetime.fromisoformat(position[0]), int(position[1])
+        rows = list(
+            DeliveryLog.objects.filter(updated_at__gte=after_at, updated_at__lte=window.opened_at)
+            .filter(Q(updated_at__gt=after_at) | Q(pk__gt=after_id))
+            .order_by("updated_at", "pk").values_list("updated_at", "pk", "delivery_id")[:limit]
+        )
+        pending = _not_recomputed_since((delivery_id for _, _, delivery_id in rows), window.opened_at)
+        done = recompute_indicators(delivery_ids=pending, now=timezone.now())
+        cursor = [rows[-1][0].isoformat(), rows[-1][1]] if rows else position
+        return Batch(rows=len(rows), cursor=cursor, counters={"changed_logs": len(rows), "deliveries": done.deliveries})
+
+    return step
+
+
+def _new_tracking_step(window: Window) -> BatchStep:
+    """Incremental pass: the next tracking rows of the window's id range, by id."""
+
+    def step(after_id: int, limit: int) -> Batch:
+        rows = list(
+            TrackingLog.objects.filter(pk__gt=after_id, pk__lte=window.tracking_until)
+            .order_by("pk").values_list("pk", "delivery_id")[:limit]
+        )
+        pending = _not_recomputed_since((delivery_id for _, delivery_id in rows), window.opened_at)
+        done = recompute_indicators(delivery_ids=pending, now=timezone.now())
+        return Batch(rows=len(rows), cursor=rows[-1][0] if rows else after_id,
+                     counters={"new_tracking": len(rows), "deliveries": done.deliveries})
+
+    return step
+
+
+def recompute_changed_deliveries(ctx: ActivityContext) -> None:
+    """Open (or continue) a pass, recompute its deliveries batch by batch, close it."""
+    window = _open_pass(ctx)
+    if window.full:
+        rows_per_batch = ctx.properties["source_rows_per_batch"]
+        ctx.batches("pass_deliveries", _every_delivery_step(rows_per_batch), batch_size=1)
+    else:
+        rows_per_batch = ctx.properties["changed_rows_per_batch"]
+        ctx.batches("pass_logs", _changed_logs_step(window), batch_size=rows_per_batch)
+        ctx.batches("pass_tracking", _new_tracking_step(window), batch_size=rows_per_batch)
+    _close_pass(ctx, window)
+
 
 definition = register(WorkflowDefinition(
     id="updateDeliveryIndicators",
     label="Update delivery indicators",
     description="Recomputes the KPIs of the deliveries whose logs or tracking changed since the last run.",
     schedule=Schedule("0 * * * *"),
+    activities=(recompute_changed_deliveries,),
+    properties=(
+        IntegerProperty(
+            "source_rows_per_batch", DEFAULT_SOURCE_ROWS_PER_BATCH, minimum=1, maximum=100_000_000, unit="rows",
+            help="Full pass (first run, or recompute_all): logs and tracking rows read per transaction; "
+                 "the number of deliveries per batch adapts to their size (at least one).",
+        ),
+        IntegerProperty(
+            "changed_rows_per_batch", DEFAULT_CHANGED_ROWS_PER_BATCH, minimum=1, maximum=30_000, unit="rows",
+            help="Changed delivery logs or new tracking rows read per transaction in an incremental pass; "
+                 "their deliveries are recomputed in the same transaction.",
+        ),
+        BooleanProperty(
+            "recompute_all", False,
+            help="Recompute every delivery with logs or tracking, not only the changed ones "
+                 "(e.g. once, with --set, after a data repair).",
+        ),
+    ),
     expire_s=3600,  # a late message is dropped: the next slot does the same work
 ))
