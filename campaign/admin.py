@@ -22,7 +22,7 @@ import os
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db import models
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest
@@ -32,8 +32,10 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
+from campaign.api import revoke_api_keys, set_new_key
 from campaign.models import (
     ABTest,
+    APIKey,
     AppSubscription,
     AudienceMember,
     BounceRule,
@@ -233,27 +235,145 @@ class CampaignAdmin(admin.ModelAdmin):
 
 @admin.register(ABTest)
 class ABTestAdmin(admin.ModelAdmin):
-    """A/B tests. abTesting fills in the decision; an administrator may pick the winner by hand."""
+    """A/B tests. abTesting fills in the decision; an administrator may pick the winner by hand.
+
+    The change page shows each variant's figures (aggregate queries, see
+    ``workflows.builtin.ab_testing.variant_figures``) with a "pick as winner" button per variant
+    and, for a test awaiting confirmation, a "confirm" button. The buttons are POST forms outside
+    the change form (template ``admin/campaign/abtest/change_form.html``); their views check the
+    change permission again. ``winner_delivery`` is read-only: only abTesting's services create
+    it, under the lock that keeps it from being sent twice.
+    """
 
     list_display = ("label", "campaign", "status", "variant_count", "criterion", "test_duration",
                     "remainder_percent", "winner_sending", "winner_variant", "decided_at")
     list_filter = ("status", "criterion", "winner_sending")
     list_select_related = ("campaign",)
     search_fields = ("label", "campaign__label")
-    autocomplete_fields = ("campaign", "owner", "winner_delivery")
-    readonly_fields = ("winner_chosen_by", "decided_at", "created_at")
+    autocomplete_fields = ("campaign", "owner")
+    readonly_fields = ("winner_chosen_by", "winner_delivery", "decided_at", "created_at")
     fieldsets = (
         (None, {"fields": ("label", "campaign", "owner", "status")}),
         ("Test", {"fields": ("variant_count", "criterion", "test_duration", "remainder_percent", "winner_sending")}),
         ("Winner", {"fields": ("winner_variant", "winner_chosen_by", "winner_delivery", "decided_at")}),
         ("History", {"fields": ("created_at",)}),
     )
+    actions = ("confirm_winners",)
 
     def save_model(self, request: HttpRequest, obj: ABTest, form: forms.ModelForm, change: bool) -> None:
         # The model's contract: winner_chosen_by is empty only when abTesting chose the winner.
         if "winner_variant" in form.changed_data and obj.winner_variant:
             obj.winner_chosen_by = request.user
         super().save_model(request, obj, form, change)
+
+    # -- figures and winner buttons on the change page -------------------------------------------
+    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
+                    extra_context: dict[str, Any] | None = None) -> Any:
+        from django.contrib.admin.utils import unquote
+
+        from workflows.builtin import ab_testing
+
+        extra_context = dict(extra_context or {})
+        test = self.get_object(request, unquote(object_id))
+        if test is not None:
+            may_change = self.has_change_permission(request, test)
+            open_test = test.status in ab_testing.OPEN_STATUSES and test.winner_delivery_id is None
+            site = self.admin_site.name
+            extra_context["variant_figures"] = [
+                {**row,
+                 "is_winner": row["variant"] == test.winner_variant,
+                 "pick_url": reverse(f"{site}:campaign_abtest_pick_winner", args=[test.pk, row["variant"]])
+                 if may_change and open_test else ""}
+                for row in ab_testing.variant_figures(test)
+            ]
+            if may_change and open_test and test.status == ABTest.Status.AWAITING_CONFIRMATION and test.winner_variant:
+                extra_context["confirm_winner_url"] = reverse(f"{site}:campaign_abtest_confirm_winner", args=[test.pk])
+                extra_context["confirm_winner_variant"] = test.winner_variant
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def get_urls(self) -> list[Any]:
+        from django.urls import path
+
+        prefix = f"{self.opts.app_label}_{self.opts.model_name}"
+        return [
+            path("<path:object_id>/pick-winner/<str:variant>/", self.admin_site.admin_view(self.pick_winner_view),
+                 name=f"{prefix}_pick_winner"),
+            path("<path:object_id>/confirm-winner/", self.admin_site.admin_view(self.confirm_winner_view),
+                 name=f"{prefix}_confirm_winner"),
+            *super().get_urls(),
+        ]
+
+    def _test_for_button(self, request: HttpRequest, object_id: str) -> ABTest:
+        """The test a button acts on (the views accept POST only): change permission, 404 if it
+        does not exist."""
+        from django.contrib.admin.utils import unquote
+        from django.core.exceptions import PermissionDenied
+        from django.http import Http404
+
+        test = self.get_object(request, unquote(object_id))
+        if test is None:
+            raise Http404(f"no A/B test {unquote(object_id)!r}")
+        if not self.has_change_permission(request, test):
+            raise PermissionDenied
+        return test
+
+    def _back_to(self, test: ABTest) -> Any:
+        from django.http import HttpResponseRedirect
+
+        return HttpResponseRedirect(reverse(f"{self.admin_site.name}:campaign_abtest_change", args=[test.pk]))
+
+    def pick_winner_view(self, request: HttpRequest, object_id: str, variant: str) -> Any:
+        from django.contrib import messages
+        from django.http import HttpResponseNotAllowed
+
+        from workflows.builtin import ab_testing
+
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        test = self._test_for_button(request, object_id)
+        try:
+            decision = ab_testing.choose_winner(test.pk, variant=variant, user=request.user)
+        except ab_testing.WinnerRefused as refusal:
+            self.message_user(request, f"Variant {variant} not chosen: {refusal}.", messages.WARNING)
+            return self._back_to(test)
+        outcome = {
+            ab_testing.Outcome.CHOSEN: "it takes effect when the test period ends"
+            + (" (sent then)" if test.winner_sending == ABTest.WinnerSending.AUTOMATIC else " (then awaits confirmation)"),
+            ab_testing.Outcome.WINNER_SENT: f"winner delivery #{decision.delivery_id} scheduled",
+            ab_testing.Outcome.AWAITING_CONFIRMATION: "confirm it to send it",
+        }.get(decision.outcome, decision.outcome)
+        self.message_user(request, f"Variant {variant} chosen as the winner: {outcome}.", messages.SUCCESS)
+        return self._back_to(test)
+
+    def confirm_winner_view(self, request: HttpRequest, object_id: str) -> Any:
+        from django.http import HttpResponseNotAllowed
+
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        test = self._test_for_button(request, object_id)
+        self._confirm(request, [test])
+        return self._back_to(test)
+
+    def _confirm(self, request: HttpRequest, tests: list[ABTest]) -> int:
+        from django.contrib import messages
+
+        from workflows.builtin import ab_testing
+
+        sent = 0
+        for test in tests:
+            try:
+                winner = ab_testing.confirm_winner(test.pk, user=request.user)
+            except ab_testing.WinnerRefused as refusal:
+                self.message_user(request, f"{test}: not confirmed: {refusal}.", messages.WARNING)
+                continue
+            sent += 1
+            self.message_user(request, f"{test}: winner {test.winner_variant} confirmed; delivery #{winner.pk} scheduled.",
+                              messages.SUCCESS)
+        return sent
+
+    @admin.action(description="Confirm and send the winner of selected tests", permissions=["change"])
+    def confirm_winners(self, request: HttpRequest, queryset: QuerySet[ABTest]) -> None:
+        self._confirm(request, list(queryset.order_by("pk")))
 
 
 @admin.register(MessageTemplate)
@@ -278,7 +398,7 @@ class DeliveryAdmin(admin.ModelAdmin):
     search_fields = ("label", "campaign__label")
     date_hierarchy = "scheduled_at"
     autocomplete_fields = ("campaign", "template", "ab_test")
-    readonly_fields = ("started_at", "finished_at", "created_at", "updated_at", "logs_link",
+    readonly_fields = ("started_at", "finished_at", "created_at", "updated_at", "logs_link", "forecast_counts",
                        *_flatten(DELIVERY_INDICATOR_FIELDS))
     fieldsets = (
         (None, {"fields": ("label", "campaign", ("channel", "kind"), "state", "priority", "template", "ab_test")}),
@@ -287,6 +407,11 @@ class DeliveryAdmin(admin.ModelAdmin):
             "fields": DELIVERY_INDICATOR_FIELDS,
             "description": "Computed from the delivery and tracking logs by updateDeliveryIndicators; "
                            "rates are percentages.",
+        }),
+        ("Forecast", {
+            "fields": ("forecast_counts",),
+            "description": "Contacts the forecasting workflow expects this delivery to make, and those it "
+                           "excluded because the profile is over the fatigue threshold.",
         }),
         ("Logs and history", {"fields": ("logs_link", ("created_at", "updated_at"))}),
     )
@@ -307,6 +432,18 @@ class DeliveryAdmin(admin.ModelAdmin):
         return ", ".join(
             f"{labels.get(int(code), f'reason {code}') if str(code).isdigit() else f'reason {code}'}: {count}"
             for code, count in by_code
+        )
+
+    @admin.display(description="forecast")
+    def forecast_counts(self, obj: Delivery) -> str:
+        # One aggregate query (a delivery may plan a million contacts): counted by the database.
+        counts = ForecastLog.objects.filter(delivery_id=obj.pk).aggregate(
+            planned=Count("id"), excluded=Count("id", filter=Q(excluded=True)))
+        if not counts["planned"]:
+            return "No planned contacts (not in the forecast, or nobody to contact)."
+        return format_html(
+            "{} planned contacts, {} of them excluded · {}", counts["planned"], counts["excluded"],
+            changelist_link(ForecastLog, "forecast logs", delivery__id__exact=obj.pk),
         )
 
     @admin.display(description="logs")
@@ -458,7 +595,9 @@ class EventAdmin(LargeTableMixin, admin.ModelAdmin):
     """Live transactional events, as received by the event API and routed by updateEventsStatus."""
 
     list_display = ("id", "event_type", "channel", "status", "email", "phone", "template", "log", "created_at", "processed_at")
-    list_filter = ("status", "channel")
+    # Date filters build no query of their own (a filter on event_type would scan the table for
+    # its distinct values). Final events older than mcSynch_local's delay move to the archive.
+    list_filter = ("status", "channel", "created_at", "processed_at")
     list_select_related = ("template",)
     search_fields = ("email__exact", "phone__exact")
     search_help_text = "Exact email or phone."
@@ -479,10 +618,13 @@ class EventAdmin(LargeTableMixin, admin.ModelAdmin):
 
 @admin.register(EventHistory)
 class EventHistoryAdmin(LargeTableMixin, ReadOnlyAdmin):
-    """Archived events (mcSynch_local); the id is the live event's."""
+    """Archived events (mcSynch_local); the id is the live event's, so an id found in a delivery log
+    or an API response leads here once the event is archived."""
 
-    list_display = ("id", "event_type", "channel", "status", "email", "phone", "log", "created_at", "archived_at")
-    list_filter = ("status", "channel")
+    list_display = ("id", "event_type", "channel", "status", "email", "phone", "template", "log", "created_at",
+                    "processed_at", "archived_at")
+    list_filter = ("status", "channel", "archived_at", "processed_at")
+    list_select_related = ("template",)
     search_fields = ("email__exact", "phone__exact")
     search_help_text = "Exact email or phone."
 
@@ -532,9 +674,52 @@ class ReportAdmin(admin.ModelAdmin):
         super().save_model(request, obj, form, change)
 
 
+class ReportShareForm(forms.ModelForm):
+    """Recipients are users of the instance: chosen from the users, or typed as addresses that
+    must belong to users (anything else is refused with a message)."""
+
+    addresses = forms.CharField(
+        label="add recipients by address", required=False, widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="Email addresses of users of this instance, separated by commas or new lines.",
+    )
+
+    class Meta:
+        model = ReportShare
+        fields = "__all__"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "recipients" in self.fields:
+            self.fields["recipients"].required = False  # typed addresses may be the only recipients
+
+    def clean(self) -> dict[str, Any]:
+        from campaign.report_shares import check_recipients, users_for_addresses
+
+        cleaned = super().clean()
+        typed = [part for part in self.cleaned_data.get("addresses", "").replace(",", "\n").splitlines() if part.strip()]
+        try:
+            extra = users_for_addresses(typed)
+        except forms.ValidationError as error:
+            self.add_error("addresses", error)
+            return cleaned
+        chosen = list(cleaned.get("recipients") or [])
+        recipients = list({user.pk: user for user in [*chosen, *extra]}.values())
+        try:
+            check_recipients(recipients)
+        except forms.ValidationError as error:
+            self.add_error("recipients", error)
+            return cleaned
+        if not recipients:
+            self.add_error("recipients", "Choose at least one recipient.")
+        cleaned["recipients"] = recipients
+        return cleaned
+
+
 @admin.register(ReportShare)
 class ReportShareAdmin(admin.ModelAdmin):
     """Who gets a report and when; the beat schedule entry is managed from the share, not by hand."""
+
+    form = ReportShareForm
 
     list_display = ("report", "recurrence", "send_time", "time_zone", "start_date", "end_date", "enabled", "schedule")
     list_filter = ("recurrence", "enabled")
@@ -543,7 +728,7 @@ class ReportShareAdmin(admin.ModelAdmin):
     autocomplete_fields = ("report", "recipients")
     readonly_fields = ("schedule", "created_by", "created_at")
     fieldsets = (
-        (None, {"fields": ("report", "recipients", "enabled")}),
+        (None, {"fields": ("report", "recipients", "addresses", "enabled")}),
         ("When", {"fields": ("recurrence", ("send_time", "time_zone"), ("day_of_week", "day_of_month", "week_of_month", "month"),
                              ("start_date", "end_date"), "schedule")}),
         ("History", {"fields": ("created_by", "created_at")}),
@@ -560,6 +745,25 @@ class ReportShareAdmin(admin.ModelAdmin):
         if not change:
             obj.created_by = request.user
         super().save_model(request, obj, form, change)
+
+    def save_related(self, request: HttpRequest, form: forms.ModelForm, formsets: Any, change: bool) -> None:
+        """After the recipients are saved: sync the share's beat schedule and, for a new "send now"
+        share, start reportSendingNow once the transaction commits."""
+        from campaign.report_shares import share_saved
+
+        super().save_related(request, form, formsets, change)
+        share_saved(form.instance, created=not change)
+
+    def delete_model(self, request: HttpRequest, obj: ReportShare) -> None:
+        from campaign.report_shares import delete_share
+
+        delete_share(obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ReportShare]) -> None:
+        from campaign.report_shares import delete_share
+
+        for share in queryset:
+            delete_share(share)
 
 
 @admin.register(ReportSend)
@@ -667,3 +871,48 @@ class AudienceMemberAdmin(LargeTableMixin, ReadOnlyAdmin):
     list_select_related = ("audience", "profile")
     raw_id_fields = ("audience", "profile")
 
+
+# --- Event API keys -----------------------------------------------------------------------------
+
+
+@admin.register(APIKey)
+class APIKeyAdmin(admin.ModelAdmin):
+    """Keys of the event API. Adding one asks only for a name: the key is generated, shown once in
+    a message, and only its hash is kept (and never displayed: it is of no use to anyone). Keys are
+    revoked, not deleted, so that their name and last use stay on record."""
+
+    list_display = ("name", "prefix", "active", "created_at", "last_used_at", "revoked_at", "created_by")
+    list_filter = (("revoked_at", admin.EmptyFieldListFilter),)
+    list_select_related = ("created_by",)
+    search_fields = ("name", "prefix")
+    actions = ("revoke",)
+    readonly_fields = ("prefix", "created_at", "created_by", "last_used_at", "revoked_at")
+
+    @admin.display(description="active", boolean=True, ordering="revoked_at")
+    def active(self, obj: APIKey) -> bool:
+        return obj.is_active
+
+    def get_fields(self, request: HttpRequest, obj: APIKey | None = None) -> tuple[str, ...]:
+        return ("name",) if obj is None else ("name", *self.readonly_fields)
+
+    def get_readonly_fields(self, request: HttpRequest, obj: APIKey | None = None) -> tuple[str, ...]:
+        return () if obj is None else ("name", *self.readonly_fields)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: APIKey, form: forms.ModelForm, change: bool) -> None:
+        if change:
+            return super().save_model(request, obj, form, change)
+        obj.created_by = request.user
+        key = set_new_key(obj)
+        super().save_model(request, obj, form, change)
+        self.message_user(
+            request, f"The key of {obj.name!r} is {key} (copy it now: it is not shown again).",
+            level=messages.WARNING,
+        )
+
+    @admin.action(description="Revoke selected API keys", permissions=["change"])
+    def revoke(self, request: HttpRequest, queryset: QuerySet) -> None:
+        revoked = revoke_api_keys(ids=list(queryset.values_list("pk", flat=True)))
+        self.message_user(request, f"{revoked} API key(s) revoked; requests with them are refused from now on.")

@@ -78,6 +78,7 @@ class Config:
     billing_email: str
     lease_seconds: int
     extra_workflow_modules: list[str]
+    event_max_body_bytes: int
 
 
 def load_config(env: Mapping[str, str], *, base_dir: Path) -> Config:
@@ -102,6 +103,7 @@ def load_config(env: Mapping[str, str], *, base_dir: Path) -> Config:
         billing_email=parse_email_address(env, "BILLING_EMAIL", default="billing@localhost"),
         lease_seconds=parse_int(env, "WORKFLOW_LEASE_SECONDS", default=300, minimum=2),
         extra_workflow_modules=parse_list(env, "WORKFLOW_EXTRA_MODULES", default=[]),
+        event_max_body_bytes=parse_int(env, "EVENT_MAX_BODY_BYTES", default=64 * 1024, minimum=1024),
     )
 
 

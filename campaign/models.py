@@ -14,8 +14,10 @@ not delete, block or break the tracking rows that point to it, which outlive it.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -87,6 +89,11 @@ class Profile(models.Model):
         "declared id", max_length=64, null=True, blank=True, unique=True,
         help_text="Id known to the customer's own systems (CRM id), used to match shared audiences.",
     )
+    declared_id_sha256 = models.CharField(
+        "declared id (SHA-256)", max_length=64, null=True, blank=True, editable=False,
+        help_text="Lower-case hex SHA-256 of the declared id, to match audiences that share hashed ids. "
+                  "Kept by save(); importSharedAudience fills it for profiles written in bulk.",
+    )
     blocklisted_email = models.BooleanField("no longer contact by email", default=False)
     blocklisted_sms = models.BooleanField("no longer contact by SMS", default=False)
     blocklisted_push = models.BooleanField("no longer contact by push", default=False)
@@ -95,9 +102,27 @@ class Profile(models.Model):
 
     class Meta:
         ordering = ["id"]
+        # One plain btree (db_index on a CharField would add a second, LIKE-only one on PostgreSQL).
+        indexes = [models.Index(fields=["declared_id_sha256"], name="profile_declared_sha256_idx")]
 
     def __str__(self) -> str:
         return self.email or self.phone or f"profile {self.pk}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # A derived column, kept with its source so an index can match hashed audience ids.
+        self.declared_id_sha256 = declared_id_hash(self.declared_id)
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None and "declared_id" in update_fields and "declared_id_sha256" not in update_fields:
+            kwargs["update_fields"] = [*update_fields, "declared_id_sha256"]
+        super().save(*args, **kwargs)
+
+
+def declared_id_hash(declared_id: str | None) -> str | None:
+    """How an audience service shares a declared id when it hashes it: the SHA-256 of the id's
+    UTF-8 bytes, as is (no trimming, no case folding), in lower-case hexadecimal."""
+    if not declared_id:
+        return None
+    return hashlib.sha256(declared_id.encode("utf-8")).hexdigest()
 
 
 class Campaign(models.Model):
@@ -508,6 +533,51 @@ class EventHistory(EventFields):
         indexes = [models.Index(fields=["created_at"], name="eventhistory_created_idx")]
 
 
+class APIKeyQuerySet(models.QuerySet):
+    def active(self) -> APIKeyQuerySet:
+        return self.filter(revoked_at__isnull=True)
+
+
+class APIKey(models.Model):
+    """A key of the event API (``Authorization: Bearer <key>``).
+
+    Only the SHA-256 of the key is stored: the key itself is shown once, when it is created (admin
+    or ``manage.py apikey create``), and cannot be read back. A key is revoked, never deleted, so
+    its name and its last use stay on record.
+    """
+
+    name = models.CharField("name", max_length=100, unique=True, help_text="Who or what uses the key.")
+    key_hash = models.CharField(
+        "key hash", max_length=64, unique=True, editable=False, help_text="SHA-256 of the key, in hexadecimal.",
+    )
+    prefix = models.CharField(
+        "prefix", max_length=8, editable=False, help_text="The key's first 8 characters, to tell keys apart.",
+    )
+    created_at = models.DateTimeField("created", default=timezone.now, editable=False)
+    last_used_at = models.DateTimeField("last used", null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(
+        "revoked", null=True, blank=True, editable=False, help_text="A revoked key is refused (403).",
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
+        verbose_name="created by", editable=False,
+    )
+
+    objects = APIKeyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "API key"
+        verbose_name_plural = "API keys"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+
 class DeliveryAggregate(models.Model):
     """Per day, delivery and channel counters (reportingAggregates); the source of reports and
     KPI sharing."""
@@ -529,6 +599,31 @@ class DeliveryAggregate(models.Model):
         ordering = ["-day", "delivery"]
         constraints = [models.UniqueConstraint(fields=["day", "delivery", "channel"], name="aggregate_day_delivery_uniq")]
         indexes = [models.Index(fields=["day"], name="aggregate_day_idx")]
+
+
+class SharedKpi(models.Model):
+    """What the analytics service holds for one day and email delivery, as far as this instance
+    told it: the sum of the increments it acknowledged (kpiSharing), or the totals it was brought
+    to (kpiReconciliation). The service adds what it receives, so the next push sends the
+    aggregate minus this row, never the aggregate itself. Counters use the protocol's names and
+    may not match DeliveryAggregate while a change is waiting to be shared."""
+
+    day = models.DateField("day")
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="shared_kpis", verbose_name="delivery")
+    sent = models.IntegerField("sent", default=0)
+    delivered = models.IntegerField("delivered", default=0)
+    opened = models.IntegerField("opened", default=0)
+    unique_opens = models.IntegerField("unique opens", default=0)
+    clicked = models.IntegerField("clicked", default=0)
+    unique_clicks = models.IntegerField("unique clicks", default=0)
+    unsubscribed = models.IntegerField("unsubscribed", default=0)
+    bounces = models.IntegerField("bounces", default=0)
+    updated_at = models.DateTimeField("updated", auto_now=True, help_text="When the service last acknowledged a change of this row.")
+
+    class Meta:
+        ordering = ["-day", "delivery"]
+        verbose_name = "shared KPI row"
+        constraints = [models.UniqueConstraint(fields=["day", "delivery"], name="sharedkpi_day_delivery_uniq")]
 
 
 class ForecastLog(models.Model):
@@ -734,6 +829,32 @@ class AudienceMember(models.Model):
     class Meta:
         ordering = ["audience", "profile"]
         constraints = [models.UniqueConstraint(fields=["audience", "profile"], name="audiencemember_uniq")]
+
+
+class StagedAudienceMember(models.Model):
+    """A member id received by the import of a shared audience in progress (importSharedAudience).
+
+    The import stages every page here, committed page by page, and resolves each id to a profile as
+    it goes; only after the last page does it replace the AudienceMember rows in one transaction.
+    So readers never see a half-imported audience, and a failure mid-pagination leaves the previous
+    membership as it was. Rows live only while an import runs (the next import clears leftovers).
+    An id the service repeats on two pages is staged twice: the swap and the counts use DISTINCT,
+    which costs less than a unique index on every insert."""
+
+    audience = models.ForeignKey(SharedAudience, on_delete=models.CASCADE, related_name="+", verbose_name="audience")
+    member_id = models.CharField("member id", max_length=255, help_text="As the service sent it (hashes in lower case).")
+    id_type = models.CharField("id type", max_length=8, choices=AudienceMember.IdType.choices)
+    profile = models.ForeignKey(
+        Profile, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, null=True, blank=True, related_name="+",
+        verbose_name="profile", help_text="The matching profile; empty for an unknown id.",
+    )
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name = "staged audience member"
+
+    def __str__(self) -> str:
+        return f"{self.id_type} {self.member_id}"
 
 
 class RuleSource(models.TextChoices):

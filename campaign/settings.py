@@ -120,6 +120,9 @@ WORKFLOW_EXTRA_MODULES = CONFIG.extra_workflow_modules
 WORKFLOW_MAX_HARD_TIME_LIMIT = WORKFLOW_MAX_HARD_TIME_LIMIT
 REDIS_VISIBILITY_TIMEOUT = REDIS_VISIBILITY_TIMEOUT
 
+# Event API: larger bodies are refused with 413 before they are read.
+EVENT_MAX_BODY_BYTES = CONFIG.event_max_body_bytes
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -18,9 +18,13 @@ from django.db import connection, models
 COPY_CHUNK_ROWS = 100_000
 
 
+#: COPY's NULL marker in CSV format (written unquoted; an empty string is quoted by the writer).
+NULL = r"\N"
+
+
 def _text(value: Any) -> Any:
     if value is None:
-        return r"\N"
+        return NULL
     if isinstance(value, bool):
         return "t" if value else "f"
     if isinstance(value, datetime):
@@ -38,7 +42,7 @@ def load(model: type[models.Model], fields: Sequence[str], rows: Iterable[Sequen
             buffer, writer = io.StringIO(), None
             for row in rows:
                 if writer is None:
-                    writer = csv.writer(buffer, delimiter="\t", lineterminator="\n", quoting=csv.QUOTE_NONE, escapechar="\\")
+                    writer = csv.writer(buffer, lineterminator="\n")
                 writer.writerow([_text(value) for value in row])
                 count += 1
                 if count % COPY_CHUNK_ROWS == 0:
@@ -63,7 +67,7 @@ def load(model: type[models.Model], fields: Sequence[str], rows: Iterable[Sequen
 
 def _copy(cursor: Any, table: str, columns: list[str], buffer: io.StringIO) -> None:
     buffer.seek(0)
-    cursor.cursor.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN", buffer)
+    cursor.cursor.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv, NULL '{NULL}')", buffer)
 
 
 def reset_sequences(*models_: type[models.Model]) -> None:
@@ -77,4 +81,4 @@ def reset_sequences(*models_: type[models.Model]) -> None:
 def analyze() -> None:
     """Fresh planner statistics after a bulk load, as autovacuum would give a real table."""
     with connection.cursor() as cursor:
-        cursor.execute("ANALYZE" if connection.vendor == "postgresql" else "ANALYZE")
+        cursor.execute("ANALYZE")

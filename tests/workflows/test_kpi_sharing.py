@@ -1,0 +1,400 @@
+"""kpiSharing against a real analytics service on loopback (pytest-httpserver, tests/workflows/fake_analytics.py).
+
+The service adds what it receives, so the one check that matters is: after any sequence of runs,
+failures and resends, the service's totals equal the local email aggregates of the window, computed
+here independently from the rows the test created.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+from werkzeug import Response
+
+from campaign.integrations import analytics
+from campaign.models import DeliveryAggregate, ExternalAccount
+from tests.workflows.fake_analytics import (  # noqa: F401 - fixtures
+    APPLY_THEN_FAIL,
+    COLUMN,
+    COUNTERS,
+    TOKEN,
+    TOKEN_ENV,
+    aggregate,
+    deliveries,
+    expected_batch_id,
+    ledger,
+    local_window_totals,
+    service,
+    today,
+    waits,
+    wire_row,
+)
+from workflows import commands
+from workflows.builtin import kpi_sharing
+from workflows.engine import RunRequest, TransientRunError, execute
+from workflows.models import RunStatus, Trigger, Workflow, WorkflowLog, WorkflowRun, WorkflowState
+
+WORKFLOW_ID = "kpiSharing"
+
+
+# -- fixtures -------------------------------------------------------------------------------------
+@pytest.fixture
+def rows(deliveries) -> list[DeliveryAggregate]:  # noqa: ANN001
+    """Five email rows in the window (two with the same updated_at), an SMS row, an email row too old."""
+    base = timezone.now() - timedelta(hours=2)
+    created = [
+        aggregate(deliveries["news"], 3, updated=base, seed=1),
+        aggregate(deliveries["news"], 2, updated=base + timedelta(minutes=1), seed=2),
+        aggregate(deliveries["reminder"], 2, updated=base + timedelta(minutes=1), seed=3),
+        aggregate(deliveries["receipt"], 1, updated=base + timedelta(minutes=2), seed=4),
+        aggregate(deliveries["reminder"], 0, updated=base + timedelta(minutes=3), seed=5),
+    ]
+    aggregate(deliveries["sms"], 2, updated=base, seed=6)
+    aggregate(deliveries["news"], 70, updated=base, seed=7)
+    return created
+
+
+def cursors() -> dict[str, Any]:
+    return Workflow.objects.get(pk=WORKFLOW_ID).cursors
+
+
+def position(row: DeliveryAggregate) -> list[Any]:
+    row.refresh_from_db()
+    return [row.updated_at.isoformat(), row.pk]
+
+
+def run(**overrides: object) -> WorkflowRun:
+    return commands.run_now(WORKFLOW_ID, actor="test", sync=True, overrides=overrides or None)
+
+
+def journal(run: WorkflowRun) -> list[str]:
+    return list(WorkflowLog.objects.filter(run=run).order_by("id").values_list("message", flat=True))
+
+
+def touch(row: DeliveryAggregate, **columns: int) -> None:
+    """Change an aggregate as reportingAggregates would: new counters, a new updated_at."""
+    for name, value in columns.items():
+        setattr(row, name, value)
+    row.updated_at = timezone.now()
+    row.save()
+
+
+# -- success paths -------------------------------------------------------------------------------
+def test_first_run_pushes_the_window_email_rows_with_the_exact_body_and_headers(service, rows, httpserver):
+    result = run()
+
+    assert result.status == RunStatus.SUCCEEDED, result.reason
+    ordered = sorted(rows, key=lambda row: (row.updated_at, row.pk))
+    body_rows = [wire_row(row) for row in ordered]
+    assert service.posts == [{"batch_id": expected_batch_id(body_rows), "rows": body_rows}]
+    request, _ = httpserver.log[-1]
+    assert request.method == "POST" and request.path == "/kpis"
+    assert request.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert request.headers["Content-Type"] == "application/json"
+    assert service.counters() == local_window_totals()
+    assert ledger() == local_window_totals()
+    assert cursors()[kpi_sharing.CURSOR_WATERMARK] == position(ordered[-1])
+    assert kpi_sharing.CURSOR_PENDING not in cursors()
+    assert result.counters == {"rows_read": 5, "batches_pushed": 1, "rows_pushed": 5}
+    assert any(line.startswith(f"Pushed batch {expected_batch_id(body_rows)}: 5 rows") for line in journal(result))
+
+
+def test_rows_are_cut_in_batches_in_updated_at_then_id_order(service, rows):
+    result = run(batch_size=2)
+
+    assert result.status == RunStatus.SUCCEEDED, result.reason
+    ordered = sorted(rows, key=lambda row: (row.updated_at, row.pk))
+    assert [[(row["date"], row["delivery_id"]) for row in body["rows"]] for body in service.posts] == [
+        [(row.day.isoformat(), row.delivery_id) for row in ordered[start:start + 2]] for start in (0, 2, 4)
+    ]
+    assert service.counters() == local_window_totals()
+    assert result.counters["batches_pushed"] == 3
+
+
+def test_a_changed_day_is_pushed_as_its_increment_only(service, rows):
+    run()
+    news_day_3 = rows[0]
+    before = {name: getattr(news_day_3, COLUMN[name]) for name in COUNTERS}
+    touch(news_day_3, opens=news_day_3.opens + 3, unique_opens=news_day_3.unique_opens + 1, bounces=news_day_3.bounces - 2)
+
+    second = run()
+
+    assert second.status == RunStatus.SUCCEEDED, second.reason
+    increment = {**dict.fromkeys(COUNTERS, 0), "opened": 3, "unique_opens": 1, "bounces": -2}
+    pushed = wire_row(news_day_3, **increment)
+    assert service.posts[1:] == [{
+        "batch_id": expected_batch_id([pushed], {(pushed["date"], pushed["delivery_id"]): before}), "rows": [pushed],
+    }]
+    assert service.counters() == local_window_totals()
+    assert ledger() == local_window_totals()
+
+
+def test_the_same_increment_twice_gets_two_batch_ids_and_counts_twice(service, rows):
+    run()
+    touch(rows[1], opens=rows[1].opens + 1)
+    run()
+    touch(rows[1], opens=rows[1].opens + 1)
+    run()
+
+    assert [body["rows"][0]["opened"] for body in service.posts[1:]] == [1, 1]
+    assert service.posts[1]["batch_id"] != service.posts[2]["batch_id"]
+    assert service.counters() == local_window_totals()
+
+
+def test_a_run_with_nothing_changed_sends_nothing(service, rows):
+    run()
+    second = run()
+
+    assert second.status == RunStatus.SUCCEEDED
+    assert len(service.posts) == 1
+    assert second.counters.get("batches_pushed", 0) == 0
+
+
+def test_rows_read_again_in_the_change_margin_are_not_pushed_twice_and_a_late_row_is_caught(service, rows, deliveries):
+    run()
+    # Committed late by a concurrent writer: stamped before the watermark, within the margin.
+    late = aggregate(deliveries["receipt"], 4, updated=rows[-1].updated_at - timedelta(seconds=30), seed=8)
+
+    second = run()
+
+    assert second.status == RunStatus.SUCCEEDED, second.reason
+    assert [body["rows"] for body in service.posts[1:]] == [[wire_row(late)]]
+    assert service.counters() == local_window_totals()
+    assert cursors()[kpi_sharing.CURSOR_WATERMARK] == position(rows[-1])  # never moved back
+
+
+def test_lookback_days_bounds_the_days_shared(service, rows):
+    result = run(lookback_days=2)
+
+    assert result.status == RunStatus.SUCCEEDED
+    assert {row["date"] for body in service.posts for row in body["rows"]} == {
+        (today() - timedelta(days=days)).isoformat() for days in (0, 1, 2)
+    }
+    assert service.counters() == local_window_totals(lookback_days=2)
+
+
+def test_a_run_paused_between_batches_continues_where_it_stopped(service, rows, monkeypatch):
+    push = analytics.AnalyticsClient.push_kpis
+
+    def push_then_pause(self, **kwargs):  # noqa: ANN001, ANN202 - an operator pauses during the first push
+        accepted = push(self, **kwargs)
+        if len(service.posts) == 1:
+            commands.pause(WORKFLOW_ID, actor="test")
+        return accepted
+
+    monkeypatch.setattr(analytics.AnalyticsClient, "push_kpis", push_then_pause)
+    halted = run(batch_size=2)
+    assert halted.status == RunStatus.PAUSED and len(service.posts) == 1
+
+    Workflow.objects.filter(pk=WORKFLOW_ID).update(state=WorkflowState.STARTED)
+    continued = execute(RunRequest(workflow_id=WORKFLOW_ID, trigger=Trigger.SHELL, run_id=halted.pk))
+
+    assert continued.status == RunStatus.SUCCEEDED, continued.reason
+    assert len(service.posts) == 3 and len({body["batch_id"] for body in service.posts}) == 3
+    assert service.counters() == local_window_totals()
+
+
+# -- failures: nothing advances, the same batch goes again ---------------------------------------
+def test_a_push_failing_after_one_accepted_batch_resends_only_the_unacknowledged_one(service, rows, waits):
+    service.script("POST", None, *[Response("busy", status=500)] * 4)  # batch 1 accepted, then 4 attempts fail
+
+    failed = run(batch_size=3)
+
+    assert failed.status == RunStatus.FAILED
+    assert "answered 500 (after 4 attempts)" in failed.reason
+    assert len(waits) == 3 and all(0 <= wait <= 30 for wait in waits)  # backoff between the 4 attempts
+    first_batch, second_batch = service.posts[0], service.posts[1]
+    assert service.posts[1:] == [second_batch] * 4  # the same batch, retried as it was
+    ordered = sorted(rows, key=lambda row: (row.updated_at, row.pk))
+    assert cursors()[kpi_sharing.CURSOR_WATERMARK] == position(ordered[2])  # past batch 1 only
+    assert cursors()[kpi_sharing.CURSOR_PENDING]["batch_id"] == second_batch["batch_id"]
+    assert ledger() == {key: value for key, value in local_window_totals().items()
+                        if key in {(row["date"], row["delivery_id"]) for row in first_batch["rows"]}}
+
+    again = run(batch_size=3)
+
+    assert again.status == RunStatus.SUCCEEDED, again.reason
+    assert service.posts[5:] == [second_batch]  # only what was not acknowledged, same id, same rows
+    assert service.counters() == local_window_totals()
+    assert again.counters["batches_resent"] == 1 and again.counters["rows_pushed"] == 2
+    assert "batches_pushed" not in again.counters  # rows read again in the margin had nothing to add
+    assert kpi_sharing.CURSOR_PENDING not in cursors()
+
+
+def test_a_lost_acknowledgement_is_resent_with_the_same_id_and_counted_once_even_if_the_day_changed(service, rows):
+    service.script("POST", APPLY_THEN_FAIL, *[Response("busy", status=500)] * 3)
+    failed = run()
+    assert failed.status == RunStatus.FAILED
+    lost = service.posts[0]
+    touch(rows[0], opens=rows[0].opens + 5)  # the day changes before the resend
+
+    again = run()
+
+    assert again.status == RunStatus.SUCCEEDED, again.reason
+    assert service.posts[4] == lost  # resent as it was, not recomputed
+    assert service.posts[5]["rows"] == [wire_row(rows[0], **{**dict.fromkeys(COUNTERS, 0), "opened": 5})]
+    assert service.counters() == local_window_totals()  # the lost batch was applied once
+
+
+def test_a_crash_after_the_batch_was_saved_resends_the_same_batch(service, rows, monkeypatch):
+    real_push = analytics.AnalyticsClient.push_kpis
+
+    def crash(self, **kwargs):  # noqa: ANN001, ANN202 - the worker dies before the request goes out
+        raise KeyboardInterrupt("worker killed")
+
+    monkeypatch.setattr(analytics.AnalyticsClient, "push_kpis", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    pending = cursors()[kpi_sharing.CURSOR_PENDING]
+    assert service.posts == [] and ledger() == {}
+    WorkflowRun.objects.filter(workflow_id=WORKFLOW_ID, status=RunStatus.RUNNING).update(status=RunStatus.FAILED)
+    Workflow.objects.filter(pk=WORKFLOW_ID).update(lease_holder=None, lease_until=None)
+    monkeypatch.setattr(analytics.AnalyticsClient, "push_kpis", real_push)
+
+    again = run()
+
+    assert again.status == RunStatus.SUCCEEDED, again.reason
+    assert service.posts[0]["batch_id"] == pending["batch_id"] and service.posts[0]["rows"] == pending["rows"]
+    assert service.counters() == local_window_totals()
+
+
+def test_5xx_after_every_attempt_is_transient_and_a_4xx_permanent_for_the_engine(service, rows):
+    """With retries allowed (a Celery run), a transient failure hands the run back to Celery for a
+    later attempt; a permanent one ends it."""
+    service.script("POST", *[Response("busy", status=503)] * 4, Response("bad request", status=400))
+    queued = WorkflowRun.objects.create(workflow_id=WORKFLOW_ID, trigger=Trigger.SCHEDULE)
+
+    with pytest.raises(TransientRunError):
+        execute(RunRequest(workflow_id=WORKFLOW_ID, trigger=Trigger.SCHEDULE, run_id=queued.pk, retry_allowed=True))
+    queued.refresh_from_db()
+    assert queued.reason.endswith("(transient; will retry)")
+
+    permanent = execute(RunRequest(workflow_id=WORKFLOW_ID, trigger=Trigger.SCHEDULE, retry_allowed=True))
+    assert permanent.status == RunStatus.FAILED and "answered 400" in permanent.reason
+    assert not permanent.reason.endswith("(transient; will retry)")
+    assert kpi_sharing.CURSOR_WATERMARK not in cursors() and ledger() == {}
+
+
+def test_a_client_error_fails_permanently_with_the_reason_and_advances_nothing(service, rows):
+    service.script("POST", Response('{"error": "unknown campaign"}', status=400, content_type="application/json"))
+
+    result = run()
+
+    assert result.status == RunStatus.FAILED
+    assert "POST kpis answered 400" in result.reason and "unknown campaign" in result.reason
+    assert len(service.posts) == 1  # a 4xx is not retried
+    assert kpi_sharing.CURSOR_WATERMARK not in cursors()
+    assert cursors()[kpi_sharing.CURSOR_PENDING]["batch_id"] == service.posts[0]["batch_id"]
+    assert ledger() == {}
+
+
+@pytest.mark.parametrize(("answer", "reason"), [
+    (Response('{"accepted": "x"}', content_type="application/json"), "'accepted' must be an integer"),
+    (Response("<html>ok</html>", content_type="text/html"), "not JSON"),
+    (Response('{"ok": true}', content_type="application/json"), "no 'accepted' in the answer"),
+    (Response("[5]", content_type="application/json"), "expected an object, got a list"),
+    (Response('{"accepted": 3}', content_type="application/json"), "accepted 3 of the 5 rows"),
+    (Response('{"accepted": true}', content_type="application/json"), "'accepted' must be an integer"),
+])
+def test_a_malformed_acknowledgement_fails_the_run_and_advances_nothing(service, rows, answer, reason):
+    service.script("POST", answer)
+
+    result = run()
+
+    assert result.status == RunStatus.FAILED
+    assert reason in result.reason
+    assert kpi_sharing.CURSOR_WATERMARK not in cursors()
+    assert cursors()[kpi_sharing.CURSOR_PENDING]["batch_id"] == service.posts[0]["batch_id"]
+    assert ledger() == {}
+    assert len(service.posts) == 1
+
+
+def test_retry_after_of_a_429_is_waited_for(service, rows, waits):
+    service.script("POST", Response("slow down", status=429, headers={"Retry-After": "7"}))
+
+    result = run()
+
+    assert result.status == RunStatus.SUCCEEDED, result.reason
+    assert waits == [7.0]
+    assert len(service.posts) == 2 and service.posts[0] == service.posts[1]
+    assert service.counters() == local_window_totals()
+
+
+def test_a_timeout_is_retried_then_fails_as_transient(service, rows, waits):
+    ExternalAccount.objects.update(timeout_s=0.2)
+
+    answered: list[int] = []
+
+    def slow(request):  # noqa: ANN001, ANN202
+        time.sleep(0.5)
+        answered.append(1)
+        return Response('{"accepted": 5}', content_type="application/json")
+
+    service.script("POST", *[slow] * 4)
+
+    result = run()
+
+    assert result.status == RunStatus.FAILED
+    assert "ReadTimeout" in result.reason and "after 4 attempts" in result.reason
+    assert kpi_sharing.CURSOR_WATERMARK not in cursors() and ledger() == {}
+    deadline = time.monotonic() + 10  # the one-thread server is still answering the abandoned attempts
+    while len(answered) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+# -- account and token ---------------------------------------------------------------------------
+def test_skipped_without_an_analytics_account(db, rows, httpserver):
+    result = run()
+
+    assert result.status == RunStatus.SKIPPED
+    assert result.reason == "no enabled analytics account"
+    assert httpserver.log == []
+
+
+def test_skipped_when_the_account_is_disabled(service, rows, httpserver):
+    ExternalAccount.objects.update(enabled=False)
+
+    result = run()
+
+    assert result.status == RunStatus.SKIPPED
+    assert result.reason == "no enabled analytics account"
+    assert httpserver.log == []
+
+
+def test_an_unset_token_variable_fails_naming_the_variable(service, rows, monkeypatch, httpserver):
+    monkeypatch.delenv(TOKEN_ENV)
+
+    result = run()
+
+    assert result.status == RunStatus.FAILED
+    assert TOKEN_ENV in result.reason and "not set" in result.reason
+    assert httpserver.log == []
+
+
+def test_the_token_never_appears_in_the_reason_or_the_journal(service, rows):
+    service.script("POST", lambda request: Response(f"bad credentials: {request.headers['Authorization']}", status=401))
+
+    result = run()
+
+    assert result.status == RunStatus.FAILED and "answered 401" in result.reason
+    assert TOKEN not in result.reason
+    assert not WorkflowLog.objects.filter(message__contains=TOKEN).exists()
+    assert not WorkflowRun.objects.filter(reason__contains=TOKEN).exists()
+
+
+def test_discard_pending_drops_the_batch_and_the_next_run_recomputes_it(service, rows):
+    service.script("POST", Response("no", status=422))
+    run()
+    dropped = cursors()[kpi_sharing.CURSOR_PENDING]["batch_id"]
+
+    assert kpi_sharing.discard_pending(actor="ops") == dropped
+    again = run()
+
+    assert again.status == RunStatus.SUCCEEDED
+    assert service.posts[-1]["batch_id"] == dropped  # same aggregates, same ledger: the same batch
+    assert service.counters() == local_window_totals()
+    assert WorkflowLog.objects.filter(workflow_id=WORKFLOW_ID, message__contains=f"{dropped} (5 rows) discarded by ops").exists()
