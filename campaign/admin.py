@@ -34,6 +34,8 @@ from django.utils.http import urlencode
 
 from campaign.api import revoke_api_keys, set_new_key
 from campaign.models import (
+    SharedKpi,
+    StagedAudienceMember,
     ABTest,
     APIKey,
     AppSubscription,
@@ -634,6 +636,29 @@ class EventHistoryAdmin(LargeTableMixin, ReadOnlyAdmin):
 
 
 # --- Aggregates, forecast, reports, billing (computed; read-only) --------------------------------
+
+
+@admin.register(SharedKpi)
+class SharedKpiAdmin(ReadOnlyAdmin):
+    """What the analytics service was told, per day and delivery (kpiSharing, kpiReconciliation)."""
+
+    list_display = ("day", "delivery", "sent", "delivered", "opened", "unique_opens", "clicked", "unique_clicks",
+                    "unsubscribed", "bounces", "updated_at")
+    list_select_related = ("delivery",)
+    search_fields = ("delivery__label",)
+    date_hierarchy = "day"
+    raw_id_fields = ("delivery",)
+
+
+@admin.register(StagedAudienceMember)
+class StagedAudienceMemberAdmin(ReadOnlyAdmin):
+    """Member ids of a shared-audience import in progress (importSharedAudience)."""
+
+    list_display = ("audience", "id_type", "member_id", "profile_id")
+    list_filter = ("id_type",)
+    list_select_related = ("audience",)
+    search_fields = ("=member_id",)
+    show_full_result_count = False
 
 
 @admin.register(DeliveryAggregate)

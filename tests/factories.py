@@ -16,6 +16,7 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from campaign.models import (
+    APIKey,
     ABTest,
     AppSubscription,
     AudienceMember,
@@ -44,6 +45,8 @@ from campaign.models import (
     ReportShare,
     SendingFeedback,
     SharedAudience,
+    SharedKpi,
+    StagedAudienceMember,
     TrackingHit,
     TrackingLog,
     UrlType,
@@ -336,3 +339,31 @@ class DomainRuleFactory(factory.django.DjangoModelFactory):
         model = DomainRule
 
     domain = factory.Sequence(lambda n: f"domain{n}.example.com")
+
+
+class APIKeyFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = APIKey
+
+    name = factory.Sequence(lambda n: f"client-{n}")
+    key_hash = factory.Sequence(lambda n: f"{n:064x}")
+    prefix = factory.Sequence(lambda n: f"{n:08x}")
+
+
+class SharedKpiFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = SharedKpi
+
+    day = factory.LazyFunction(lambda: timezone.localdate())
+    delivery = factory.SubFactory(DeliveryFactory)
+    sent = 10
+    delivered = 9
+
+
+class StagedAudienceMemberFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = StagedAudienceMember
+
+    audience = factory.SubFactory(SharedAudienceFactory)
+    member_id = factory.Sequence(lambda n: f"visitor-{n}")
+    id_type = AudienceMember.IdType.VISITOR

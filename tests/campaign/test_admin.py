@@ -19,6 +19,7 @@ from django.urls import reverse
 
 from campaign.admin import ReadOnlyAdmin
 from campaign.models import (
+    APIKey,
     ABTest,
     AppSubscription,
     AudienceMember,
@@ -43,6 +44,8 @@ from campaign.models import (
     ReportShare,
     SendingFeedback,
     SharedAudience,
+    SharedKpi,
+    StagedAudienceMember,
     TrackingHit,
     TrackingLog,
 )
@@ -77,12 +80,15 @@ ROW_FACTORIES: dict[type[models.Model], Callable[..., models.Model]] = {
     BounceRule: factories.BounceRuleFactory,
     MxRule: factories.MxRuleFactory,
     DomainRule: factories.DomainRuleFactory,
+    APIKey: factories.APIKeyFactory,
+    SharedKpi: factories.SharedKpiFactory,
+    StagedAudienceMember: factories.StagedAudienceMemberFactory,
 }
 
 #: Written by other systems or computed by workflows: viewing only.
 READ_ONLY_MODELS = [
     SendingFeedback, TrackingHit, DeliveryLog, TrackingLog, EventHistory,
-    DeliveryAggregate, ForecastLog, CustomerMetrics, ReportSend, AudienceMember,
+    DeliveryAggregate, ForecastLog, CustomerMetrics, ReportSend, AudienceMember, SharedKpi, StagedAudienceMember,
 ]
 EDITABLE_MODELS = [model for model in ROW_FACTORIES if model not in READ_ONLY_MODELS]
 
