@@ -172,7 +172,7 @@ def test_list_json_shows_the_latest_run_as_last_run(cli_sample: Workflow) -> Non
 
 def test_list_table_shows_state_schedule_in_words_and_last_run(db: None) -> None:
     set_state("cleanup", WorkflowState.PAUSED)
-    workflow_cli("run", "billing", "--sync")
+    workflow_cli("run", "cliUnwritten", "--sync")
 
     result = workflow_cli("list")
 
@@ -184,7 +184,7 @@ def test_list_table_shows_state_schedule_in_words_and_last_run(db: None) -> None
     assert "Every 15 minutes" in rows["kpiSharing"]
     assert "On demand" in rows["reportSendingNow"]
     assert rows["cleanup"].split()[1] == "paused"
-    assert "failed in" in rows["billing"]
+    assert "failed in" in rows["cliUnwritten"]
     assert "never run" in rows["abTesting"]
 
 
@@ -320,11 +320,11 @@ def test_run_with_invalid_set_exits_2_and_creates_no_run(cli_sample: Workflow, a
     assert not WorkflowAudit.objects.filter(workflow_id="cliSample").exists()
 
 
-def test_run_set_on_builtin_without_properties_is_refused(db: None) -> None:
-    result = workflow_cli("run", "billing", "--set", "days=3")
+def test_run_set_on_a_workflow_without_properties_is_refused(db: None) -> None:
+    result = workflow_cli("run", "cliUnwritten", "--set", "days=3")
 
     assert result.exit_code == 2
-    assert_one_line_reason(result, "unknown property 'days' for billing (known: none)")
+    assert_one_line_reason(result, "unknown property 'days' for cliUnwritten (known: none)")
 
 
 def test_run_on_paused_workflow_is_refused_without_force(db: None, sent_tasks: list[dict[str, Any]]) -> None:
