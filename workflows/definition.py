@@ -152,6 +152,15 @@ def load_definitions() -> None:
         importlib.import_module(name)
 
 
+def builtin_definitions() -> list[WorkflowDefinition]:
+    """The platform's own workflows: the ``definition`` of each module of ``workflows.builtin``."""
+    import workflows.builtin as builtin
+
+    modules = [importlib.import_module(f"{builtin.__name__}.{module.name}") for module in pkgutil.iter_modules(builtin.__path__)]
+    definitions = [module.definition for module in modules if isinstance(getattr(module, "definition", None), WorkflowDefinition)]
+    return sorted(definitions, key=lambda definition: definition.id.lower())
+
+
 def all_definitions() -> list[WorkflowDefinition]:
     return sorted(_REGISTRY.values(), key=lambda definition: definition.id.lower())
 

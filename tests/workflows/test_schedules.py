@@ -158,3 +158,9 @@ def test_a_daily_job_fires_once_on_each_daylight_saving_change_day(db, settings,
     assert spring == {"2026-03-29": 1, "2026-03-30": 1}
     autumn = fires_per_local_day(crontab, zone, datetime(2026, 10, 24, 12, 0, tzinfo=ZoneInfo(zone)), 48, time_machine)
     assert autumn == {"2026-10-25": 1, "2026-10-26": 1}
+
+
+def test_the_builtin_definitions_are_exactly_the_15_of_the_spec():
+    from workflows.definition import builtin_definitions
+
+    assert [d.id for d in builtin_definitions()] == sorted(SPEC_CRONTABS, key=str.lower)

@@ -9,7 +9,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from workflows import commands
-from workflows.definition import all_definitions
+from workflows.definition import builtin_definitions
 from workflows.models import FINAL_RUN_STATUSES, RunStatus, Trigger, WorkflowRun
 from workflows.worker_process import WorkerProcess
 
@@ -23,7 +23,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: object, timeout: int, profiles: int, **options: object) -> None:
         call_command("seed_demo", if_empty=True, profiles=profiles, stdout=self.stdout)
-        definitions = [d for d in all_definitions() if d.__module__.startswith("workflows.builtin")]
+        definitions = builtin_definitions()
+        if not definitions:
+            raise CommandError("no workflow is declared in workflows/builtin/")
         queues = sorted({d.queue for d in definitions})
         self.stdout.write(f"Starting a worker on {', '.join(queues)}…")
         with WorkerProcess(queues=queues, concurrency=2):
