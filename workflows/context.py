@@ -99,10 +99,12 @@ class ActivityContext:
 
     def set_cursor(self, name: str, value: Any) -> None:
         """Call inside the transaction that wrote the effects the cursor moves past."""
-        with transaction.atomic():
-            workflow = Workflow.objects.select_for_update().only("cursors").get(pk=self.workflow_id)
-            workflow.cursors[name] = value
-            Workflow.objects.filter(pk=self.workflow_id).update(cursors=workflow.cursors)
+        # Only the lease holder writes its workflow's cursors, so read-then-write needs no row
+        # lock; no savepoint either (a batch pays for every round trip).
+        with transaction.atomic(savepoint=False):
+            cursors = Workflow.objects.filter(pk=self.workflow_id).values_list("cursors", flat=True).get()
+            cursors[name] = value
+            Workflow.objects.filter(pk=self.workflow_id).update(cursors=cursors)
 
     # -- batches ---------------------------------------------------------------------------
     def batches(
