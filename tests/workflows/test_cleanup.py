@@ -356,7 +356,7 @@ def test_no_database_constraint_ties_tracking_rows_to_delivery_logs(db):
 
 
 @pytest.mark.postgres
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_a_tracking_row_pointing_to_a_log_being_deleted_is_written_without_waiting():
     if connection.vendor != "postgresql":
         pytest.skip("row locks of a concurrent delete: PostgreSQL only")
@@ -727,7 +727,7 @@ CONCURRENCY_ROWS = int(os.environ.get("CLEANUP_CONCURRENCY_ROWS", "100000"))
 
 
 @pytest.mark.postgres
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_a_concurrent_writer_inserting_delivery_logs_never_waits_a_second_while_cleanup_deletes():
     if connection.vendor != "postgresql":
         pytest.skip("lock waits of concurrent writers: measured on PostgreSQL")
