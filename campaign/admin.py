@@ -448,12 +448,35 @@ class DeliveryAdmin(admin.ModelAdmin):
             changelist_link(ForecastLog, "forecast logs", delivery__id__exact=obj.pk),
         )
 
+    def get_urls(self) -> list[Any]:
+        from django.urls import path
+
+        return [path("<int:object_id>/kpis/", self.admin_site.admin_view(self.kpis_view), name="campaign_delivery_kpis"),
+                *super().get_urls()]
+
+    def kpis_view(self, request: HttpRequest, object_id: int) -> Any:
+        """Charts of the delivery's daily aggregates (campaign.kpi_charts)."""
+        from django.core.exceptions import PermissionDenied
+        from django.shortcuts import get_object_or_404
+        from django.template.response import TemplateResponse
+
+        from campaign import kpi_charts
+
+        delivery = get_object_or_404(Delivery, pk=object_id)
+        if not self.has_view_permission(request, delivery):
+            raise PermissionDenied
+        days = kpi_charts.daily_figures(delivery)
+        context = {**self.admin_site.each_context(request), "title": f"KPIs of {delivery}", "delivery": delivery,
+                   "days": days, "bar_chart": kpi_charts.bar_chart(days), "line_chart": kpi_charts.line_chart(days)}
+        return TemplateResponse(request, "admin/campaign/delivery/kpis.html", context)
+
     @admin.display(description="logs")
     def logs_link(self, obj: Delivery) -> str:
         if obj.pk is None:
             return "-"
         return format_html(
-            "{} · {} · {}",
+            "{} · {} · {} · {}",
+            format_html('<a href="{}">KPI charts</a>', reverse("admin:campaign_delivery_kpis", args=[obj.pk])),
             changelist_link(DeliveryLog, "delivery logs", delivery__id__exact=obj.pk),
             changelist_link(TrackingLog, "tracking logs", delivery__id__exact=obj.pk),
             changelist_link(DeliveryAggregate, "daily aggregates", delivery__id__exact=obj.pk),

@@ -1,0 +1,103 @@
+"""The per-delivery KPI page (admin): sent / delivered / bounces per day as bars, open and
+click-through rates per day as lines, drawn as inline SVG from DeliveryAggregate (never raw logs).
+
+SVG is drawn on the server: no JavaScript library to ship, and the page prints as it shows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.db.models import Sum
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString, mark_safe
+
+from campaign.models import Delivery, DeliveryAggregate
+
+WIDTH, HEIGHT, MARGIN = 720, 220, 36
+BAR_SERIES = (("sent", "#546e7a"), ("delivered", "#2e7d32"), ("bounces", "#c62828"))
+LINE_SERIES = (("open_rate", "#1565c0"), ("click_through_rate", "#ef6c00"))
+
+
+@dataclass(frozen=True)
+class Day:
+    day: object
+    sent: int
+    delivered: int
+    bounces: int
+    unique_opens: int
+    unique_clicks: int
+
+    @property
+    def open_rate(self) -> Decimal:
+        return percent(self.unique_opens, self.delivered)
+
+    @property
+    def click_through_rate(self) -> Decimal:
+        return percent(self.unique_clicks, self.delivered)
+
+
+def percent(part: int, whole: int) -> Decimal:
+    if not whole:
+        return Decimal("0.00")
+    return (Decimal(part) * 100 / Decimal(whole)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+
+
+def daily_figures(delivery: Delivery) -> list[Day]:
+    """One aggregate query: the delivery's days in order (all channels summed)."""
+    rows = (DeliveryAggregate.objects.filter(delivery=delivery).values("day").order_by("day")
+            .annotate(sent=Sum("sent"), delivered=Sum("delivered"), bounces=Sum("bounces"),
+                      unique_opens=Sum("unique_opens"), unique_clicks=Sum("unique_clicks")))
+    return [Day(**row) for row in rows]
+
+
+def _x(index: int, count: int) -> float:
+    step = (WIDTH - 2 * MARGIN) / max(count, 1)
+    return MARGIN + step * index + step / 2
+
+
+def _y(value: float, top: float) -> float:
+    return HEIGHT - MARGIN - (value / top if top else 0) * (HEIGHT - 2 * MARGIN)
+
+
+def bar_chart(days: list[Day]) -> SafeString:
+    top = max([max(day.sent, day.delivered, day.bounces) for day in days] or [0]) or 1
+    step = (WIDTH - 2 * MARGIN) / max(len(days), 1)
+    width = step / (len(BAR_SERIES) + 1)
+    bars = []
+    for index, day in enumerate(days):
+        for series, (name, colour) in enumerate(BAR_SERIES):
+            value = getattr(day, name)
+            x = MARGIN + step * index + width * (series + 0.5)
+            bars.append((f"{x:.1f}", f"{_y(value, top):.1f}", f"{width:.1f}", f"{HEIGHT - MARGIN - _y(value, top):.1f}",
+                         colour, f"{day.day}: {value} {name}"))
+    body = format_html_join("", '<rect x="{}" y="{}" width="{}" height="{}" fill="{}"><title>{}</title></rect>', bars)
+    return _frame(body, days, f"{top:,}", BAR_SERIES, "bar-chart")
+
+
+def line_chart(days: list[Day]) -> SafeString:
+    top = float(max([max(day.open_rate, day.click_through_rate) for day in days] or [Decimal(0)]) or 1)
+    lines = []
+    for name, colour in LINE_SERIES:
+        points = " ".join(f"{_x(i, len(days)):.1f},{_y(float(getattr(day, name)), top):.1f}" for i, day in enumerate(days))
+        lines.append(format_html('<polyline points="{}" fill="none" stroke="{}" stroke-width="2"/>', points, colour))
+        lines.extend(format_html('<circle cx="{}" cy="{}" r="3" fill="{}"><title>{}: {} {} %</title></circle>',
+                                 f"{_x(i, len(days)):.1f}", f"{_y(float(getattr(day, name)), top):.1f}", colour, day.day,
+                                 name.replace("_", " "), getattr(day, name))
+                     for i, day in enumerate(days))
+    return _frame(mark_safe("".join(lines)), days, f"{top:.2f} %", LINE_SERIES, "line-chart")  # noqa: S308 - built by format_html
+
+
+def _frame(body: SafeString, days: list[Day], top_label: str, series: tuple, css_id: str) -> SafeString:
+    labels = format_html_join("", '<text x="{}" y="{}" font-size="10" text-anchor="middle">{}</text>',
+                              ((f"{_x(i, len(days)):.1f}", HEIGHT - MARGIN + 14, day.day.strftime("%d %b")) for i, day in enumerate(days)
+                               if len(days) <= 14 or i % max(1, len(days) // 14) == 0))
+    legend = format_html_join("", '<rect x="{}" y="6" width="10" height="10" fill="{}"/><text x="{}" y="15" font-size="11">{}</text>',
+                              ((MARGIN + 150 * i, colour, MARGIN + 150 * i + 14, name.replace("_", " ")) for i, (name, colour) in enumerate(series)))
+    return format_html(
+        '<svg id="{}" viewBox="0 0 {} {}" width="100%" style="max-width:{}px" role="img">'
+        '<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="#999"/><text x="2" y="{}" font-size="10">{}</text>{}{}{}</svg>',
+        css_id, WIDTH, HEIGHT, WIDTH, MARGIN, HEIGHT - MARGIN, WIDTH - MARGIN, HEIGHT - MARGIN, MARGIN - 4, top_label,
+        body, labels, legend,
+    )
