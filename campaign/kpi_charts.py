@@ -7,13 +7,14 @@ SVG is drawn on the server: no JavaScript library to ship, and the page prints a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 from django.db.models import Sum
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
 from campaign.models import Delivery, DeliveryAggregate
+from campaign.rates import percent
 
 WIDTH, HEIGHT, MARGIN = 720, 220, 36
 BAR_SERIES = (("sent", "#546e7a"), ("delivered", "#2e7d32"), ("bounces", "#c62828"))
@@ -36,12 +37,6 @@ class Day:
     @property
     def click_through_rate(self) -> Decimal:
         return percent(self.unique_clicks, self.delivered)
-
-
-def percent(part: int, whole: int) -> Decimal:
-    if not whole:
-        return Decimal("0.00")
-    return (Decimal(part) * 100 / Decimal(whole)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
 
 
 def daily_figures(delivery: Delivery) -> list[Day]:

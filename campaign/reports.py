@@ -13,12 +13,14 @@ tests and the email body can use the figures without parsing the PDF.
 
 from __future__ import annotations
 
+from campaign.rates import percent
+
 import io
 import os
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -63,11 +65,7 @@ def instance_name() -> str:
     return hosts[0].lstrip(".") if hosts else "Campaign workflows"
 
 
-def rate(numerator: int, denominator: int) -> Decimal:
-    """A percentage with two decimals; a zero denominator gives 0 (SPEC §5)."""
-    if not denominator:
-        return Decimal("0.00")
-    return (Decimal(numerator) * 100 / Decimal(denominator)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+rate = percent  # the platform's rate convention (campaign.rates)
 
 
 @dataclass(frozen=True)

@@ -52,14 +52,14 @@ def make_certificates(directory: Path) -> Certificates:
 
 
 @pytest.fixture(scope="session")
-def test_certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+def tls_certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     return make_certificates(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(scope="session")
-def https_server_session(test_certificates: Certificates) -> Iterator[HTTPServer]:
+def https_server_session(tls_certificates: Certificates) -> Iterator[HTTPServer]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(test_certificates.certificate, test_certificates.key)
+    context.load_cert_chain(tls_certificates.certificate, tls_certificates.key)
     server = HTTPServer(host="localhost", port=0, ssl_context=context)
     server.start()
     try:
@@ -71,10 +71,10 @@ def https_server_session(test_certificates: Certificates) -> Iterator[HTTPServer
 
 
 @pytest.fixture
-def https_server(https_server_session: HTTPServer, test_certificates: Certificates,
+def https_server(https_server_session: HTTPServer, tls_certificates: Certificates,
                  monkeypatch: pytest.MonkeyPatch) -> Iterator[HTTPServer]:
     """The HTTPS server, trusted by ``requests`` for this test, cleared after it."""
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(test_certificates.ca))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls_certificates.ca))
     https_server_session.clear()
     yield https_server_session
     https_server_session.clear()

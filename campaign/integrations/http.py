@@ -84,6 +84,9 @@ class ServiceClient:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 response = self.session.request(method, self.url(path), timeout=timeout, **kwargs)
+            except requests.exceptions.SSLError as error:  # a ConnectionError, but retrying cannot fix it
+                raise ConfigurationError(f"{self.account.name}: {what}: the TLS certificate is not trusted "
+                                         f"({type(error).__name__})") from None
             except (requests.ConnectionError, requests.Timeout) as error:
                 reason = f"{self.account.name}: {what} failed: {type(error).__name__}"
                 delay = self._backoff(attempt)

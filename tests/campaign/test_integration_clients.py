@@ -18,7 +18,7 @@ from campaign.integrations.audience import AudienceClient, Member, MembersPage
 from campaign.integrations.deliverability import BounceRuleSpec, DeliverabilityClient, DomainRuleSpec, MxRuleSpec
 from campaign.integrations.http import MAX_ATTEMPTS, ConfigurationError, ServiceError, ServiceUnavailable
 from campaign.models import ExternalAccount
-from tests.https_server import https_server, https_server_session, test_certificates  # noqa: F401 - fixtures
+from tests.https_server import https_server, https_server_session, tls_certificates  # noqa: F401 - fixtures
 
 TOKEN = "clients-token-5f1c9a7e3b"  # noqa: S105 - a test value, checked never to leak
 TOKEN_ENV = "TEST_INTEGRATION_CLIENTS_TOKEN"
@@ -244,9 +244,10 @@ def test_rules_a_certificate_the_client_does_not_trust_is_not_accepted(https_ser
     monkeypatch.delenv("REQUESTS_CA_BUNDLE")
     https_server.expect_request("/rules").respond_with_json(RULES)
     client = DeliverabilityClient(account(ExternalAccount.Kind.DELIVERABILITY, https_server.url_for("/")))
-    with pytest.raises(ServiceUnavailable, match="SSLError"):
+    with pytest.raises(ConfigurationError, match="TLS certificate is not trusted"):
         client.fetch_rules()
     assert https_server.log == []  # no request was ever answered
+    assert waits == [], "an untrusted certificate is not retried: waiting cannot fix it"
 
 
 def with_bounce(**overrides: Any) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from tests.factories import (
     MxRuleFactory,
     SendingFeedbackFactory,
 )
-from tests.https_server import https_server, https_server_session, test_certificates  # noqa: F401 - fixtures
+from tests.https_server import https_server, https_server_session, tls_certificates  # noqa: F401 - fixtures
 from workflows import commands
 from workflows.builtin import deliverability_update as module
 from workflows.builtin import update_delivery_exec_info

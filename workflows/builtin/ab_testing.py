@@ -24,11 +24,12 @@ crash in between loses one email, never sends one twice, and the test's status t
 
 from __future__ import annotations
 
+from campaign.rates import percent
+
 import logging
 import smtplib
 from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -55,8 +56,7 @@ TESTS_PER_PAGE = 100
 #: cannot happen without opening it), as in updateDeliveryIndicators' unique_opens.
 OPEN_EVIDENCE_TYPES = (UrlType.CLICK, UrlType.OPEN, UrlType.OPT_OUT, UrlType.MIRROR_PAGE)
 
-#: Rates are compared as shown: percent, two decimals.
-RATE_QUANTUM = Decimal("0.01")
+#: Rates are compared as shown: percent, two decimals (campaign.rates).
 
 #: Statuses in which a winner may still be chosen by hand.
 OPEN_STATUSES = (ABTest.Status.TESTING, ABTest.Status.AWAITING_CHOICE, ABTest.Status.AWAITING_CONFIRMATION)
@@ -114,11 +114,7 @@ def period_end(test: ABTest, delivery: Delivery | None) -> datetime | None:
     return None if start is None else start + test.test_duration
 
 
-def rate(numerator: int, denominator: int) -> Decimal:
-    """``numerator / denominator`` in percent, two decimals (half up); 0 for a zero denominator."""
-    if not denominator:
-        return Decimal("0.00")
-    return (Decimal(100 * numerator) / Decimal(denominator)).quantize(RATE_QUANTUM, rounding=ROUND_HALF_UP)
+rate = percent  # the platform's rate convention (campaign.rates)
 
 
 def variant_figures(test: ABTest, *, delivery: Delivery | None = None) -> list[dict[str, Any]]:

@@ -34,12 +34,14 @@ transaction (:meth:`ActivityContext.batches`).
 
 from __future__ import annotations
 
+from campaign.rates import percent
+
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import Any
 
 from django.db import connection, transaction
@@ -87,7 +89,6 @@ OPENING_URL_TYPES = (UrlType.CLICK, UrlType.OPEN, UrlType.OPT_OUT, UrlType.MIRRO
 #: Deliveries written per UPDATE statement (21 parameters each: well under SQLite's 32,766).
 UPDATE_SLICE = 500
 
-_HUNDREDTH = Decimal("0.01")
 _HUNDRED_PERCENT = Decimal("100.00")
 
 
@@ -95,10 +96,7 @@ def percentage(numerator: int, denominator: int) -> Decimal:
     """``numerator / denominator`` in percent, two decimals, rounded half up; 0 when the
     denominator is 0. Capped at 100: a rate above it only comes from inconsistent source rows
     (tracking of a log since purged) and would not fit the column."""
-    if denominator <= 0:
-        return Decimal("0.00")
-    rate = (Decimal(100 * numerator) / Decimal(denominator)).quantize(_HUNDREDTH, rounding=ROUND_HALF_UP)
-    return min(rate, _HUNDRED_PERCENT)
+    return min(percent(numerator, denominator), _HUNDRED_PERCENT)
 
 
 # -- recomputation --------------------------------------------------------------------------------
