@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from campaign.integrations.http import ConfigurationError, ServiceClient, ServiceError, ServiceUnavailable, expect
+from campaign.integrations.http import ServiceClient, ServiceError, expect, without_token
 from campaign.models import ExternalAccount
 
 KIND = ExternalAccount.Kind.ANALYTICS
@@ -133,14 +133,7 @@ class AnalyticsClient:
         return self._guarded(lambda: _parse_fetch_answer(answer, date_from=date_from, date_to=date_to))
 
     def _guarded(self, call: Callable[[], Any]) -> Any:
-        """Run ``call``; an error carrying the token (a server echoing the Authorization header)
-        is raised again with the token scrubbed and without the original in its chain."""
-        try:
-            return call()
-        except (ServiceError, ServiceUnavailable, ConfigurationError) as error:
-            if self._secret and self._secret in str(error):
-                raise type(error)(str(error).replace(self._secret, "[token]")) from None
-            raise
+        return without_token(self._secret, call)
 
 
 # -- validation -------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from campaign.integrations.http import ConfigurationError, ServiceClient, ServiceError, ServiceUnavailable, expect
+from campaign.integrations.http import ServiceClient, expect, without_token
 from campaign.models import AudienceMember, ExternalAccount
 
 KIND = ExternalAccount.Kind.AUDIENCE
@@ -95,14 +95,7 @@ class AudienceClient:
             cursor = page.next_cursor
 
     def _guarded(self, call: Callable[[], Any]) -> Any:
-        """Run ``call``; an error carrying the token (a server echoing the Authorization header)
-        is raised again with the token scrubbed and without the original in its chain."""
-        try:
-            return call()
-        except (ServiceError, ServiceUnavailable, ConfigurationError) as error:
-            if self._secret and self._secret in str(error):
-                raise type(error)(str(error).replace(self._secret, "[token]")) from None
-            raise
+        return without_token(self._secret, call)
 
 
 def parse_members_page(answer: Any, *, where: str) -> MembersPage:

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from campaign.integrations.http import ConfigurationError, ServiceClient, ServiceError, ServiceUnavailable, expect
+from campaign.integrations.http import ServiceClient, ServiceError, expect, without_token
 from campaign.models import ExternalAccount, FailureReason, FailureType
 
 KIND = ExternalAccount.Kind.DELIVERABILITY
@@ -100,14 +100,7 @@ class DeliverabilityClient:
         return self._guarded(lambda: parse_rules(answer))
 
     def _guarded(self, call: Callable[[], Any]) -> Any:
-        """Run ``call``; an error carrying the token (a server echoing the Authorization header)
-        is raised again with the token scrubbed and without the original in its chain."""
-        try:
-            return call()
-        except (ServiceError, ServiceUnavailable, ConfigurationError) as error:
-            if self._secret and self._secret in str(error):
-                raise type(error)(str(error).replace(self._secret, "[token]")) from None
-            raise
+        return without_token(self._secret, call)
 
 
 # -- validation -------------------------------------------------------------------------------

@@ -130,6 +130,17 @@ class ServiceClient:
             return None
 
 
+def without_token(secret: str, call: Callable[[], Any]) -> Any:
+    """Run ``call``; an error carrying the token (a server echoing the Authorization header) is
+    raised again with the token scrubbed and without the original in its chain."""
+    try:
+        return call()
+    except (ServiceError, ServiceUnavailable, ConfigurationError) as error:
+        if secret and secret in str(error):
+            raise type(error)(str(error).replace(secret, "[token]")) from None
+        raise
+
+
 def expect(condition: bool, message: str) -> None:
     """Validate an answer's shape: a malformed answer is a permanent failure that writes nothing."""
     if not condition:
