@@ -93,17 +93,24 @@ class ActivityContext:
         WorkflowRun.objects.filter(pk=self.run.pk).update(progress_total=total)
 
     # -- cursors ---------------------------------------------------------------------------
+    def cursors(self) -> dict[str, Any]:
+        """All the workflow's cursors, read in one query."""
+        return Workflow.objects.filter(pk=self.workflow_id).values_list("cursors", flat=True).get()
+
     def get_cursor(self, name: str, default: Any = None) -> Any:
-        cursors = Workflow.objects.filter(pk=self.workflow_id).values_list("cursors", flat=True).get()
-        return cursors.get(name, default)
+        return self.cursors().get(name, default)
 
     def set_cursor(self, name: str, value: Any) -> None:
         """Call inside the transaction that wrote the effects the cursor moves past."""
+        self.set_cursors({name: value})
+
+    def set_cursors(self, values: dict[str, Any]) -> None:
+        """Set several cursors in one write (call inside the transaction of their effects)."""
         # Only the lease holder writes its workflow's cursors, so read-then-write needs no row
         # lock; no savepoint either (a batch pays for every round trip).
         with transaction.atomic(savepoint=False):
-            cursors = Workflow.objects.filter(pk=self.workflow_id).values_list("cursors", flat=True).get()
-            cursors[name] = value
+            cursors = self.cursors()
+            cursors.update(values)
             Workflow.objects.filter(pk=self.workflow_id).update(cursors=cursors)
 
     # -- batches ---------------------------------------------------------------------------
@@ -118,19 +125,22 @@ class ActivityContext:
         """
         limit = batch_size or self.batch_size
         total = 0
+        # Read once: only this run writes the cursor, and a batch that fails leaves the loop.
+        position = self.get_cursor(cursor_name, start)
         while True:
             if total and throttle_s:
                 time.sleep(throttle_s)
             self.checkpoint()
             with transaction.atomic():
-                cursor = self.get_cursor(cursor_name, start)
-                batch = step(cursor, limit)
+                batch = step(position, limit)
                 if batch.rows:
                     self.set_cursor(cursor_name, batch.cursor)
                 for name, amount in (batch.counters or {}).items():
                     self.count(name, amount)
                 self.run.progress_done += batch.rows
                 self.save_counters()
+            if batch.rows:
+                position = batch.cursor
             if self._on_progress is not None:
                 self._on_progress(self.run)
             total += batch.rows

@@ -182,18 +182,23 @@ def _run_activities(
     except Exception as error:  # a stored value no longer valid for the definition
         return _fail(definition, workflow, run, f"invalid properties: {describe(error)}", final=True)
 
-    finished = set(run.activities.filter(status__in=[ActivityStatus.SUCCEEDED, ActivityStatus.SKIPPED])
-                   .values_list("name", flat=True))
+    # Only a paused run that continues has activity rows already (a run taken over after its
+    # worker died is a new run): a fresh run creates them without looking.
+    finished = set()
+    if continuing:
+        finished = set(run.activities.filter(status__in=[ActivityStatus.SUCCEEDED, ActivityStatus.SKIPPED])
+                       .values_list("name", flat=True))
     current: ActivityRun | None = None
     try:
         for position, activity in enumerate(definition.activities):
             name = activity.__name__
             if name in finished:
                 continue
-            current, _ = ActivityRun.objects.update_or_create(
-                run=run, position=position,
-                defaults={"name": name, "status": ActivityStatus.RUNNING, "finished_at": None, "message": ""},
-            )
+            started = {"name": name, "status": ActivityStatus.RUNNING, "finished_at": None, "message": ""}
+            if continuing:
+                current, _ = ActivityRun.objects.update_or_create(run=run, position=position, defaults=started)
+            else:
+                current = ActivityRun.objects.create(run=run, position=position, **started)
             mode = workflow.activity_modes.get(name, ActivityMode.NORMAL)
             if mode == ActivityMode.DISABLED:
                 _end_activity(current, ActivityStatus.SKIPPED, "disabled")

@@ -11,7 +11,7 @@ cursors so that an interrupted run (crash, pause, stop) is continued by the next
 
 - ``pass``: the pass's window, written once when it opens: ``opened_at``, ``full``,
   ``logs_after`` (the timestamp watermark), ``tracking_after`` / ``tracking_until`` (the id range).
-- ``pass_deliveries`` / ``pass_logs`` / ``pass_tracking``: keyset positions of its phases.
+- ``pass_deliveries`` (full pass) / ``pass_changes`` (incremental pass): keyset positions.
 - ``logs_updated_at`` / ``tracking_id``: the watermarks, moved when the pass closes (together with
   clearing ``pass``, in one transaction).
 
@@ -45,7 +45,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Count, Exists, Max, OuterRef, Q
+from django.db.models import Count, Exists, Max, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from campaign.models import Delivery, DeliveryLog, FailureType, LogStatus, TrackingLog, UrlType
@@ -294,6 +294,10 @@ class Window:
             "tracking_until": self.tracking_until,
         }
 
+    def first_changes(self) -> dict[str, Any]:
+        """The incremental pass's starting position (see :func:`_changed_rows_step`)."""
+        return {"logs": [self.logs_after.isoformat() if self.logs_after else None, 0], "tracking": self.tracking_after}
+
     @classmethod
     def from_cursor(cls, value: dict[str, Any]) -> Window:
         return cls(
@@ -307,40 +311,43 @@ class Window:
 
 def _open_pass(ctx: ActivityContext) -> Window:
     """Continue the pass an earlier run left open, or open the next one."""
-    stored = ctx.get_cursor("pass")
+    cursors = ctx.cursors()
+    stored = cursors.get("pass")
     if stored and (stored["full"] or not ctx.properties["recompute_all"]):
         window = Window.from_cursor(stored)
         ctx.log(f"Continuing the pass opened at {window.opened_at.isoformat()}.")
         return window
 
-    logs_watermark = ctx.get_cursor("logs_updated_at")
+    logs_watermark = cursors.get("logs_updated_at")
     window = Window(
         opened_at=timezone.now(),
         full=logs_watermark is None or ctx.properties["recompute_all"],
         logs_after=datetime.fromisoformat(logs_watermark) if logs_watermark else None,
-        tracking_after=int(ctx.get_cursor("tracking_id") or 0),
+        tracking_after=int(cursors.get("tracking_id") or 0),
         tracking_until=TrackingLog.objects.aggregate(last=Max("id"))["last"] or 0,
     )
+    first_take = ctx.properties["source_rows_per_batch"] // ASSUMED_ROWS_PER_DELIVERY
     with transaction.atomic():
-        ctx.set_cursor("pass", window.as_cursor())
-        first_take = ctx.properties["source_rows_per_batch"] // ASSUMED_ROWS_PER_DELIVERY
-        ctx.set_cursor("pass_deliveries", {"after": 0, "take": min(max(first_take, 1), MAX_DELIVERIES_PER_BATCH)})
-        ctx.set_cursor("pass_logs", [window.logs_after.isoformat() if window.logs_after else None, 0])
-        ctx.set_cursor("pass_tracking", window.tracking_after)
-    if window.full:
-        ctx.log("Full pass: every delivery with logs or tracking.")
-    else:
-        ctx.log(f"Incremental pass: logs updated after {window.logs_after.isoformat()}, "
-                f"tracking rows {window.tracking_after + 1} to {window.tracking_until}.")
+        ctx.set_cursors({
+            "pass": window.as_cursor(),
+            "pass_deliveries": {"after": 0, "take": min(max(first_take, 1), MAX_DELIVERIES_PER_BATCH)},
+            "pass_changes": window.first_changes(),
+        })
+        if window.full:
+            ctx.log("Full pass: every delivery with logs or tracking.")
+        else:
+            ctx.log(f"Incremental pass: logs updated after {window.logs_after.isoformat()}, "
+                    f"tracking rows {window.tracking_after + 1} to {window.tracking_until}.")
     return window
 
 
 def _close_pass(ctx: ActivityContext, window: Window) -> None:
-    """Move the watermarks past what the pass covered and clear it, in one transaction."""
-    with transaction.atomic():
-        ctx.set_cursor("logs_updated_at", (window.opened_at - LOG_TIMESTAMP_SAFETY_MARGIN).isoformat())
-        ctx.set_cursor("tracking_id", window.tracking_until)
-        ctx.set_cursor("pass", None)
+    """Move the watermarks past what the pass covered and clear it, in one write."""
+    ctx.set_cursors({
+        "logs_updated_at": (window.opened_at - LOG_TIMESTAMP_SAFETY_MARGIN).isoformat(),
+        "tracking_id": window.tracking_until,
+        "pass": None,
+    })
 
 
 def _every_delivery_step(rows_per_batch: int) -> BatchStep:
@@ -369,36 +376,53 @@ def _every_delivery_step(rows_per_batch: int) -> BatchStep:
     return step
 
 
-def _changed_logs_step(window: Window) -> BatchStep:
-    """Incremental pass: the next logs updated in the window, in (updated_at, id) order."""
+def _next_batch(rest: QuerySet, order: tuple[str, ...], limit: int) -> tuple[dict[int, int], tuple[Any, ...] | None]:
+    """The first ``limit`` rows of ``rest`` in ``order``: how many each delivery has, and the key
+    of the last one when the batch is full (``None``: the batch drained ``rest``).
 
-    def step(position: list[Any], limit: int) -> Batch:
-        after_at, after_id = datetime.fromisoformat(position[0]), int(position[1])
-        rows = list(
-            DeliveryLog.objects.filter(updated_at__gte=after_at, updated_at__lte=window.opened_at)
-            .filter(Q(updated_at__gt=after_at) | Q(pk__gt=after_id))
-            .order_by("updated_at", "pk").values_list("updated_at", "pk", "delivery_id")[:limit]
-        )
-        pending = _not_recomputed_since((delivery_id for _, _, delivery_id in rows), window.opened_at)
-        done = recompute_indicators(delivery_ids=pending, now=timezone.now())
-        cursor = [rows[-1][0].isoformat(), rows[-1][1]] if rows else position
-        return Batch(rows=len(rows), cursor=cursor, counters={"changed_logs": len(rows), "deliveries": done.deliveries})
-
-    return step
+    The database groups the batch, so 20,000 changed rows cost one scan and a handful of result
+    rows, not 20,000 rows to fetch and convert; only a full batch costs a second probe for its end.
+    """
+    ordered = rest.order_by(*order)
+    sql, params = ordered.values("delivery_id")[:limit].query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT delivery_id, COUNT(*) FROM ({sql}) batch GROUP BY delivery_id", params)
+        counts = dict(cursor.fetchall())
+    if sum(counts.values()) < limit:
+        return counts, None
+    return counts, next(iter(ordered.values_list(*order)[limit - 1:limit]), None)
 
 
-def _new_tracking_step(window: Window) -> BatchStep:
-    """Incremental pass: the next tracking rows of the window's id range, by id."""
+def _changed_rows_step(window: Window) -> BatchStep:
+    """Incremental pass: the window's changed logs in (updated_at, id) order, then its new
+    tracking rows by id, ``limit`` rows a batch. A batch that drains the logs fills up with
+    tracking rows, so a small pass is one batch and each of its deliveries is recomputed once.
 
-    def step(after_id: int, limit: int) -> Batch:
-        rows = list(
-            TrackingLog.objects.filter(pk__gt=after_id, pk__lte=window.tracking_until)
-            .order_by("pk").values_list("pk", "delivery_id")[:limit]
-        )
-        pending = _not_recomputed_since((delivery_id for _, delivery_id in rows), window.opened_at)
-        done = recompute_indicators(delivery_ids=pending, now=timezone.now())
-        return Batch(rows=len(rows), cursor=rows[-1][0] if rows else after_id,
-                     counters={"new_tracking": len(rows), "deliveries": done.deliveries})
+    Position: ``{"logs": [updated_at, id] of the last log read, or null once they are drained,
+    "tracking": id of the last tracking row read}``.
+    """
+    logs_in_window = DeliveryLog.objects.filter(updated_at__lte=window.opened_at)
+
+    def step(position: dict[str, Any], limit: int) -> Batch:
+        deliveries: dict[int, int] = {}
+        logs, tracking = position["logs"], position["tracking"]
+        changed_logs = new_tracking = 0
+        if logs is not None:
+            after_at, after_id = datetime.fromisoformat(logs[0]), int(logs[1])
+            rest = logs_in_window.filter(updated_at__gte=after_at).filter(Q(updated_at__gt=after_at) | Q(pk__gt=after_id))
+            deliveries, last = _next_batch(rest, ("updated_at", "pk"), limit)
+            changed_logs = sum(deliveries.values())
+            logs = [last[0].isoformat(), last[1]] if last else None
+        if logs is None and changed_logs < limit:
+            rest = TrackingLog.objects.filter(pk__gt=tracking, pk__lte=window.tracking_until)
+            new, last = _next_batch(rest, ("pk",), limit - changed_logs)
+            new_tracking = sum(new.values())
+            tracking = last[0] if last else window.tracking_until
+            deliveries.update(new)
+        done = recompute_indicators(delivery_ids=_not_recomputed_since(deliveries, window.opened_at), now=timezone.now())
+        rows = changed_logs + new_tracking
+        return Batch(rows=rows, cursor={"logs": logs, "tracking": tracking}, done=rows < limit,
+                     counters={"changed_logs": changed_logs, "new_tracking": new_tracking, "deliveries": done.deliveries})
 
     return step
 
@@ -410,9 +434,8 @@ def recompute_changed_deliveries(ctx: ActivityContext) -> None:
         rows_per_batch = ctx.properties["source_rows_per_batch"]
         ctx.batches("pass_deliveries", _every_delivery_step(rows_per_batch), batch_size=1)
     else:
-        rows_per_batch = ctx.properties["changed_rows_per_batch"]
-        ctx.batches("pass_logs", _changed_logs_step(window), batch_size=rows_per_batch)
-        ctx.batches("pass_tracking", _new_tracking_step(window), batch_size=rows_per_batch)
+        ctx.batches("pass_changes", _changed_rows_step(window), start=window.first_changes(),
+                    batch_size=ctx.properties["changed_rows_per_batch"])
     _close_pass(ctx, window)
 
 
