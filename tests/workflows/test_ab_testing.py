@@ -157,6 +157,25 @@ def test_variant_figures_cost_the_same_few_queries_whatever_the_number_of_logs(d
     assert [row["unique_opens"] for row in figures] == [200, 100]
 
 
+def test_figures_of_a_page_of_tests_are_each_tests_own_in_two_queries(db: Any) -> None:
+    two, two_delivery = make_test()
+    add_logs(two_delivery, "A", population(20, opened=9, clicked=4, unsubscribed=1))
+    add_logs(two_delivery, "B", population(20, opened=12, clicked=2))
+    three, three_delivery = make_test(variant_count=3)
+    add_logs(three_delivery, "A", population(10, opened=3))
+    add_logs(three_delivery, "C", population(10, opened=6, clicked=6))
+    unsent, _ = make_test()
+    own = {test.pk: variant_figures(test) for test in (two, three, unsent)}
+
+    pairs = [(two, two_delivery), (three, three_delivery), (unsent, ab_testing.delivery_under_test(unsent))]
+    with CaptureQueriesContext(connection) as queries:
+        together = ab_testing.figures_of(pairs)
+
+    assert together == own
+    assert len(queries) == 2
+    assert [row["variant"] for row in together[three.pk]] == ["A", "B", "C"]
+
+
 # -- a winner per criterion -------------------------------------------------------------------------
 
 def test_best_open_rate_wins_and_is_sent_automatically(owner: Any) -> None:
@@ -447,11 +466,11 @@ def test_a_run_that_fails_half_way_is_completed_by_the_next_without_doubles(owne
         tests.append(test)
     real_decide, calls = ab_testing.decide, []
 
-    def failing_decide(test_id: int, *, now: Any) -> ab_testing.Decision:
+    def failing_decide(test_id: int, **kwargs: Any) -> ab_testing.Decision:
         calls.append(test_id)
         if len(calls) == 2:
             raise RuntimeError("worker lost")
-        return real_decide(test_id, now=now)
+        return real_decide(test_id, **kwargs)
 
     monkeypatch.setattr(ab_testing, "decide", failing_decide)
     failed = commands.run_now("abTesting", actor="test", sync=True)

@@ -14,9 +14,11 @@ workers at once therefore never send twice.
 A winner chosen by hand (``winner_chosen_by`` set) is never overridden by the computation: the run
 only applies it when the test period ends (or at once, if it already has).
 
-Figures come from two aggregate queries per test (logs grouped by variant, tracking grouped by the
-variant of its log), never from logs loaded into Python; the rates are then plain arithmetic on
-those few counts. They use the formulas of updateDeliveryIndicators: a click implies an open.
+Figures come from two aggregate queries per page of tests (logs grouped by delivery and variant,
+tracking grouped by delivery and the variant of its log), never from logs loaded into Python; the
+rates are then plain arithmetic on those few counts. They use the formulas of
+updateDeliveryIndicators: a click implies an open. A page's tests, deliveries and figures are read
+before any lock (:func:`read_page`); each test is then decided in its own transaction.
 
 Owner notifications (a tie, a winner to confirm) are sent after the decision has committed: a
 crash in between loses one email, never sends one twice, and the test's status tells the truth.
@@ -24,10 +26,9 @@ crash in between loses one email, never sends one twice, and the test's status t
 
 from __future__ import annotations
 
-from campaign.rates import percent
-
 import logging
 import smtplib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -40,6 +41,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from campaign.models import ABTest, Delivery, DeliveryLog, LogStatus, TrackingLog, UrlType
+from campaign.rates import percent
 from workflows.context import ActivityContext
 from workflows.definition import Schedule, WorkflowDefinition, register
 from workflows.models import LogLevel, WorkflowLog
@@ -95,14 +97,19 @@ class WinnerRefused(Exception):
 
 # -- figures ---------------------------------------------------------------------------------------
 
+def deliveries_under_test(test_ids: Sequence[int]) -> dict[int, Delivery]:
+    """The delivery that carries each test's variants: the test's first marketing delivery that
+    is not a winner delivery. One query for any number of tests."""
+    deliveries: dict[int, Delivery] = {}
+    candidates = (Delivery.objects.filter(ab_test_id__in=test_ids, kind=Delivery.Kind.MARKETING, won_ab_test__isnull=True)
+                  .order_by("ab_test_id", "pk"))
+    for delivery in candidates:
+        deliveries.setdefault(delivery.ab_test_id, delivery)
+    return deliveries
+
+
 def delivery_under_test(test: ABTest) -> Delivery | None:
-    """The delivery that carries the variants: the test's first marketing delivery that is not a
-    winner delivery."""
-    return (
-        Delivery.objects.filter(ab_test=test, kind=Delivery.Kind.MARKETING, won_ab_test__isnull=True)
-        .order_by("pk")
-        .first()
-    )
+    return deliveries_under_test([test.pk]).get(test.pk)
 
 
 def period_end(test: ABTest, delivery: Delivery | None) -> datetime | None:
@@ -119,53 +126,67 @@ rate = percent  # the platform's rate convention (campaign.rates)
 
 def variant_figures(test: ABTest, *, delivery: Delivery | None = None) -> list[dict[str, Any]]:
     """Per variant of ``test`` (in order A, B, C): delivered, unique_opens, unique_clicks,
-    unsubscribes, open_rate, click_through_rate, unsubscribe_rate (percent, two decimals).
-
-    Two aggregate queries over the test delivery, whatever its size. Logs with another variant
-    (or none) are ignored; tracking rows whose log was purged cannot be attributed and are too.
-    """
+    unsubscribes, open_rate, click_through_rate, unsubscribe_rate (percent, two decimals)."""
     delivery = delivery if delivery is not None else delivery_under_test(test)
-    variants = test.variants
-    delivered: dict[str, int] = {}
-    tracked: dict[str, dict[str, int]] = {}
-    if delivery is not None:
-        delivered = dict(
-            DeliveryLog.objects.filter(delivery_id=delivery.pk, status=LogStatus.SENT, variant__in=variants)
-            .order_by()
-            .values_list("variant")
-            .annotate(count=Count("id"))
-        )
+    return figures_of([(test, delivery)])[test.pk]
+
+
+def figures_of(tests: Sequence[tuple[ABTest, Delivery | None]]) -> dict[int, list[dict[str, Any]]]:
+    """:func:`variant_figures` of several tests (each with its test delivery), by test id.
+
+    Two aggregate queries over the test deliveries, whatever their number and size. Logs with
+    another variant (or none) are ignored; tracking rows whose log was purged cannot be
+    attributed and are too.
+    """
+    by_delivery = {delivery.pk: test for test, delivery in tests if delivery is not None}
+    variants = sorted({variant for test, _ in tests for variant in test.variants})
+    delivered: dict[tuple[int, str], int] = {}
+    tracked: dict[tuple[int, str], dict[str, int]] = {}
+    if by_delivery:
+        delivered = {
+            (delivery_id, variant): count
+            for delivery_id, variant, count in DeliveryLog.objects.filter(
+                delivery_id__in=by_delivery, status=LogStatus.SENT, variant__in=variants,
+            ).order_by().values_list("delivery_id", "variant").annotate(count=Count("id"))
+        }
         tracked = {
-            row.pop("delivery_log__variant"): row
+            (row.pop("delivery_id"), row.pop("delivery_log__variant")): row
             for row in TrackingLog.objects.filter(
-                delivery_id=delivery.pk, url_type__in=OPEN_EVIDENCE_TYPES, delivery_log__variant__in=variants,
+                delivery_id__in=by_delivery, url_type__in=OPEN_EVIDENCE_TYPES, delivery_log__variant__in=variants,
+                # True of every row (a tracking row's delivery is its log's, denormalised); it lets
+                # PostgreSQL read the deliveries' logs through their delivery index and hash-join
+                # them instead of probing the primary key once per tracking row (3x faster).
+                delivery_log__delivery_id__in=by_delivery,
             )
             .order_by()
-            .values("delivery_log__variant")
+            .values("delivery_id", "delivery_log__variant")
             .annotate(
                 unique_opens=Count("delivery_log_id", distinct=True),
                 unique_clicks=Count("delivery_log_id", distinct=True, filter=Q(url_type=UrlType.CLICK)),
                 unsubscribes=Count("id", filter=Q(url_type=UrlType.OPT_OUT)),
             )
         }
-    figures = []
-    for variant in variants:
-        sent = delivered.get(variant, 0)
-        counts = tracked.get(variant, {})
-        unique_opens = counts.get("unique_opens", 0)
-        unique_clicks = counts.get("unique_clicks", 0)
-        unsubscribes = counts.get("unsubscribes", 0)
-        figures.append({
-            "variant": variant,
-            "delivered": sent,
-            "unique_opens": unique_opens,
-            "unique_clicks": unique_clicks,
-            "unsubscribes": unsubscribes,
-            "open_rate": rate(unique_opens, sent),
-            "click_through_rate": rate(unique_clicks, sent),
-            "unsubscribe_rate": rate(unsubscribes, sent),
-        })
-    return figures
+    delivery_of = {test.pk: delivery.pk if delivery is not None else None for test, delivery in tests}
+    return {test.pk: [_variant_row(variant, delivered.get((delivery_of[test.pk], variant), 0),
+                                   tracked.get((delivery_of[test.pk], variant), {}))
+                      for variant in test.variants]
+            for test, _ in tests}
+
+
+def _variant_row(variant: str, sent: int, counts: dict[str, int]) -> dict[str, Any]:
+    unique_opens = counts.get("unique_opens", 0)
+    unique_clicks = counts.get("unique_clicks", 0)
+    unsubscribes = counts.get("unsubscribes", 0)
+    return {
+        "variant": variant,
+        "delivered": sent,
+        "unique_opens": unique_opens,
+        "unique_clicks": unique_clicks,
+        "unsubscribes": unsubscribes,
+        "open_rate": rate(unique_opens, sent),
+        "click_through_rate": rate(unique_clicks, sent),
+        "unsubscribe_rate": rate(unsubscribes, sent),
+    }
 
 
 def winner_of(figures: list[dict[str, Any]], *, criterion: str) -> str | None:
@@ -186,17 +207,34 @@ def winner_of(figures: list[dict[str, Any]], *, criterion: str) -> str | None:
 
 # -- decisions -------------------------------------------------------------------------------------
 
-def decide(test_id: int, *, now: datetime) -> Decision:
+@dataclass(frozen=True)
+class Page:
+    """What the decisions on a page of tests read before taking any lock: the tests (with their
+    owner and campaign, for the journal and the emails), their test deliveries, and the figures of
+    those whose period has ended. A handful of queries for the whole page."""
+
+    tests: dict[int, ABTest]
+    deliveries: dict[int, Delivery]
+    figures: dict[int, list[dict[str, Any]]]
+
+
+def read_page(test_ids: Sequence[int], *, now: datetime) -> Page:
+    tests = ABTest.objects.select_related("owner", "campaign").in_bulk(test_ids)
+    deliveries = deliveries_under_test(list(tests))
+    ended = [(test, deliveries.get(test.pk)) for test in tests.values()
+             if _may_need_figures(test, deliveries.get(test.pk), now)]
+    return Page(tests, deliveries, figures_of(ended) if ended else {})
+
+
+def decide(test_id: int, *, now: datetime, page: Page | None = None) -> Decision:
     """Settle one test if its period has ended: apply the hand-picked winner, or compute one, or
-    mark a tie. Safe to call any number of times."""
+    mark a tie. Safe to call any number of times. ``page``: read beforehand (:func:`read_page`)."""
     # Figures are computed before the lock (an aggregate over the whole test delivery should not
     # hold a write transaction; on SQLite an immediate transaction locks the database). The
     # decision itself re-reads the test under lock and trusts only that.
-    test = ABTest.objects.get(pk=test_id)
-    delivery = delivery_under_test(test)
-    figures: list[dict[str, Any]] | None = None
-    if _may_need_figures(test, delivery, now):
-        figures = variant_figures(test, delivery=delivery)
+    page = page or read_page([test_id], now=now)
+    delivery = page.deliveries.get(test_id)
+    figures = page.figures.get(test_id)
 
     with transaction.atomic():
         test = ABTest.objects.select_for_update().get(pk=test_id)
@@ -346,11 +384,11 @@ def notify_owner(test: ABTest, *, subject: str, body: str) -> str | None:
     return address
 
 
-def _report(ctx: ActivityContext, decision: Decision) -> None:
-    """Journal a decision and send the owner the notification it calls for."""
+def _report(ctx: ActivityContext, decision: Decision, test: ABTest) -> None:
+    """Journal a decision and send the owner the notification it calls for (``test``: as read
+    before the decision; only what a decision does not change is used)."""
     if decision.outcome in (Outcome.NOT_STARTED, Outcome.NOT_ENDED, Outcome.WAITING):
         return
-    test = ABTest.objects.select_related("owner", "campaign").get(pk=decision.test_id)
     name = _name(test)
     how = "chosen by hand" if decision.chosen_by_hand else "computed"
     criterion = test.get_criterion_display().lower()
@@ -397,11 +435,15 @@ def decide_winners(ctx: ActivityContext) -> None:
     last_id = 0
     while True:
         ids = list(candidates.filter(pk__gt=last_id).order_by("pk").values_list("pk", flat=True)[:TESTS_PER_PAGE])
+        now = timezone.now()
+        page = read_page(ids, now=now)
         for test_id in ids:
+            if test_id not in page.tests:  # deleted meanwhile
+                continue
             ctx.checkpoint()  # each test commits on its own: pausing between two is safe
-            decision = decide(test_id, now=timezone.now())
+            decision = decide(test_id, now=now, page=page)
             ctx.count(decision.outcome.value)
-            _report(ctx, decision)
+            _report(ctx, decision, page.tests[test_id])
         if len(ids) < TESTS_PER_PAGE:
             return
         last_id = ids[-1]
