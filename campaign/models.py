@@ -722,12 +722,17 @@ class ReportSend(models.Model):
 
     class Status(models.TextChoices):
         RENDERING = "rendering", "Rendering"
+        EMAILING = "emailing", "Emailing"
         SENT = "sent", "Sent"
         FAILED = "failed", "Failed"
 
     share = models.ForeignKey(ReportShare, on_delete=models.CASCADE, related_name="sends", verbose_name="share")
     due_at = models.DateTimeField("due")
     status = models.CharField("status", max_length=16, choices=Status.choices, default=Status.RENDERING)
+    claimed_by_run = models.PositiveBigIntegerField(
+        "claimed by run", null=True, blank=True,
+        help_text="The reportSendingNow run that rendered (and emailed) it; empty when sent outside a run.",
+    )
     pdf_path = models.CharField("PDF file", max_length=500, blank=True)
     pdf_bytes = models.PositiveIntegerField("PDF size (bytes)", default=0)
     sent_at = models.DateTimeField("sent", null=True, blank=True)

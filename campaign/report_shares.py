@@ -6,9 +6,10 @@ committed. The admin calls :func:`share_saved`; code calls :func:`create_share`.
 
 Exactly once per due time: :func:`send_share` first inserts the ReportSend row (unique on share and
 due time) in its own transaction; only the caller that inserted it renders and sends. A duplicate
-trigger, a Celery retry or a second beat tick finds the row and does nothing. A send that failed
-before any email left (status ``failed``) may be claimed again by the next trigger; one that
-crashed mid-way stays ``rendering`` and is left for a person to look at (docs/reports.md).
+trigger, a Celery retry or a second beat tick finds the row and does nothing. An attempt known to
+have emailed nothing — ``failed``, or left ``rendering`` by a run that died — is claimed again by
+the next trigger; one that died while ``emailing`` is left for a person to look at (the messages
+may have gone out).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from django.core import signing
 from django.core.exceptions import ValidationError
 from django.core.mail import EmailMessage, get_connection
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.urls import reverse
 from django.utils import timezone
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, PeriodicTask
@@ -302,24 +304,39 @@ def pdf_relative_path(share: ReportShare, due_at: datetime) -> str:
     return f"reports/{share.pk}/{stamp}.pdf"
 
 
-def claim(share: ReportShare, due_at: datetime) -> ReportSend | None:
-    """Insert the send row (status rendering) or re-claim a failed one; None when another trigger
-    owns this due time already (sent, or rendering)."""
+def claim(share: ReportShare, due_at: datetime, *, run_id: int | None = None) -> ReportSend | None:
+    """Insert the send row (status rendering) or re-claim one whose attempt is known to have
+    emailed nothing; None when another attempt owns this due time (sent, emailing, or rendering).
+
+    Re-claimable: a ``failed`` row, and — when called by a reportSendingNow run (``run_id``) — a
+    ``rendering`` row claimed by another run. Runs of that workflow never overlap (they share its
+    lease), so that run died before it emailed anything. An ``emailing`` row is never re-claimed:
+    its run may have died after the SMTP server accepted the messages (at most once).
+    """
     try:
         with transaction.atomic():
-            return ReportSend.objects.create(share=share, due_at=due_at, status=ReportSend.Status.RENDERING)
+            return ReportSend.objects.create(share=share, due_at=due_at, status=ReportSend.Status.RENDERING,
+                                             claimed_by_run=run_id)
     except IntegrityError:
         pass
-    with transaction.atomic():
-        reclaimed = ReportSend.objects.filter(share=share, due_at=due_at, status=ReportSend.Status.FAILED).update(
-            status=ReportSend.Status.RENDERING, error="")
-    return ReportSend.objects.get(share=share, due_at=due_at) if reclaimed else None
+    reclaimable = Q(status=ReportSend.Status.FAILED)
+    if run_id is not None:
+        orphaned = Q(status=ReportSend.Status.RENDERING, claimed_by_run__isnull=False) & ~Q(claimed_by_run=run_id)
+        reclaimable |= orphaned
+    row = ReportSend.objects.filter(share=share, due_at=due_at)
+    previous = row.values_list("status", "claimed_by_run").first()
+    with transaction.atomic():  # conditional: of two attempts re-claiming at once, one wins
+        reclaimed = row.filter(reclaimable).update(status=ReportSend.Status.RENDERING, error="", claimed_by_run=run_id)
+    if not reclaimed:
+        return None
+    log.info("share #%s due %s re-claimed by run #%s (was %s, run #%s)", share.pk, due_at.isoformat(), run_id, *previous)
+    return row.get()
 
 
-def send_share(share: ReportShare, due_at: datetime) -> ReportSend | None:
+def send_share(share: ReportShare, due_at: datetime, *, run_id: int | None = None) -> ReportSend | None:
     """Render, store and email one share for one due time, at most once. Returns the send row, or
-    None when this due time was already taken."""
-    send = claim(share, due_at)
+    None when this due time was already taken. ``run_id``: the reportSendingNow run sending it."""
+    send = claim(share, due_at, run_id=run_id)
     if send is None:
         return None
     try:
@@ -334,12 +351,14 @@ def send_share(share: ReportShare, due_at: datetime) -> ReportSend | None:
         target = Path(settings.MEDIA_ROOT) / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(pdf)
-        ReportSend.objects.filter(pk=send.pk).update(pdf_path=relative, pdf_bytes=len(pdf))
         send.pdf_path, send.pdf_bytes = relative, len(pdf)
+        messages = [build_email(share, send, figures, pdf, user) for user in recipients]
     except Exception as error:  # recorded on the row (nothing was emailed yet), then re-raised for the run
         ReportSend.objects.filter(pk=send.pk).update(status=ReportSend.Status.FAILED, error=f"{type(error).__name__}: {error}")
         raise
-    messages = [build_email(share, send, figures, pdf, user) for user in recipients]
+    # From here on a crash leaves the row "emailing": the messages may have left, so no attempt
+    # sends them again unless a person decides to (docs/workflows/reportSendingNow.md).
+    ReportSend.objects.filter(pk=send.pk).update(status=ReportSend.Status.EMAILING, pdf_path=relative, pdf_bytes=len(pdf))
     try:
         get_connection().send_messages(messages)
     except Exception as error:  # SMTP refused: nothing (or part) went out; the row says why

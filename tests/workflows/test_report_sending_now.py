@@ -80,12 +80,54 @@ def test_second_trigger_for_the_same_due_time_sends_nothing(media, report) -> No
     assert second.activities.get().counters == {"duplicates": 1}
 
 
-def test_a_send_in_progress_is_not_sent_again(media, report) -> None:  # noqa: ANN001
+def test_a_send_in_progress_outside_a_run_is_not_sent_again(media, report) -> None:  # noqa: ANN001
     share = make_share(report, [UserFactory()], recurrence=Recurrence.DAILY, send_time=time(8))
     due = datetime(2026, 3, 2, 8, tzinfo=PARIS)
     ReportSend.objects.create(share=share, due_at=due, status=ReportSend.Status.RENDERING)
     run(share_id=share.pk, due_at=due.isoformat())
     assert mail.outbox == []
+
+
+def test_a_send_left_rendering_by_a_run_that_died_is_taken_over_and_sent_once(media, report) -> None:  # noqa: ANN001
+    share = make_share(report, [UserFactory(email="carol@example.com")], recurrence=Recurrence.DAILY, send_time=time(8))
+    due = datetime(2026, 3, 2, 8, tzinfo=PARIS)
+    dead = run(share_id=0)  # any earlier run: runs of the workflow never overlap, so it is not rendering now
+    ReportSend.objects.create(share=share, due_at=due, status=ReportSend.Status.RENDERING, claimed_by_run=dead.pk)
+
+    taker = run(share_id=share.pk, due_at=due.isoformat())
+    again = run(share_id=share.pk, due_at=due.isoformat())
+
+    assert [message.to for message in mail.outbox] == [["carol@example.com"]]
+    send = ReportSend.objects.get(share=share)
+    assert (send.status, send.claimed_by_run) == (ReportSend.Status.SENT, taker.pk)
+    assert taker.activities.get().counters == {"sent": 1}
+    assert again.activities.get().counters == {"duplicates": 1}
+
+
+def test_a_send_interrupted_while_emailing_is_never_sent_again(media, report) -> None:  # noqa: ANN001
+    share = make_share(report, [UserFactory()], recurrence=Recurrence.DAILY, send_time=time(8))
+    due = datetime(2026, 3, 2, 8, tzinfo=PARIS)
+    dead = run(share_id=0)
+    ReportSend.objects.create(share=share, due_at=due, status=ReportSend.Status.EMAILING, claimed_by_run=dead.pk)
+    rerun = run(share_id=share.pk, due_at=due.isoformat())
+    assert mail.outbox == []  # the messages may have left before the crash: at most once
+    assert rerun.activities.get().counters == {"duplicates": 1}
+    assert ReportSend.objects.get(share=share).status == ReportSend.Status.EMAILING
+
+
+def test_a_send_is_emailing_while_the_smtp_server_takes_the_messages(media, report, monkeypatch) -> None:  # noqa: ANN001
+    share = make_share(report, [UserFactory()])
+    seen = []
+
+    class Watching(mail.backends.locmem.EmailBackend):
+        def send_messages(self, messages):  # noqa: ANN001, ANN202
+            seen.append(ReportSend.objects.get(share=share).status)
+            return super().send_messages(messages)
+
+    monkeypatch.setattr(report_shares, "get_connection", Watching)
+    run(share_id=share.pk)
+    assert seen == [ReportSend.Status.EMAILING]
+    assert ReportSend.objects.get(share=share).status == ReportSend.Status.SENT
 
 
 def test_a_failed_send_is_retried_by_the_next_trigger(media, report, monkeypatch) -> None:  # noqa: ANN001

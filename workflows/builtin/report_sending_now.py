@@ -74,9 +74,9 @@ def send_due_shares(ctx: ActivityContext) -> None:
 
 
 def _send(ctx: ActivityContext, share: ReportShare, due_at: datetime) -> None:
-    send = send_share(share, due_at)
+    send = send_share(share, due_at, run_id=ctx.run.pk)
     if send is None:
-        ctx.log(f"Share #{share.pk} for {due_at.isoformat()}: already sent or in progress; nothing sent.")
+        ctx.log(f"Share #{share.pk} for {due_at.isoformat()}: already sent, or being emailed; nothing sent.")
         ctx.count("duplicates")
         return
     ctx.log(f"Share #{share.pk} for {due_at.isoformat()}: sent ({send.pdf_bytes} bytes, {send.pdf_path}).")
