@@ -88,7 +88,10 @@ class ActivityContext:
         ActivityRun.objects.filter(pk=self.activity.pk).update(counters=self.activity.counters)
         WorkflowRun.objects.filter(pk=self.run.pk).update(progress_done=self.run.progress_done)
 
-    def set_progress_total(self, total: int | None) -> None:
+    def set_progress_total(self, remaining: int | None) -> None:
+        """Announce the rows this activity expects to consume: the run's total becomes what it
+        has done so far (earlier activities, an earlier part of a resumed run) plus these."""
+        total = None if remaining is None else self.run.progress_done + remaining
         self.run.progress_total = total
         WorkflowRun.objects.filter(pk=self.run.pk).update(progress_total=total)
 
@@ -115,10 +118,15 @@ class ActivityContext:
 
     # -- batches ---------------------------------------------------------------------------
     def batches(
-        self, cursor_name: str, step: BatchStep, *, start: Any = 0, batch_size: int | None = None, throttle_s: float = 0.0
+        self, cursor_name: str | None, step: BatchStep, *, start: Any = 0, batch_size: int | None = None,
+        throttle_s: float = 0.0,
     ) -> int:
         """Call ``step(cursor, limit)`` until a short batch; each call, the cursor it returns and
         the counters commit together. Returns the number of source rows consumed.
+
+        With ``cursor_name`` None the position is kept in memory only, starting from ``start`` on
+        every run: for work that is idempotent by itself (deleting what matches a rule, cancelling
+        what expired), where a resumed run simply finds what is left.
 
         ``throttle_s`` sleeps between batches, outside any transaction, so that other writers
         (web requests, the admin's commands; on SQLite, anyone at all) get the database.
@@ -126,14 +134,14 @@ class ActivityContext:
         limit = batch_size or self.batch_size
         total = 0
         # Read once: only this run writes the cursor, and a batch that fails leaves the loop.
-        position = self.get_cursor(cursor_name, start)
+        position = start if cursor_name is None else self.get_cursor(cursor_name, start)
         while True:
             if total and throttle_s:
                 time.sleep(throttle_s)
             self.checkpoint()
             with transaction.atomic():
                 batch = step(position, limit)
-                if batch.rows:
+                if batch.rows and cursor_name is not None:
                     self.set_cursor(cursor_name, batch.cursor)
                 for name, amount in (batch.counters or {}).items():
                     self.count(name, amount)

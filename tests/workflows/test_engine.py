@@ -15,6 +15,7 @@ from tests.workflows.conftest import effects
 from tests.workflows.sample_workflow import SAMPLE_ID
 from workflows import commands, leases
 from workflows import definition as definition_module
+from workflows.context import Batch
 from workflows.definition import RetryPolicy
 from workflows.engine import NOT_IMPLEMENTED, RunRequest, TransientRunError, execute
 from workflows.errors import PermanentError, TransientError, is_transient
@@ -61,6 +62,37 @@ def test_run_counts_batches_and_journals_each_activity(sample):
     assert Workflow.objects.get(pk=SAMPLE_ID).cursors == {"source": last_source}
     assert list(WorkflowLog.objects.filter(run=run, message__startswith="Done").values_list("activity", flat=True)) \
         == ["finish", "consume", "prepare"]
+
+
+def _count_to(rows: int):
+    """An activity consuming ``rows`` rows in cursor-less batches of 2, announcing them first."""
+
+    def step(position: int, limit: int) -> Batch:
+        taken = min(limit, rows - position)
+        return Batch(rows=taken, cursor=position + taken, counters={"rows": taken})
+
+    def activity(ctx) -> None:  # noqa: ANN001
+        ctx.set_progress_total(rows)
+        ctx.batches(None, step, start=0, batch_size=2)
+
+    activity.__name__ = f"count_to_{rows}"
+    return activity
+
+
+TWO_PHASES = definition_module.register(definition_module.WorkflowDefinition(
+    id="twoPhasesSample", label="Two phases", description="Two activities of cursor-less batches.", schedule=None,
+    activities=(_count_to(5), _count_to(3))))
+
+
+def test_cursor_less_batches_keep_their_position_in_memory_and_totals_add_up_over_activities(db):
+    ensure_workflow(TWO_PHASES)
+
+    run = commands.run_now(TWO_PHASES.id, actor="test", sync=True)
+
+    assert run.status == RunStatus.SUCCEEDED
+    assert run.counters == {"rows": 8}
+    assert (run.progress_done, run.progress_total) == (8, 8), "each activity's total adds to what was done before it"
+    assert Workflow.objects.get(pk=TWO_PHASES.id).cursors == {}
 
 
 def test_a_second_run_continues_from_the_cursor_and_counts_nothing_twice(sample):

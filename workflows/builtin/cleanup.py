@@ -59,7 +59,7 @@ from workflows.builtin import cleanup_purges as purges
 from workflows.builtin.cleanup_purges import Selection, column
 from workflows.builtin.update_delivery_exec_info import FEEDBACK_CURSOR, HITS_CURSOR
 from workflows.builtin.update_delivery_exec_info import WORKFLOW_ID as EXEC_INFO_ID
-from workflows.context import ActivityContext, RunHalted
+from workflows.context import ActivityContext, Batch, RunHalted
 from workflows.definition import Activity, Schedule, WorkflowDefinition, register
 from workflows.errors import PermanentError, describe
 from workflows.models import ActivityMode, ActivityRun, LogLevel, RunStatus, Workflow, WorkflowLog, WorkflowRun
@@ -200,21 +200,14 @@ def purge(ctx: ActivityContext, selection: Selection, *, name: str, order_by: st
         ctx.count(counter, found)
         ctx.save_counters()
         return found
-    total = 0
-    position: purges.Walk | None = None
-    while True:
-        if position is not None:  # between batches (the engine checked before the activity began)
-            ctx.checkpoint()
-        with transaction.atomic():
-            removed, position = purges.delete_batch(selection, order_by=order_by, after=position, limit=batch_size)
-            if removed:  # an empty batch wrote nothing: its commit costs nothing
-                purges.relax_durability()
-                ctx.count(counter, removed)
-                ctx.run.progress_done += removed
-                ctx.save_counters()
-        total += removed
-        if position is None:
-            return total
+
+    def step(position: purges.Walk | None, limit: int) -> Batch:
+        removed, following = purges.delete_batch(selection, order_by=order_by, after=position, limit=limit)
+        if removed:
+            purges.relax_durability()
+        return Batch(rows=removed, cursor=following, counters={counter: removed}, done=following is None)
+
+    return ctx.batches(None, step, start=None, batch_size=batch_size)
 
 
 def journal_removed(ctx: ActivityContext, removed: int, what: str) -> None:
