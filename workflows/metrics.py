@@ -6,23 +6,25 @@ and need the fragile multiprocess mode. The database already holds every run, so
 collector answers each scrape with a handful of aggregate queries (GROUP BY workflow, conditional
 counts for the histogram buckets) and every process gives the same answer.
 
-Counters here are counts of rows. When the cleanup workflow purges runs older than a workflow's
-``history_days``, a counter goes down and Prometheus treats that as a counter reset: use
-``increase()``/``rate()`` over windows shorter than the history, or the gauges.
+Counters are counts over the runs recorded plus those the cleanup workflow purged: before deleting
+runs older than a workflow's ``history_days``, cleanup folds their aggregates into the workflow's
+:class:`~workflows.models.RunTally` (:func:`retire`), in the same transaction, so a counter never
+goes down.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
-from django.db.models import Count, Max, Q, Sum
+from django.db.models import Count, Max, Q, QuerySet, Sum
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from workflows.models import RunStatus, SchedulerHeartbeat, Workflow, WorkflowRun, WorkflowState
+from workflows.models import RunStatus, RunTally, SchedulerHeartbeat, Workflow, WorkflowRun, WorkflowState
 
 #: Upper bounds (seconds) of the run-duration histogram: from the every-10-minutes workflows that
 #: take seconds to the nightly ones that take up to an hour (a run's hard limit is at most 4 h).
@@ -44,7 +46,10 @@ class WorkflowCollector(Collector):
         families = self._families()
         runs, duration, last_success, rows, state, errors, beat = families
         workflows = list(Workflow.objects.order_by("id").values_list("id", "state", "consecutive_errors"))
-        aggregates = {row["workflow_id"]: row for row in _run_aggregates()}
+        tallies = dict(RunTally.objects.values_list("workflow_id", "totals"))
+        aggregates = {row["workflow_id"]: _added(tallies.pop(row["workflow_id"], {}), row)
+                      for row in _run_aggregates(WorkflowRun.objects.all())}
+        aggregates |= {workflow_id: _added(totals, {}) for workflow_id, totals in tallies.items()}
         for workflow_id, workflow_state, consecutive_errors in workflows:
             row = aggregates.get(workflow_id, {})
             for status in RunStatus.values:
@@ -79,7 +84,32 @@ class WorkflowCollector(Collector):
         ]
 
 
-def _run_aggregates() -> Iterator[dict[str, Any]]:
+def retire(run_ids: Sequence[int]) -> None:
+    """Fold these runs into their workflows' tallies; call in the transaction that deletes them."""
+    for row in _run_aggregates(WorkflowRun.objects.filter(pk__in=run_ids)):
+        tally, _ = RunTally.objects.select_for_update().get_or_create(workflow_id=row["workflow_id"])
+        tally.totals = _as_json(_added(tally.totals, row))
+        tally.save(update_fields=["totals", "updated_at"])
+
+
+def _added(totals: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """A tally's totals plus one aggregate row: sums, and the later of the two last successes."""
+    combined: dict[str, Any] = {}
+    for key in (totals.keys() | row.keys()) - {"workflow_id"}:
+        mine, theirs = totals.get(key), row.get(key)
+        if key == "last_success":
+            moments = [datetime.fromisoformat(value) if isinstance(value, str) else value for value in (mine, theirs)]
+            combined[key] = max((moment for moment in moments if moment is not None), default=None)
+        else:
+            combined[key] = (mine or 0) + (theirs or 0)
+    return combined
+
+
+def _as_json(totals: dict[str, Any]) -> dict[str, Any]:
+    return {key: value.isoformat() if isinstance(value, datetime) else value for key, value in totals.items()}
+
+
+def _run_aggregates(runs: QuerySet[WorkflowRun]) -> Iterator[dict[str, Any]]:
     """One GROUP BY over the runs: per workflow, counts by status, the duration histogram, the
     last success and the rows processed. Conditional aggregates (``FILTER`` on PostgreSQL,
     ``CASE`` on SQLite) keep it one pass over the table."""
@@ -95,7 +125,7 @@ def _run_aggregates() -> Iterator[dict[str, Any]]:
         "rows_done": Sum("progress_done"),
     }
     # order_by() drops the model's default ordering, which would otherwise join the GROUP BY.
-    return iter(WorkflowRun.objects.order_by().values("workflow_id").annotate(**annotations))
+    return iter(runs.order_by().values("workflow_id").annotate(**annotations))
 
 
 registry = CollectorRegistry(auto_describe=False)

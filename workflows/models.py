@@ -196,6 +196,20 @@ class WorkflowAudit(models.Model):
         verbose_name_plural = "audit trail"
 
 
+class RunTally(models.Model):
+    """What the runs cleanup purged had counted, per workflow: ``/metrics`` adds it to the runs
+    still recorded, so its counters never go down when old runs are removed (Prometheus would read
+    a decrease as a counter reset). Written in the transaction that deletes the runs."""
+
+    workflow = models.OneToOneField(Workflow, on_delete=models.CASCADE, primary_key=True, related_name="tally")
+    totals = models.JSONField("totals", default=dict, help_text="The purged runs' aggregates, as /metrics computes them.")
+    updated_at = models.DateTimeField("updated", auto_now=True)
+
+    class Meta:
+        verbose_name = "tally of purged runs"
+        verbose_name_plural = "tallies of purged runs"
+
+
 class SchedulerHeartbeat(models.Model):
     """Written by beat at each tick (see :mod:`workflows.scheduler`) so /healthz can tell whether
     the one beat process is alive."""

@@ -10,7 +10,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from workflows import metrics
+from workflows import commands, metrics
 from workflows.models import RunStatus, SchedulerHeartbeat, Trigger, Workflow, WorkflowRun, WorkflowState
 
 pytestmark = pytest.mark.django_db
@@ -96,6 +96,32 @@ def test_metrics_last_success_and_rows_processed(client, cleanup_runs) -> None: 
     assert ("workflow_last_success_timestamp_seconds", frozenset({("workflow", "forecasting")})) not in samples
 
 
+def test_counters_never_go_down_when_cleanup_purges_old_runs(client) -> None:  # noqa: ANN001
+    Workflow.objects.filter(pk="billing").update(history_days=3)
+    long_ago = timezone.now() - datetime.timedelta(days=10)
+    make_run("billing", RunStatus.SUCCEEDED, duration_s=40.0, rows=100, finished_at=long_ago)
+    make_run("billing", RunStatus.FAILED, duration_s=2.0, rows=1, finished_at=long_ago)
+    make_run("billing", RunStatus.SUCCEEDED, duration_s=20.0, rows=10)  # recent: kept
+    billing = {key: sample for key, sample in scrape(client).items() if ("workflow", "billing") in key[1]}
+
+    cleanup = commands.run_now("cleanup", actor="test", sync=True)
+
+    assert cleanup.counters["workflow_runs_removed"] == 2
+    assert WorkflowRun.objects.filter(workflow_id="billing").count() == 1
+    after = scrape(client)
+    assert {key: after[key] for key in billing} == billing
+    assert value(after, "workflow_rows_processed_total", workflow="billing") == 111
+    assert value(after, "workflow_runs_total", workflow="cleanup", status="succeeded") == 1
+    # Purged again later, the tally keeps adding up.
+    WorkflowRun.objects.filter(workflow_id="billing").update(finished_at=long_ago)
+    commands.run_now("cleanup", actor="test", sync=True)
+    assert not WorkflowRun.objects.filter(workflow_id="billing").exists()
+    final = scrape(client)
+    assert value(final, "workflow_runs_total", workflow="billing", status="succeeded") == 2
+    assert value(final, "workflow_run_duration_seconds_sum", workflow="billing") == pytest.approx(62.0)
+    assert value(final, "workflow_last_success_timestamp_seconds", workflow="billing") == long_ago.timestamp()
+
+
 def test_metrics_state_gauges_and_consecutive_errors(client) -> None:  # noqa: ANN001
     Workflow.objects.filter(pk="billing").update(state=WorkflowState.PAUSED, consecutive_errors=3)
 
@@ -126,7 +152,7 @@ def test_metrics_cost_a_fixed_number_of_queries_whatever_the_number_of_runs(clea
     with CaptureQueriesContext(connection) as more_runs:
         text = metrics.render().decode()
 
-    assert len(more_runs) == len(few_runs) <= 3
+    assert len(more_runs) == len(few_runs) <= 4
     assert value(parse(text), "workflow_runs_total", workflow="kpiSharing", status="succeeded") == 20
 
 

@@ -55,6 +55,7 @@ from campaign.models import (
     TrackingHit,
     TrackingLog,
 )
+from workflows import metrics
 from workflows.builtin import cleanup_purges as purges
 from workflows.builtin.cleanup_purges import Selection, column
 from workflows.builtin.update_delivery_exec_info import FEEDBACK_CURSOR, HITS_CURSOR
@@ -485,6 +486,7 @@ def _purge_runs(ctx: ActivityContext, runs: Selection, *, journal: Selection) ->
             ids = purges.first_ids(runs, order_by="finished_at", limit=per_batch)
             if ids:
                 purges.relax_durability()
+                metrics.retire(ids)  # their counts stay in /metrics: counters never go down
                 counts = {
                     "journal_entries": purges.delete_all(purges.in_ids(WorkflowLog, "run", ids)),
                     "activity_runs": purges.delete_all(purges.in_ids(ActivityRun, "run", ids)),
