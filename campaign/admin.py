@@ -34,8 +34,6 @@ from django.utils.http import urlencode
 
 from campaign.api import revoke_api_keys, set_new_key
 from campaign.models import (
-    SharedKpi,
-    StagedAudienceMember,
     ABTest,
     APIKey,
     AppSubscription,
@@ -61,6 +59,8 @@ from campaign.models import (
     ReportShare,
     SendingFeedback,
     SharedAudience,
+    SharedKpi,
+    StagedAudienceMember,
     TrackingHit,
     TrackingLog,
 )

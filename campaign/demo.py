@@ -1314,7 +1314,7 @@ class _DemoGenerator:
 
     def _send_delivery(self, plan: _DeliveryPlan) -> None:
         """Simulate a marketing delivery or a proof: one log per recipient, in target order."""
-        rng, recipients = self.rng, self.recipients
+        rng = self.rng
         start = plan.started_at
         assert start is not None
         if plan.proof_addresses:
@@ -1388,7 +1388,7 @@ class _DemoGenerator:
         The provider's answers older than the cutoff are consolidated into the log; newer ones
         become raw feedback rows and leave the log pending.
         """
-        rng, channel = self.rng, plan.channel
+        channel = plan.channel
         quarantine = self.quarantine.get((channel, address))
         if quarantine is not None and quarantine.is_quarantined(send_at):
             text = "Address on denylist" if quarantine.status == Quarantine.Status.DENYLISTED else "Address in quarantine"

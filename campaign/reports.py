@@ -13,8 +13,6 @@ tests and the email body can use the figures without parsing the PDF.
 
 from __future__ import annotations
 
-from campaign.rates import percent
-
 import io
 import os
 import time
@@ -36,6 +34,7 @@ from reportlab.lib.units import cm
 from reportlab.platypus import PageBreak, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
 from campaign.models import CustomerMetrics, DeliveryAggregate, Report
+from campaign.rates import percent
 
 #: SPEC §5: rendering is limited to 4 minutes.
 RENDER_LIMIT_S = 240

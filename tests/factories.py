@@ -16,8 +16,8 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from campaign.models import (
-    APIKey,
     ABTest,
+    APIKey,
     AppSubscription,
     AudienceMember,
     BounceRule,

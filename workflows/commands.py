@@ -19,8 +19,8 @@ from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from kombu.exceptions import OperationalError
 from django.utils import timezone
+from kombu.exceptions import OperationalError
 
 from workflows import engine, leases, schedules
 from workflows.definition import get_definition

@@ -19,8 +19,8 @@ from django.urls import reverse
 
 from campaign.admin import ReadOnlyAdmin
 from campaign.models import (
-    APIKey,
     ABTest,
+    APIKey,
     AppSubscription,
     AudienceMember,
     BounceRule,

@@ -13,8 +13,8 @@ from django.db.models import Max
 
 from campaign.models import Delivery, SendingFeedback, TrackingLog, UrlType
 from workflows.context import ActivityContext, Batch
-from workflows.models import RunStatus, WorkflowRun
 from workflows.definition import RetryPolicy, WorkflowDefinition, register
+from workflows.models import RunStatus, WorkflowRun
 from workflows.properties import BooleanProperty, IntegerProperty
 
 SAMPLE_ID = "engineSample"

@@ -20,7 +20,6 @@ from workflows.definition import RetryPolicy
 from workflows.engine import NOT_IMPLEMENTED, RunRequest, TransientRunError, execute
 from workflows.errors import PermanentError, TransientError, is_transient
 from workflows.housekeeping import report_long_pauses
-from workflows.schedules import ensure_workflow
 from workflows.models import (
     ActivityRun,
     LogLevel,
@@ -32,6 +31,7 @@ from workflows.models import (
     WorkflowRun,
     WorkflowState,
 )
+from workflows.schedules import ensure_workflow
 from workflows.tasks import backoff_seconds
 
 

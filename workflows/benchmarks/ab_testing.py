@@ -52,7 +52,7 @@ from campaign.models import (
     UrlType,
 )
 from workflows.benchmarks import BenchmarkCase, register
-from workflows.benchmarks.data import load, reset_sequences
+from workflows.benchmarks.data import load, pop_tracking_until, reset_sequences
 from workflows.builtin.ab_testing import WINNER_LABEL_SUFFIX
 
 #: Average messages per test delivery: 200 tests at a million logs.
@@ -282,14 +282,7 @@ def _load_tests(plans: list[_Plan], seed: int, *, first_log_id: int, until: date
         log_id += len(logs)
         load(DeliveryLog, LOG_FIELDS, logs)
         following = _naive_utc(ordered[position + 1].started_at) if position + 1 < len(ordered) else None
-        load(TrackingLog, TRACKING_FIELDS, _pop_until(pending, following))
-
-
-def _pop_until(heap: list[tuple[datetime, int, int, int]], moment: datetime | None) -> Iterator[tuple[Any, ...]]:
-    """The heap's rows tracked before ``moment`` (all of them if None), oldest first, as TrackingLog rows."""
-    while heap and (moment is None or heap[0][0] < moment):
-        tracked_at, log_id, delivery_id, url_type = heapq.heappop(heap)
-        yield (log_id, delivery_id, url_type, "", tracked_at)
+        load(TrackingLog, TRACKING_FIELDS, pop_tracking_until(pending, following))
 
 
 class ABTestingCase(BenchmarkCase):

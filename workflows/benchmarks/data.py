@@ -7,8 +7,9 @@ the benchmark only needs rows in tables, so it streams tuples straight to the da
 from __future__ import annotations
 
 import csv
+import heapq
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -82,3 +83,13 @@ def analyze() -> None:
     """Fresh planner statistics after a bulk load, as autovacuum would give a real table."""
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE")
+
+
+def pop_tracking_until(heap: list[tuple[datetime, int, int, int]], moment: datetime | None) -> Iterator[tuple[Any, ...]]:
+    """Tracking rows waiting in ``heap`` as ``(tracked_at, delivery log id, delivery id, url type)``:
+    those tracked before ``moment`` (all of them if None), oldest first, as TrackingLog rows
+    ``(delivery_log, delivery, url_type, url, tracked_at)``. The cases generate reactions as they
+    send and load them in arrival order, so tracking ids follow time as the consolidation's do."""
+    while heap and (moment is None or heap[0][0] < moment):
+        tracked_at, log_id, delivery_id, url_type = heapq.heappop(heap)
+        yield (log_id, delivery_id, url_type, "", tracked_at)

@@ -34,7 +34,7 @@ from campaign.models import (
     UrlType,
 )
 from workflows.benchmarks import BenchmarkCase, register
-from workflows.benchmarks.data import load, reset_sequences
+from workflows.benchmarks.data import load, pop_tracking_until, reset_sequences
 from workflows.builtin.update_delivery_indicators import INDICATOR_FIELDS
 
 #: Average messages per delivery: 400 deliveries at a million logs.
@@ -142,7 +142,7 @@ class DeliveryIndicatorsCase(BenchmarkCase):
                                                       UrlType.OPEN))
             load(DeliveryLog, LOG_FIELDS, logs)
             following = deliveries[last].started_at if last < len(deliveries) else None
-            load(TrackingLog, TRACKING_FIELDS, _pop_until(pending_tracking, following))
+            load(TrackingLog, TRACKING_FIELDS, pop_tracking_until(pending_tracking, following))
         reset_sequences(Campaign, Delivery, DeliveryLog, TrackingLog)
 
     def sql_bound(self) -> None:
@@ -193,13 +193,6 @@ class DeliveryIndicatorsCase(BenchmarkCase):
                 tracking.append((now, log_id, delivery.pk, rng.choice((UrlType.OPEN, UrlType.OPEN, UrlType.CLICK))))
         load(TrackingLog, TRACKING_FIELDS, ((log, delivery, url_type, "", at) for at, log, delivery, url_type in tracking))
         reset_sequences(DeliveryLog, TrackingLog)
-
-
-def _pop_until(heap: list[tuple[datetime, int, int, int]], moment: datetime | None) -> Iterator[tuple[Any, ...]]:
-    """The heap's rows tracked before ``moment`` (all of them if None), oldest first, as TrackingLog rows."""
-    while heap and (moment is None or heap[0][0] < moment):
-        tracked_at, log_id, delivery_id, url_type = heapq.heappop(heap)
-        yield (log_id, delivery_id, url_type, "", tracked_at)
 
 
 def _rate_sql(numerator: str, denominator: str) -> str:

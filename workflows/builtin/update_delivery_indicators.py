@@ -34,8 +34,6 @@ transaction (:meth:`ActivityContext.batches`).
 
 from __future__ import annotations
 
-from campaign.rates import percent
-
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -49,6 +47,7 @@ from django.db.models import Count, Exists, Max, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from campaign.models import Delivery, DeliveryLog, FailureType, LogStatus, TrackingLog, UrlType
+from campaign.rates import percent
 from workflows.context import ActivityContext, Batch, BatchStep
 from workflows.definition import Schedule, WorkflowDefinition, register
 from workflows.properties import BooleanProperty, IntegerProperty

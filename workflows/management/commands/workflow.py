@@ -18,9 +18,9 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 from django.core.exceptions import ValidationError
-from kombu.exceptions import OperationalError as BrokerError
 from django.core.management.base import BaseCommand, CommandParser, DjangoHelpFormatter
 from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerError
 
 from workflows import commands, schedules
 from workflows.commands import CommandRefused
