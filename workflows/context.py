@@ -125,8 +125,8 @@ class ActivityContext:
         the counters commit together. Returns the number of source rows consumed.
 
         With ``cursor_name`` None the position is kept in memory only, starting from ``start`` on
-        every run: for work that is idempotent by itself (deleting what matches a rule, cancelling
-        what expired), where a resumed run simply finds what is left.
+        every run: for work that is idempotent by itself (cleanup deleting what matches a rule),
+        where a resumed run simply finds what is left.
 
         ``throttle_s`` sleeps between batches, outside any transaction, so that other writers
         (web requests, the admin's commands; on SQLite, anyone at all) get the database.
