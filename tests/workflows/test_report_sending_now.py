@@ -4,6 +4,7 @@ oversized PDFs as links; signed unsubscribe links; recipients limited to users; 
 from __future__ import annotations
 
 import re
+import time as clock
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -11,18 +12,23 @@ from zoneinfo import ZoneInfo
 import pytest
 from celery.schedules import crontab as celery_crontab
 from django.core import mail
+from django.core.mail.backends.locmem import EmailBackend as LocmemBackend
 from django.urls import reverse
 
 from campaign import report_shares
 from campaign.admin import ReportShareForm
 from campaign.models import Channel, ReportSend, ReportShare
 from tests.factories import DeliveryAggregateFactory, DeliveryFactory, ReportFactory, UserFactory
+from tests.workflows.conftest import TEST_LEASE_SECONDS
 from workflows import commands
-from workflows.models import RunStatus
+from workflows.models import RunStatus, WorkflowRun
+from workflows.worker_process import WorkerProcess, current_database_url
 
 WORKFLOW_ID = "reportSendingNow"
 PARIS = ZoneInfo("Europe/Paris")
 Recurrence = ReportShare.Recurrence
+#: Imported by a test worker only (never here: it slows rendering in the process that imports it).
+SLOW_RENDER_MODULE = "tests.workflows.slow_render"
 
 
 @pytest.fixture
@@ -115,11 +121,11 @@ def test_a_send_interrupted_while_emailing_is_never_sent_again(media, report) ->
     assert ReportSend.objects.get(share=share).status == ReportSend.Status.EMAILING
 
 
-def test_a_send_is_emailing_while_the_smtp_server_takes_the_messages(media, report, monkeypatch) -> None:  # noqa: ANN001
+def test_a_send_is_emailing_while_its_messages_are_handed_over(media, report, monkeypatch) -> None:  # noqa: ANN001
     share = make_share(report, [UserFactory()])
     seen = []
 
-    class Watching(mail.backends.locmem.EmailBackend):
+    class Watching(LocmemBackend):
         def send_messages(self, messages):  # noqa: ANN001, ANN202
             seen.append(ReportSend.objects.get(share=share).status)
             return super().send_messages(messages)
@@ -377,3 +383,48 @@ def test_deleting_a_share_deletes_its_beat_entry(media, report) -> None:  # noqa
     assert PeriodicTask.objects.filter(pk=task_id).exists()
     report_shares.delete_share(ReportShare.objects.get(pk=share.pk))
     assert not PeriodicTask.objects.filter(pk=task_id).exists()
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_a_worker_killed_while_rendering_leaves_a_send_the_next_trigger_takes_over(settings, tmp_path) -> None:  # noqa: ANN001
+    settings.WORKFLOW_LEASE_SECONDS = TEST_LEASE_SECONDS
+    settings.MEDIA_ROOT = tmp_path / "media"
+    delivery = DeliveryFactory(label="Newsletter", channel=Channel.EMAIL)
+    DeliveryAggregateFactory(delivery=delivery, day=date.today() - timedelta(days=1), sent=10, delivered=9, bounces=1)
+    report = ReportFactory(label="Daily KPIs", period_days=7)
+    share = make_share(report, [UserFactory(email="dana@example.com")], recurrence=Recurrence.DAILY, send_time=time(8))
+    due = datetime(2026, 3, 2, 8, tzinfo=PARIS)
+
+    worker = WorkerProcess(queues=["celery"], env={
+        "SECRET_KEY": settings.SECRET_KEY, "DATABASE_URL": current_database_url(),
+        "WORKFLOW_LEASE_SECONDS": str(TEST_LEASE_SECONDS), "WORKFLOW_EXTRA_MODULES": SLOW_RENDER_MODULE,
+        "SLOW_RENDER_S": "60",
+    }).start()
+    try:
+        dead = commands.run_now(WORKFLOW_ID, actor="test", overrides={"share_id": share.pk, "due_at": due.isoformat()})
+        wait_for(lambda: ReportSend.objects.filter(share=share, status=ReportSend.Status.RENDERING).exists(),
+                 what="the worker to claim the send and start rendering")
+        worker.kill()
+    finally:
+        worker.stop()
+    assert ReportSend.objects.get(share=share).claimed_by_run == dead.pk
+    assert mail.outbox == []
+
+    clock.sleep(TEST_LEASE_SECONDS + 0.5)  # the dead run's lease expires
+    taker = run(share_id=share.pk, due_at=due.isoformat())
+    run(share_id=share.pk, due_at=due.isoformat())  # a later duplicate trigger sends nothing
+
+    assert [message.to for message in mail.outbox] == [["dana@example.com"]]
+    send = ReportSend.objects.get(share=share)
+    assert (send.status, send.claimed_by_run) == (ReportSend.Status.SENT, taker.pk)
+    assert WorkflowRun.objects.get(pk=dead.pk).status == RunStatus.FAILED, "marked abandoned by the takeover"
+
+
+def wait_for(condition, *, what: str, timeout: float = 60) -> None:  # noqa: ANN001
+    deadline = clock.monotonic() + timeout
+    while clock.monotonic() < deadline:
+        if condition():
+            return
+        clock.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
