@@ -818,11 +818,37 @@ class ReportShareAdmin(admin.ModelAdmin):
 class ReportSendAdmin(ReadOnlyAdmin):
     """One row per share and due time: the proof that a report went out (or why it did not)."""
 
-    list_display = ("share", "due_at", "status", "pdf_size", "sent_at", "short_error")
+    list_display = ("share", "due_at", "status", "claimed_by_run", "pdf_size", "sent_at", "short_error")
     list_filter = ("status",)
     list_select_related = ("share__report",)
     search_fields = ("share__report__label",)
     date_hierarchy = "due_at"
+    actions = ["send_again"]
+
+    @admin.action(description="Send again (failed, or interrupted while emailing)", permissions=["resend"])
+    def send_again(self, request: HttpRequest, queryset: QuerySet[ReportSend]) -> None:
+        """A send interrupted while emailing is never sent again automatically (the messages may
+        have left): a person who knows they did not decides it here."""
+        from campaign.report_shares import send_again
+        from workflows.commands import CommandRefused
+
+        queued, refused = 0, []
+        for send in queryset.select_related("share"):
+            try:
+                if send_again(send, user=request.user):
+                    queued += 1
+                else:
+                    refused.append(f"{send.share} due {send.due_at:%Y-%m-%d %H:%M} is {send.get_status_display().lower()}")
+            except CommandRefused as refusal:
+                self.message_user(request, f"Not sent again: {refusal}.", messages.ERROR)
+                return
+        if queued:
+            self.message_user(request, f"{queued} send(s) queued again.", messages.SUCCESS)
+        if refused:
+            self.message_user(request, "Left as they are: " + "; ".join(refused) + ".", messages.WARNING)
+
+    def has_resend_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("campaign.change_reportsend")
 
     @admin.display(description="PDF size", ordering="pdf_bytes")
     def pdf_size(self, obj: ReportSend) -> str:

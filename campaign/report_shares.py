@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.core import signing
 from django.core.exceptions import ValidationError
 from django.core.mail import EmailMessage, get_connection
@@ -118,6 +119,25 @@ def trigger_send(*, share_id: int, due_at: datetime | None = None) -> None:
                          audit_action=None, wait_for_lease_s=WAIT_FOR_LEASE_S)
     except commands.CommandRefused as refusal:
         log.warning("report share #%s not sent now: %s", share_id, refusal)
+
+
+def send_again(send: ReportSend, *, user: AbstractBaseUser) -> bool:
+    """A person's decision that a due time did not go out (it ``failed``, or its run died while
+    ``emailing`` and nobody received it): release the row and queue the run that sends it again.
+    False, and nothing done, for a row that was sent or is still being rendered."""
+    from workflows import commands
+
+    # One transaction: a refused run (workflow paused) leaves the row as it was, and the run's
+    # message leaves only once the row is released.
+    with transaction.atomic():
+        released = ReportSend.objects.filter(
+            pk=send.pk, status__in=[ReportSend.Status.FAILED, ReportSend.Status.EMAILING],
+        ).update(status=ReportSend.Status.FAILED, error=f"released for a resend by {user.get_username()}")
+        if not released:
+            return False
+        commands.run_now(WORKFLOW_ID, user=user, trigger="admin", wait_for_lease_s=WAIT_FOR_LEASE_S,
+                         overrides={"share_id": send.share_id, "due_at": send.due_at.isoformat()})
+    return True
 
 
 def delete_share(share: ReportShare) -> None:

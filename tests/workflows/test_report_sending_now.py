@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from celery.schedules import crontab as celery_crontab
+from django.contrib.auth.models import Permission
 from django.core import mail
 from django.core.mail.backends.locmem import EmailBackend as LocmemBackend
 from django.urls import reverse
@@ -18,9 +19,17 @@ from django.urls import reverse
 from campaign import report_shares
 from campaign.admin import ReportShareForm
 from campaign.models import Channel, ReportSend, ReportShare
-from tests.factories import DeliveryAggregateFactory, DeliveryFactory, ReportFactory, UserFactory
+from tests.factories import (
+    DeliveryAggregateFactory,
+    DeliveryFactory,
+    ReportFactory,
+    StaffUserFactory,
+    SuperUserFactory,
+    UserFactory,
+)
 from tests.workflows.conftest import TEST_LEASE_SECONDS
 from workflows import commands
+from workflows.engine import RunRequest, execute
 from workflows.models import RunStatus, WorkflowRun
 from workflows.worker_process import WorkerProcess, current_database_url
 
@@ -383,6 +392,62 @@ def test_deleting_a_share_deletes_its_beat_entry(media, report) -> None:  # noqa
     assert PeriodicTask.objects.filter(pk=task_id).exists()
     report_shares.delete_share(ReportShare.objects.get(pk=share.pk))
     assert not PeriodicTask.objects.filter(pk=task_id).exists()
+
+
+def test_send_again_in_the_admin_releases_an_interrupted_send_and_its_run_sends_it(media, report, client) -> None:  # noqa: ANN001
+    share = make_share(report, [UserFactory(email="erin@example.com")], recurrence=Recurrence.DAILY, send_time=time(8))
+    due = datetime(2026, 3, 2, 8, tzinfo=PARIS)
+    interrupted = ReportSend.objects.create(share=share, due_at=due, status=ReportSend.Status.EMAILING, claimed_by_run=1)
+    delivered = ReportSend.objects.create(share=share, due_at=due + timedelta(days=1), status=ReportSend.Status.SENT)
+    admin = SuperUserFactory(username="ops")
+    client.force_login(admin)
+
+    response = client.post(reverse("admin:campaign_reportsend_changelist"), {
+        "action": "send_again", "_selected_action": [interrupted.pk, delivered.pk],
+    }, follow=True)
+
+    shown = [str(message) for message in response.context["messages"]]
+    assert shown[0] == "1 send(s) queued again."
+    assert shown[1].startswith("Left as they are: ") and "is sent" in shown[1]
+    interrupted.refresh_from_db()
+    assert (interrupted.status, interrupted.error) == (ReportSend.Status.FAILED, "released for a resend by ops")
+    queued = WorkflowRun.objects.get(workflow_id=WORKFLOW_ID, status=RunStatus.QUEUED)
+    assert queued.overrides == {"share_id": share.pk, "due_at": "2026-03-02T07:00:00+00:00"} and queued.requested_by == "ops"
+
+    done = execute(RunRequest(workflow_id=WORKFLOW_ID, trigger=queued.trigger, run_id=queued.pk))
+
+    assert done.status == RunStatus.SUCCEEDED, done.reason
+    assert [message.to for message in mail.outbox] == [["erin@example.com"]]
+    assert ReportSend.objects.get(pk=interrupted.pk).status == ReportSend.Status.SENT
+    assert ReportSend.objects.get(pk=delivered.pk).status == ReportSend.Status.SENT
+
+
+def test_send_again_on_a_paused_workflow_says_so_and_leaves_the_send_as_it_was(media, report, client) -> None:  # noqa: ANN001
+    share = make_share(report, [UserFactory()])
+    interrupted = ReportSend.objects.create(share=share, due_at=share.created_at, status=ReportSend.Status.EMAILING)
+    commands.pause(WORKFLOW_ID, actor="test")
+    client.force_login(SuperUserFactory())
+
+    response = client.post(reverse("admin:campaign_reportsend_changelist"),
+                           {"action": "send_again", "_selected_action": [interrupted.pk]}, follow=True)
+
+    assert [str(message) for message in response.context["messages"]] == [
+        f"Not sent again: {WORKFLOW_ID} is paused; resume it first, or force the run."]
+    assert ReportSend.objects.get(pk=interrupted.pk).status == ReportSend.Status.EMAILING
+    assert not WorkflowRun.objects.filter(workflow_id=WORKFLOW_ID).exists()
+
+
+def test_send_again_needs_the_change_permission_on_report_sends(media, report, client) -> None:  # noqa: ANN001
+    share = make_share(report, [UserFactory()])
+    ReportSend.objects.create(share=share, due_at=share.created_at, status=ReportSend.Status.FAILED)
+    viewer = StaffUserFactory()
+    viewer.user_permissions.add(Permission.objects.get(codename="view_reportsend"))
+    client.force_login(viewer)
+
+    page = client.get(reverse("admin:campaign_reportsend_changelist"))
+
+    assert page.status_code == 200
+    assert b'value="send_again"' not in page.content
 
 
 @pytest.mark.worker
