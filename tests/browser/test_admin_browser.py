@@ -1,10 +1,13 @@
 """End to end in headless Chromium: log in, the dashboard, pause, run now, a refused crontab.
 
-The screenshots land in docs/images/, where the documentation shows them.
+Each test saves a screenshot of what it checked, under the instance's var/screenshots/; with
+``UPDATE_DOC_IMAGES=1`` they replace the ones the documentation shows, in docs/images/ (a plain
+test run leaves the working tree as it found it).
 """
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,7 +24,9 @@ from workflows.worker_process import WorkerProcess, current_database_url
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
-SCREENSHOTS = Path(settings.BASE_DIR) / "docs" / "images"
+SCREENSHOTS = (Path(settings.BASE_DIR) / "docs" / "images" if os.environ.get("UPDATE_DOC_IMAGES")
+               else Path(settings.VAR_DIR) / "screenshots")
+SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 PASSWORD = "browser-test-password"
 
 
