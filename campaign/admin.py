@@ -818,7 +818,7 @@ class ReportShareAdmin(admin.ModelAdmin):
 class ReportSendAdmin(ReadOnlyAdmin):
     """One row per share and due time: the proof that a report went out (or why it did not)."""
 
-    list_display = ("share", "due_at", "status", "claimed_by_run", "pdf_size", "sent_at", "short_error")
+    list_display = ("share", "due_at", "status", "run", "pdf_size", "sent_at", "short_error")
     list_filter = ("status",)
     list_select_related = ("share__report",)
     search_fields = ("share__report__label",)
@@ -849,6 +849,13 @@ class ReportSendAdmin(ReadOnlyAdmin):
 
     def has_resend_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("campaign.change_reportsend")
+
+    @admin.display(description="run", ordering="claimed_by_run")
+    def run(self, obj: ReportSend) -> str:
+        if obj.claimed_by_run is None:
+            return "-"
+        url = reverse("admin:workflows_workflowrun_change", args=[obj.claimed_by_run])
+        return format_html('<a href="{}">#{}</a>', url, obj.claimed_by_run)
 
     @admin.display(description="PDF size", ordering="pdf_bytes")
     def pdf_size(self, obj: ReportSend) -> str:

@@ -437,6 +437,16 @@ def test_send_again_on_a_paused_workflow_says_so_and_leaves_the_send_as_it_was(m
     assert not WorkflowRun.objects.filter(workflow_id=WORKFLOW_ID).exists()
 
 
+def test_report_send_list_links_each_send_to_the_run_that_claimed_it(media, report, client) -> None:  # noqa: ANN001
+    share = make_share(report, [UserFactory()])
+    sent = run(share_id=share.pk)
+    client.force_login(SuperUserFactory())
+
+    page = client.get(reverse("admin:campaign_reportsend_changelist"))
+
+    assert reverse("admin:workflows_workflowrun_change", args=[sent.pk]) in page.content.decode()
+
+
 def test_send_again_needs_the_change_permission_on_report_sends(media, report, client) -> None:  # noqa: ANN001
     share = make_share(report, [UserFactory()])
     ReportSend.objects.create(share=share, due_at=share.created_at, status=ReportSend.Status.FAILED)
