@@ -73,6 +73,7 @@ class ActivityContext:
         # A forced run of a paused workflow must not halt on the pause it was forced through.
         self._started_in_state = started_in_state
         self._on_progress = on_progress
+        self._progress_saved = run.progress_done
 
     # -- journal and counters -------------------------------------------------------------
     def log(self, message: str, *, level: str = LogLevel.INFO) -> None:
@@ -86,7 +87,13 @@ class ActivityContext:
 
     def save_counters(self) -> None:
         ActivityRun.objects.filter(pk=self.activity.pk).update(counters=self.activity.counters)
-        WorkflowRun.objects.filter(pk=self.run.pk).update(progress_done=self.run.progress_done)
+        self.save_progress()
+
+    def save_progress(self) -> None:
+        """Write the run's rows done, if they moved since they were last written."""
+        if self.run.progress_done != self._progress_saved:
+            WorkflowRun.objects.filter(pk=self.run.pk).update(progress_done=self.run.progress_done)
+            self._progress_saved = self.run.progress_done
 
     def set_progress_total(self, remaining: int | None) -> None:
         """Announce the rows this activity expects to consume: the run's total becomes what it

@@ -214,8 +214,8 @@ def _run_activities(
             context.checkpoint()
             activity(context)
             with transaction.atomic():
-                context.save_counters()
-                _end_activity(current, ActivityStatus.SUCCEEDED, "")
+                _end_activity(current, ActivityStatus.SUCCEEDED, "")  # its counters included
+                context.save_progress()
                 journal(definition.id, f"Done: {_format_counters(current.counters)}.", run=run, activity=name)
     except RunHalted as halt:
         return _halt(definition, run, current, halt.state)
