@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from campaign.models import Campaign, Delivery, SendingFeedback, TrackingLog
 from tests.workflows import sample_workflow
+from workflows.models import WorkflowRun
 from workflows.schedules import ensure_workflow
 from workflows.worker_process import WorkerProcess
 from workflows.worker_process import current_database_url as database_url
@@ -27,6 +29,18 @@ def sample(db, settings):  # noqa: ANN001 - pytest fixtures
         SendingFeedback(delivery_log_id=index, outcome=SendingFeedback.Outcome.DELIVERED) for index in range(1, 51)
     )
     return workflow
+
+
+def wait_for(condition: Callable[[], bool], *, what: str, timeout: float = 60) -> None:
+    """Poll ``condition`` (a real worker doing something) until it holds; fail saying what and
+    with the runs recorded so far."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    runs = list(WorkflowRun.objects.values_list("pk", "workflow_id", "status", "reason"))
+    raise AssertionError(f"timed out waiting for {what}; runs: {runs}")
 
 
 def effects() -> tuple[int, int]:

@@ -5,27 +5,17 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 
 import pytest
 from django.conf import settings
 
-from tests.workflows.conftest import TEST_LEASE_SECONDS, effects
+from tests.workflows.conftest import TEST_LEASE_SECONDS, effects, wait_for
 from tests.workflows.sample_workflow import SAMPLE_ID
 from workflows import commands
 from workflows.leases import ABANDONED
 from workflows.models import ActivityRun, RunStatus, Workflow, WorkflowLog, WorkflowRun
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
-
-
-def wait_for(condition: Callable[[], bool], *, timeout: float = 60, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}; runs: {list(WorkflowRun.objects.values_list('pk', 'status', 'reason'))}")
 
 
 def run_status(run_id: int) -> str:

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from campaign.models import DeliveryLog, Event, EventHistory, EventStatus
 from tests import factories
-from tests.workflows.conftest import TEST_LEASE_SECONDS
+from tests.workflows.conftest import TEST_LEASE_SECONDS, wait_for
 from workflows import commands
 from workflows.builtin import mc_synch_local
 from workflows.leases import ABANDONED
@@ -281,15 +281,6 @@ def test_the_admin_lists_live_and_archived_events_with_their_status_and_filters_
 
 
 # --- A real worker killed mid-run ---------------------------------------------------------------
-
-
-def wait_for(condition: Callable[[], bool], *, timeout: float = 60, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.worker

@@ -27,7 +27,7 @@ from tests.factories import (
     SuperUserFactory,
     UserFactory,
 )
-from tests.workflows.conftest import TEST_LEASE_SECONDS
+from tests.workflows.conftest import TEST_LEASE_SECONDS, wait_for
 from workflows import commands
 from workflows.engine import RunRequest, execute
 from workflows.models import RunStatus, WorkflowRun
@@ -495,11 +495,3 @@ def test_a_worker_killed_while_rendering_leaves_a_send_the_next_trigger_takes_ov
     assert (send.status, send.claimed_by_run) == (ReportSend.Status.SENT, taker.pk)
     assert WorkflowRun.objects.get(pk=dead.pk).status == RunStatus.FAILED, "marked abandoned by the takeover"
 
-
-def wait_for(condition, *, what: str, timeout: float = 60) -> None:  # noqa: ANN001
-    deadline = clock.monotonic() + timeout
-    while clock.monotonic() < deadline:
-        if condition():
-            return
-        clock.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
