@@ -7,7 +7,10 @@ the processes need committed rows, and the rollback restores the rows migrations
 workflows and their schedules) for the tests after them.
 """
 
+import contextlib
+
 import pytest
+import requests
 from django.conf import settings
 from django.db import connection
 
@@ -31,3 +34,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture
 def is_postgres() -> bool:
     return connection.vendor == "postgresql"
+
+
+@pytest.fixture
+def httpserver(httpserver):  # noqa: ANN001, ANN201 - extends pytest-httpserver's fixture
+    """pytest-httpserver's server, settled at the end of each test.
+
+    The server answers one request at a time, and a handler that drops the connection or answers
+    after the client's timeout returns after the client gave up: its log entry would land in the
+    next test's log. A probe answered at teardown means every earlier handler has returned.
+    """
+    yield httpserver
+    with contextlib.suppress(requests.RequestException):
+        requests.get(httpserver.url_for("/__settled__"), timeout=10)
