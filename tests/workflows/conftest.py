@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -41,6 +42,19 @@ def wait_for(condition: Callable[[], bool], *, what: str, timeout: float = 60) -
         time.sleep(0.05)
     runs = list(WorkflowRun.objects.values_list("pk", "workflow_id", "status", "reason"))
     raise AssertionError(f"timed out waiting for {what}; runs: {runs}")
+
+
+def fail_on_call(number: int, real: Callable[..., Any]) -> Callable[..., Any]:
+    """``real``, except that its ``number``-th call raises: a crash between two batches."""
+    calls = {"n": 0}
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == number:
+            raise RuntimeError("simulated crash")
+        return real(*args, **kwargs)
+
+    return wrapper
 
 
 def effects() -> tuple[int, int]:

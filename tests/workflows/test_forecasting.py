@@ -8,7 +8,6 @@ compared with every field of every row. Time is frozen: the reference time of a 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,6 +18,7 @@ from django.urls import reverse
 
 from campaign.models import AppSubscription, Delivery, DeliveryLog, ForecastLog, Profile, Quarantine
 from tests import factories
+from tests.workflows.conftest import fail_on_call
 from workflows import commands
 from workflows.builtin import forecasting
 from workflows.engine import RunRequest, execute
@@ -322,18 +322,6 @@ def test_batch_boundaries_do_not_change_the_result(data):
     assert forecast_rows() == expected
     for name, value in counters_of(expected).items():
         assert result.counters[name] == value, name
-
-
-def fail_on_call(number: int, real: Callable[..., Any]) -> Callable[..., Any]:
-    calls = {"n": 0}
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == number:
-            raise RuntimeError("simulated crash")
-        return real(*args, **kwargs)
-
-    return wrapper
 
 
 def done_part(expected: dict[Key, Row], upto: int) -> dict[Key, Row]:

@@ -7,7 +7,6 @@ statuses are spelled out, not imported), then compared field by field with what 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,7 +17,7 @@ from django.utils import timezone
 
 from campaign.models import DeliveryLog, Event, EventHistory, EventStatus
 from tests import factories
-from tests.workflows.conftest import TEST_LEASE_SECONDS, wait_for
+from tests.workflows.conftest import TEST_LEASE_SECONDS, fail_on_call, wait_for
 from workflows import commands
 from workflows.builtin import mc_synch_local
 from workflows.leases import ABANDONED
@@ -167,18 +166,6 @@ def test_pending_events_are_never_archived_however_old(db):
 
 
 # --- Batches, crashes and reruns ----------------------------------------------------------------
-
-
-def fail_on_call(number: int, real: Callable[..., Any]) -> Callable[..., Any]:
-    calls = {"n": 0}
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == number:
-            raise RuntimeError("simulated crash")
-        return real(*args, **kwargs)
-
-    return wrapper
 
 
 def test_a_run_interrupted_between_batches_then_rerun_ends_like_an_uninterrupted_run(events, monkeypatch):

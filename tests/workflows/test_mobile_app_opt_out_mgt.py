@@ -7,7 +7,6 @@ not imported from the workflow), then compared with every subscription's fields.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,6 +17,7 @@ from django.utils import timezone
 from campaign.audience import push_targets
 from campaign.models import AppSubscription, DeliveryLog, Profile
 from tests import factories
+from tests.workflows.conftest import fail_on_call
 from workflows import commands
 from workflows.builtin import mobile_app_opt_out_mgt
 from workflows.models import RunStatus, Workflow, WorkflowLog, WorkflowRun
@@ -241,18 +241,6 @@ def test_a_log_that_fails_after_the_last_run_is_picked_up_by_the_next(data):
     subscription = AppSubscription.objects.get(device_token="tok-pending")
     assert (subscription.disabled, subscription.disabled_reason) == (True, REFUSED)
     assert result.counters["logs_examined"] == 1
-
-
-def fail_on_call(number: int, real: Callable[..., Any]) -> Callable[..., Any]:
-    calls = {"n": 0}
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == number:
-            raise RuntimeError("simulated crash")
-        return real(*args, **kwargs)
-
-    return wrapper
 
 
 def test_a_run_interrupted_between_batches_then_rerun_ends_like_an_uninterrupted_run(data, monkeypatch):
