@@ -87,6 +87,13 @@ def load_config(env: Mapping[str, str], *, base_dir: Path) -> Config:
     embedded = not env.get("DATABASE_URL")
     debug = parse_bool(env, "DEBUG", default=False)
     broker_url = parse_broker_url(env)
+    lease_seconds = parse_int(env, "WORKFLOW_LEASE_SECONDS", default=300, minimum=2)
+    database = parse_database(env, var_dir=var_dir)
+    if database["ENGINE"].endswith("postgresql"):
+        # A frozen or cut-off worker must not hold its locks for ever: PostgreSQL ends a session
+        # idle inside a transaction for as long as a lease lasts, by which time the run's lease has
+        # expired and another run may take its work over (its own commits are fenced anyway).
+        database.setdefault("OPTIONS", {})["options"] = f"-c idle_in_transaction_session_timeout={lease_seconds * 1000}"
     return Config(
         var_dir=var_dir,
         embedded=embedded,
@@ -95,13 +102,13 @@ def load_config(env: Mapping[str, str], *, base_dir: Path) -> Config:
         allowed_hosts=parse_list(env, "ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"]),
         csrf_trusted_origins=parse_list(env, "CSRF_TRUSTED_ORIGINS", default=[]),
         time_zone=parse_time_zone(env),
-        database=parse_database(env, var_dir=var_dir),
+        database=database,
         broker_url=broker_url,
         broker_transport_options=broker_transport_options(broker_url, var_dir=var_dir),
         email=parse_email(env, var_dir=var_dir),
         default_from_email=parse_email_address(env, "DEFAULT_FROM_EMAIL", default="workflows@localhost"),
         billing_email=parse_email_address(env, "BILLING_EMAIL", default="billing@localhost"),
-        lease_seconds=parse_int(env, "WORKFLOW_LEASE_SECONDS", default=300, minimum=2),
+        lease_seconds=lease_seconds,
         extra_workflow_modules=parse_list(env, "WORKFLOW_EXTRA_MODULES", default=[]),
         event_max_body_bytes=parse_int(env, "EVENT_MAX_BODY_BYTES", default=64 * 1024, minimum=1024),
     )

@@ -100,7 +100,8 @@ def restart(workflow_id: str, *, user: AbstractBaseUser | None = None, actor: st
             sync: bool = False) -> WorkflowRun:
     stop(workflow_id, user=user, actor=actor)
     _set_state(workflow_id, WorkflowState.STARTED, "restart", user=user, actor=actor)
-    # The fresh run waits (up to a lease) for the stopped one to halt at its next batch boundary.
+    # The fresh run waits (up to a lease, re-queued, never sleeping in a worker slot) for the
+    # stopped one to halt at its next batch boundary.
     return run_now(workflow_id, user=user, actor=actor, trigger=trigger, sync=sync, audit_action=None,
                    wait_for_lease_s=leases.lease_seconds())
 
@@ -134,7 +135,7 @@ def run_now(
         celery_task_id="" if sync else str(uuid.uuid4()),
     )
     if sync:
-        return engine.execute(engine.RunRequest(workflow_id=workflow.pk, trigger=trigger, run_id=run.pk, force=force,
+        return engine.execute_in_process(engine.RunRequest(workflow_id=workflow.pk, trigger=trigger, run_id=run.pk, force=force,
                                                 wait_for_lease_s=wait_for_lease_s, on_progress=on_progress))
     _enqueue(run, force=force, wait_for_lease_s=wait_for_lease_s)
     return run

@@ -73,6 +73,12 @@ class WorkflowDefinition:
     #: Discard a queued scheduled message older than this (frequent workflows: the next slot will
     #: do the work); ``None`` keeps it.
     expire_s: int | None = None
+    #: Workflows this one must never run at the same time as (either side may declare it): a
+    #: claim is refused while one of them holds its lease.
+    exclusive_with: tuple[str, ...] = ()
+    #: How long a run refused because of ``exclusive_with`` waits (re-queued, polling) before it
+    #: is skipped; the runs it waits for take seconds.
+    wait_for_exclusive_s: int = 120
 
     def __post_init__(self) -> None:
         if not (0 < self.soft_time_limit_s < self.hard_time_limit_s <= WORKFLOW_MAX_HARD_TIME_LIMIT):

@@ -11,17 +11,19 @@ import logging
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from django.db import close_old_connections, connection, transaction
+from django.db import DatabaseError, close_old_connections, connection, transaction
 from django.utils import timezone
 
 from workflows import leases, notifications
-from workflows.context import ActivityContext, LeaseLost, RunHalted, SkipRun
-from workflows.definition import WorkflowDefinition, get_definition
+from workflows.context import ActivityContext, LeaseLost, RunFence, RunHalted, SkipRun
+from workflows.definition import WorkflowDefinition, all_definitions, get_definition
 from workflows.errors import describe, is_transient
 from workflows.models import (
     FINAL_RUN_STATUSES,
@@ -41,8 +43,9 @@ logger = logging.getLogger(__name__)
 
 NOT_IMPLEMENTED = "not implemented"
 
-#: How often a waiting claim (restart) tries again, in seconds.
-CLAIM_RETRY_S = 0.25
+#: How often a waiting run looks again whether the run it waits for has finished, in seconds: a
+#: re-queued message, not a sleep, so the worker slot serves other runs meanwhile.
+WAIT_POLL_S = 2.0
 
 
 class TransientRunError(Exception):
@@ -52,6 +55,17 @@ class TransientRunError(Exception):
         self.run = run
         self.error = error
         super().__init__(describe(error))
+
+
+class Requeue(Exception):
+    """The run must wait: send its message again in ``countdown`` seconds (never sleep in a slot)."""
+
+    def __init__(self, run: WorkflowRun, *, countdown: float, wait_until: float | None = None, recheck: bool = False) -> None:
+        self.run = run
+        self.countdown = max(0.1, countdown)
+        self.wait_until = wait_until
+        self.recheck = recheck
+        super().__init__(f"run #{run.pk} re-queued in {self.countdown:.1f}s")
 
 
 @dataclass(frozen=True)
@@ -66,8 +80,14 @@ class RunRequest:
     attempt: int = 1
     #: True when the task may be retried after a transient failure.
     retry_allowed: bool = False
-    #: Keep trying to claim for this long (restart: the stopped run halts at its next batch boundary).
+    #: Wait this long for a running run to finish before giving up (restart: the stopped run halts
+    #: at its next batch boundary); turned into ``wait_until`` at the first try.
     wait_for_lease_s: float = 0.0
+    #: Epoch seconds: until when a re-queued run keeps waiting for the lease.
+    wait_until: float | None = None
+    #: A redelivered message of a running run, sent again once that run's lease had to expire:
+    #: a run still alive now is a genuine duplicate.
+    recheck: bool = False
     #: Called after each committed batch (in-process runs: the CLI's progress bar).
     on_progress: Callable[[WorkflowRun], None] | None = None
 
@@ -76,8 +96,22 @@ def journal(workflow_id: str, message: str, *, run: WorkflowRun | None = None, a
     WorkflowLog.objects.create(workflow_id=workflow_id, run=run, activity=activity, level=level, message=message)
 
 
+def execute_in_process(request: RunRequest) -> WorkflowRun:
+    """:func:`execute` for a run outside any worker (the CLI's ``--sync``): a wait is a sleep here,
+    since no worker slot is held."""
+    while True:
+        try:
+            return execute(request)
+        except Requeue as wait:
+            time.sleep(wait.countdown)
+            request = replace(request, run_id=wait.run.pk, wait_until=wait.wait_until, recheck=wait.recheck)
+
+
 def execute(request: RunRequest) -> WorkflowRun:
-    """Run (or continue) one run of a workflow and return it in its final or halted state."""
+    """Run (or continue) one run of a workflow and return it in its final or halted state.
+
+    Raises :class:`Requeue` when the run has to wait for another run (its message is sent again
+    with a countdown) and :class:`TransientRunError` when it may be retried."""
     definition = get_definition(request.workflow_id)
     workflow = Workflow.objects.get(pk=definition.id)
     run = _load_or_create_run(request, definition)
@@ -85,14 +119,19 @@ def execute(request: RunRequest) -> WorkflowRun:
         logger.warning("message for run #%s of %s ignored: the run is already %s", run.pk, definition.id, run.status)
         return run
     if run.status == RunStatus.RUNNING:
-        if leases.is_alive(definition.id, run.pk):
-            logger.warning("duplicate message for run #%s of %s ignored: the run is alive", run.pk, definition.id)
-            return run
+        holder, until = leases.lease_of(definition.id)
+        if holder == run.pk and until is not None and until > timezone.now():
+            if request.recheck:
+                logger.warning("duplicate message for run #%s of %s ignored: the run is alive", run.pk, definition.id)
+                return run
+            # Its worker may have died (a killed pool process gets its message redelivered at
+            # once): look again when the lease has had to be renewed.
+            raise Requeue(run, countdown=(until - timezone.now()).total_seconds() + 1, recheck=True)
         # The message came back after its worker died: a new attempt takes the run over (the claim
-        # below marks the dead one failed/abandoned once its lease has expired).
+        # below marks the dead one failed/abandoned).
         run = WorkflowRun.objects.create(
             workflow_id=definition.id, trigger=run.trigger, requested_by=run.requested_by,
-            celery_task_id=request.task_id, overrides=run.overrides, attempt=run.attempt + 1,
+            celery_task_id=request.task_id, overrides=run.overrides, attempt=run.attempt + 1, takeover_of=run.pk,
         )
     continuing = run.status == RunStatus.PAUSED
 
@@ -100,26 +139,53 @@ def execute(request: RunRequest) -> WorkflowRun:
     if refusal:
         return _finish(run, RunStatus.SKIPPED, refusal)
 
-    claim = _claim(definition.id, run.pk, wait_s=request.wait_for_lease_s)
+    claim = leases.claim(definition.id, run.pk, exclusive_with=exclusive_group(definition))
     if not claim.won:
-        return _finish(run, RunStatus.SKIPPED, f"already running (run #{claim.holder})")
+        return _wait_or_skip(definition, run, request, claim)
     if claim.abandoned_run:
         journal(definition.id, f"Run #{claim.abandoned_run} was abandoned (its lease expired); taken over by run #{run.pk}.",
                 run=run, level=LogLevel.WARNING)
     try:
-        with leases.LeaseKeeper(definition.id, run.pk) as lease:
-            return _run_activities(definition, workflow, run, request, lease)
+        with leases.LeaseKeeper(definition.id, run.pk, claim.token) as keeper:
+            fence = RunFence(definition.id, run.pk, claim.token, keeper)
+            try:
+                return _run_activities(definition, workflow, run, request, fence)
+            except LeaseLost as error:
+                return _lease_lost(definition, run, error)
     finally:
         _release_quietly(definition.id, run.pk)
 
 
-def _claim(workflow_id: str, run_id: int, *, wait_s: float) -> leases.Claim:
-    deadline = time.monotonic() + wait_s
-    while True:
-        claim = leases.claim(workflow_id, run_id)
-        if claim.won or time.monotonic() >= deadline:
-            return claim
-        time.sleep(CLAIM_RETRY_S)
+def exclusive_group(definition: WorkflowDefinition) -> list[str]:
+    """The workflows this one must never overlap with, declared on either side."""
+    declared = set(definition.exclusive_with)
+    declared.update(other.id for other in all_definitions() if definition.id in other.exclusive_with)
+    return sorted(declared - {definition.id})
+
+
+def _wait_or_skip(definition: WorkflowDefinition, run: WorkflowRun, request: RunRequest, claim: leases.Claim) -> WorkflowRun:
+    """A lost claim: wait (a re-queue) while the run may, else skip with the reason."""
+    if claim.blocked_by == definition.id:
+        blocker = f"run #{claim.holder}"
+        budget = request.wait_for_lease_s
+    else:
+        blocker = f"{claim.blocked_by} (run #{claim.holder}), which must never run at the same time"
+        budget = definition.wait_for_exclusive_s
+    now = time.time()
+    wait_until = request.wait_until or (now + budget if budget else None)
+    if wait_until is None or now >= wait_until:
+        if request.wait_until:
+            journal(definition.id, f"Run #{run.pk} stopped waiting for {blocker} after {budget:.0f}s.", run=run,
+                    level=LogLevel.WARNING)
+        reason = "already running" if claim.blocked_by == definition.id else f"{claim.blocked_by} is running"
+        return _finish(run, RunStatus.SKIPPED, f"{reason} (run #{claim.holder})")
+    waiting = f"waiting for {blocker} to finish (until {timezone.localtime(datetime.fromtimestamp(wait_until, UTC)):%H:%M:%S})"
+    if run.reason != waiting:
+        if not request.wait_until:
+            journal(definition.id, f"Run #{run.pk} is {waiting}.", run=run)
+        run.reason = waiting
+        run.save(update_fields=["reason"])
+    raise Requeue(run, countdown=min(WAIT_POLL_S, wait_until - now), wait_until=wait_until)
 
 
 def _load_or_create_run(request: RunRequest, definition: WorkflowDefinition) -> WorkflowRun:
@@ -161,7 +227,7 @@ def _refusal(workflow: Workflow, run: WorkflowRun, request: RunRequest, continui
 
 
 def _run_activities(
-    definition: WorkflowDefinition, workflow: Workflow, run: WorkflowRun, request: RunRequest, lease: leases.LeaseKeeper
+    definition: WorkflowDefinition, workflow: Workflow, run: WorkflowRun, request: RunRequest, fence: RunFence
 ) -> WorkflowRun:
     now = timezone.now()
     continuing = run.status == RunStatus.PAUSED
@@ -208,30 +274,35 @@ def _run_activities(
                 raise RunHalted("suspended")
             context = ActivityContext(
                 workflow_id=definition.id, run=run, activity=current, properties=properties,
-                batch_size=definition.batch_size, lease=lease, started_in_state=workflow.state,
+                batch_size=definition.batch_size, fence=fence, started_in_state=workflow.state,
                 on_progress=request.on_progress,
             )
-            context.checkpoint()
+            context._checkpoint()
             activity(context)
-            with transaction.atomic():
+            with _fenced(fence):
                 _end_activity(current, ActivityStatus.SUCCEEDED, "")  # its counters included
                 context.save_progress()
                 journal(definition.id, f"Done: {_format_counters(current.counters)}.", run=run, activity=name)
     except RunHalted as halt:
-        return _halt(definition, run, current, halt.state)
+        with _fenced(fence):
+            return _halt(definition, run, current, halt.state)
     except SkipRun as skip:
-        _end_activity(current, ActivityStatus.SKIPPED, str(skip))
-        journal(definition.id, f"Skipped: {skip}", run=run, activity=current.name if current else "")
-        return _finish(run, RunStatus.SKIPPED, str(skip))
-    except LeaseLost as error:
-        _end_activity(current, ActivityStatus.FAILED, str(error))
-        return _finish(run, RunStatus.FAILED, str(error))
+        with _fenced(fence):
+            _end_activity(current, ActivityStatus.SKIPPED, str(skip))
+            journal(definition.id, f"Skipped: {skip}", run=run, activity=current.name if current else "")
+            return _finish(run, RunStatus.SKIPPED, str(skip))
+    except LeaseLost:
+        raise
     except SoftTimeLimitExceeded:
         _end_activity(current, ActivityStatus.FAILED, "time limit exceeded")
         return _fail(definition, workflow, run, f"time limit of {definition.soft_time_limit_s}s exceeded", final=True)
     except Exception as error:  # noqa: BLE001 - every failure is recorded, then classified
         if not connection.in_atomic_block:
             close_old_connections()  # a lost database connection is replaced before recording
+        if not _still_holds(fence):
+            # E.g. PostgreSQL ended the session of a frozen run (its idle transaction outlived the
+            # lease) and another run took over: that, not the broken connection, is the cause.
+            raise LeaseLost(f"{leases.LEASE_LOST}: another run took {definition.id} over ({describe(error)})") from error
         reason = describe(error)
         _end_activity(current, ActivityStatus.FAILED, reason)
         journal(definition.id, traceback.format_exc(limit=8), run=run, activity=current.name if current else "",
@@ -242,11 +313,37 @@ def _run_activities(
             raise TransientRunError(run, error) from error
         return run
 
-    with transaction.atomic():
+    with _fenced(fence):
         Workflow.objects.filter(pk=workflow.pk, consecutive_errors__gt=0).update(consecutive_errors=0)
         run = _finish(run, RunStatus.SUCCEEDED, "")
-        leases.release(definition.id, run.pk)
+    leases.release(definition.id, run.pk)
     return run
+
+
+@contextmanager
+def _fenced(fence: RunFence) -> Iterator[None]:
+    """A transaction of the run's own records (an activity's or the run's end) that commits only
+    while the run holds its lease: a run taken over reports nothing as done."""
+    with transaction.atomic():
+        yield
+        fence.check()
+
+
+def _still_holds(fence: RunFence) -> bool:
+    try:
+        return Workflow.objects.filter(pk=fence.workflow_id, lease_holder=fence.run_id, lease_token=fence.token).exists()
+    except DatabaseError:
+        return True  # the database itself is the failure: say that
+
+
+def _lease_lost(definition: WorkflowDefinition, run: WorkflowRun, error: LeaseLost) -> WorkflowRun:
+    """The run lost its lease: whatever it had not committed was rolled back by the fence."""
+    ActivityRun.objects.filter(run=run, status__in=[ActivityStatus.RUNNING, ActivityStatus.PAUSED]).update(
+        status=ActivityStatus.FAILED, message=leases.LEASE_LOST, finished_at=timezone.now()
+    )
+    journal(definition.id, f"Run #{run.pk} lost its lease and committed nothing more: {error}", run=run,
+            level=LogLevel.WARNING)
+    return _finish(run, RunStatus.FAILED, leases.LEASE_LOST)
 
 
 def _halt(definition: WorkflowDefinition, run: WorkflowRun, current: ActivityRun | None, state: str) -> WorkflowRun:

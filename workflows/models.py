@@ -90,11 +90,21 @@ class Workflow(models.Model):
                   "workflow was started again meanwhile.",
     )
     lease_until = models.DateTimeField("lease until", null=True, blank=True)
+    lease_token = models.BigIntegerField(
+        "lease token", default=0,
+        help_text="Grows by one at each claim; every commit of a run checks it, so a run that lost its lease "
+                  "(frozen, partitioned, slow) commits nothing.",
+    )
     paused_at = models.DateTimeField("paused since", null=True, blank=True)
     paused_reported_at = models.DateTimeField("long pause last reported", null=True, blank=True)
     periodic_task = models.OneToOneField(
         "django_celery_beat.PeriodicTask", on_delete=models.SET_NULL, null=True, blank=True, related_name="workflow",
         verbose_name="schedule",
+    )
+    last_schedule = models.JSONField(
+        "last known schedule", null=True, blank=True, editable=False,
+        help_text='{"crontab", "timezone"} of the schedule when last seen (created, edited, migrated, repaired): '
+                  "what a repair recreates if the PeriodicTask is deleted.",
     )
     created_at = models.DateTimeField("created", default=timezone.now, editable=False)
     updated_at = models.DateTimeField("updated", auto_now=True)
@@ -124,6 +134,10 @@ class WorkflowRun(models.Model):
     progress_done = models.BigIntegerField("rows done", default=0)
     progress_total = models.BigIntegerField("rows estimated", null=True, blank=True)
     attempt = models.PositiveSmallIntegerField("attempt", default=1)
+    takeover_of = models.BigIntegerField(
+        "takes over run", null=True, blank=True,
+        help_text="The abandoned run (its worker died) that this run does again; such a run is re-queued once.",
+    )
     created_at = models.DateTimeField("created", default=timezone.now, db_index=True)
     started_at = models.DateTimeField("started", null=True, blank=True)
     finished_at = models.DateTimeField("finished", null=True, blank=True, db_index=True)

@@ -58,16 +58,28 @@ def make_task(definition: WorkflowDefinition) -> Task:
         overrides: dict[str, Any] | None = None,
         attempt: int = 1,
         wait_for_lease_s: float = 0.0,
+        wait_until: float | None = None,
+        recheck: bool = False,
     ) -> dict[str, Any]:
-        from workflows.engine import RunRequest, TransientRunError, execute
+        from workflows.engine import Requeue, RunRequest, TransientRunError, execute
 
         request = RunRequest(
             workflow_id=definition.id, trigger=trigger, run_id=run_id, requested_by=requested_by,
             task_id=self.request.id or "", force=force, overrides=overrides, attempt=attempt,
             retry_allowed=attempt <= definition.retry.max_retries, wait_for_lease_s=wait_for_lease_s,
+            wait_until=wait_until, recheck=recheck,
         )
         try:
             run = execute(request)
+        except Requeue as wait:
+            # Waiting is a message sent again with a countdown: the slot serves other runs meanwhile.
+            self.apply_async(
+                kwargs={"run_id": wait.run.pk, "trigger": trigger, "requested_by": requested_by, "force": force,
+                        "overrides": overrides, "attempt": attempt, "wait_for_lease_s": wait_for_lease_s,
+                        "wait_until": wait.wait_until, "recheck": wait.recheck},
+                countdown=wait.countdown,
+            )
+            return {"run_id": wait.run.pk, "status": wait.run.status, "reason": wait.run.reason}
         except TransientRunError as error:
             # A fresh run (attempt + 1) after a delay; the failed attempt stays in the history.
             raise self.retry(

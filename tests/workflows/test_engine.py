@@ -17,7 +17,7 @@ from workflows import commands, leases
 from workflows import definition as definition_module
 from workflows.context import Batch
 from workflows.definition import RetryPolicy
-from workflows.engine import NOT_IMPLEMENTED, RunRequest, TransientRunError, execute
+from workflows.engine import Requeue, NOT_IMPLEMENTED, RunRequest, TransientRunError, execute
 from workflows.errors import PermanentError, TransientError, is_transient
 from workflows.housekeeping import report_long_pauses
 from workflows.models import (
@@ -339,11 +339,15 @@ def test_a_message_for_a_finished_run_leaves_it_untouched(sample):
     assert WorkflowRun.objects.filter(workflow_id=SAMPLE_ID).count() == 1
 
 
-def test_a_duplicate_message_for_a_live_run_starts_nothing(sample):
+def test_a_duplicate_message_for_a_live_run_looks_again_once_its_lease_had_to_be_renewed_then_starts_nothing(sample):
     live = WorkflowRun.objects.create(workflow_id=SAMPLE_ID, trigger=Trigger.SHELL, status=RunStatus.RUNNING)
     assert leases.claim(SAMPLE_ID, live.pk).won
 
-    again = execute(RunRequest(workflow_id=SAMPLE_ID, trigger=Trigger.SHELL, run_id=live.pk))
+    with pytest.raises(Requeue) as wait:
+        execute(RunRequest(workflow_id=SAMPLE_ID, trigger=Trigger.SHELL, run_id=live.pk))
+    assert wait.value.recheck and 0 < wait.value.countdown <= leases.lease_seconds() + 1
+    leases.renew(SAMPLE_ID, live.pk)  # the run is alive: it renewed meanwhile
+    again = execute(RunRequest(workflow_id=SAMPLE_ID, trigger=Trigger.SHELL, run_id=live.pk, recheck=True))
 
     assert again.pk == live.pk and again.status == RunStatus.RUNNING
     assert WorkflowRun.objects.filter(workflow_id=SAMPLE_ID).count() == 1

@@ -35,7 +35,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.mail import EmailMessage
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import Count, Min, Q
 from django.utils import timezone
 
@@ -152,9 +152,8 @@ def _period(ctx: ActivityContext) -> reports.Period:
 def compute(ctx: ActivityContext) -> None:
     period = _period(ctx)
     values = compute_metrics(period)
-    with transaction.atomic():
-        metrics, created = CustomerMetrics.objects.update_or_create(
-            period_start=period.start, period_end=period.end, defaults={**values, "computed_at": timezone.now()})
+    metrics, created = ctx.unit(lambda: CustomerMetrics.objects.update_or_create(
+        period_start=period.start, period_end=period.end, defaults={**values, "computed_at": timezone.now()}))
     ctx.count("created" if created else "updated")
     ctx.log(f"Billing {period.label()}: {values['deliveries']} deliveries, {values['active_profiles']} active profiles.")
 
@@ -179,7 +178,7 @@ def send(ctx: ActivityContext) -> None:
                            from_email=settings.DEFAULT_FROM_EMAIL, to=[user.email])
     message.attach(f"billing-{period.start:%Y-%m}.pdf", pdf, "application/pdf")
     message.send()
-    ctx.set_cursor("emailed_period", period.start.isoformat())
+    ctx.unit(lambda: ctx.set_cursor("emailed_period", period.start.isoformat()))
     ctx.count("emailed")
 
 

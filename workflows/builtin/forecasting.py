@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
@@ -304,16 +304,17 @@ def forecast_batch(after: int, size: int, *, forecast: ForecastPass) -> Batch:
 def current_pass(ctx: ActivityContext) -> ForecastPass:
     """This run's pass: the one it started (continued after a pause), or a new one from the first
     profile (any other run: the last pass is finished, or belongs to a run that died)."""
-    with transaction.atomic():
-        stored = ctx.get_cursor(PASS_CURSOR)
-        if stored and stored["run"] == ctx.run.pk:
-            return ForecastPass.from_json(stored)
-        forecast = ForecastPass(run_id=ctx.run.pk, reference=timezone.now(), horizon_days=ctx.properties["horizon_days"],
-                                fatigue_threshold=ctx.properties["fatigue_threshold"])
-        ctx.set_cursor(PASS_CURSOR, forecast.to_json())
-        ctx.set_cursor(PROFILE_CURSOR, 0)
+    stored = ctx.get_cursor(PASS_CURSOR)
+    if stored and stored["run"] == ctx.run.pk:
+        return ForecastPass.from_json(stored)
+    forecast = ForecastPass(run_id=ctx.run.pk, reference=timezone.now(), horizon_days=ctx.properties["horizon_days"],
+                            fatigue_threshold=ctx.properties["fatigue_threshold"])
+
+    def start_pass() -> None:
+        ctx.set_cursors({PASS_CURSOR: forecast.to_json(), PROFILE_CURSOR: 0})
         ctx.count("deliveries", forecast_deliveries(forecast).count())
-        ctx.save_counters()
+
+    ctx.unit(start_pass)
     ctx.log(f"New forecast pass: reference time {forecast.reference.isoformat(timespec='seconds')}; "
             f"{ctx.activity.counters['deliveries']} deliveries scheduled from "
             f"{forecast.start.isoformat(timespec='seconds')} to {forecast.end.isoformat(timespec='seconds')}; "

@@ -57,7 +57,7 @@ from collections.abc import Callable, Sequence
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import Max, Min
 from django.utils import timezone
 
@@ -334,9 +334,11 @@ class PassRunner:
         after_phase = {**self.cursor, "pass": next_pass} if next_pass is not None else closed(self.pass_state)
         if not units:
             if next_pass is None:
-                with transaction.atomic():
+                def close() -> None:
                     self.journal_once()
                     self.ctx.set_cursor(CURSOR, after_phase)
+
+                self.ctx.unit(close)
             self.pass_state = next_pass
             return
 

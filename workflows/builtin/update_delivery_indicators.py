@@ -42,7 +42,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import Count, Exists, Max, OuterRef, Q, QuerySet
 from django.utils import timezone
 
@@ -326,7 +326,7 @@ def _open_pass(ctx: ActivityContext) -> Window:
         tracking_until=TrackingLog.objects.aggregate(last=Max("id"))["last"] or 0,
     )
     first_take = ctx.properties["source_rows_per_batch"] // ASSUMED_ROWS_PER_DELIVERY
-    with transaction.atomic():
+    def open_pass() -> None:
         ctx.set_cursors({
             "pass": window.as_cursor(),
             "pass_deliveries": {"after": 0, "take": min(max(first_take, 1), MAX_DELIVERIES_PER_BATCH)},
@@ -337,6 +337,8 @@ def _open_pass(ctx: ActivityContext) -> Window:
         else:
             ctx.log(f"Incremental pass: logs updated after {window.logs_after.isoformat()}, "
                     f"tracking rows {window.tracking_after + 1} to {window.tracking_until}.")
+
+    ctx.unit(open_pass)
     return window
 
 
@@ -435,7 +437,7 @@ def recompute_changed_deliveries(ctx: ActivityContext) -> None:
     else:
         ctx.batches("pass_changes", _changed_rows_step(window), start=window.first_changes(),
                     batch_size=ctx.properties["changed_rows_per_batch"])
-    _close_pass(ctx, window)
+    ctx.unit(lambda: _close_pass(ctx, window))
 
 
 definition = register(WorkflowDefinition(
