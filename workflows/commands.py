@@ -69,7 +69,7 @@ def start(workflow_id: str, *, user: AbstractBaseUser | None = None, actor: str 
     workflow = _set_state(workflow_id, WorkflowState.STARTED, action, user=user, actor=actor)
     paused = WorkflowRun.objects.filter(workflow=workflow, status=RunStatus.PAUSED).order_by("-pk").first()
     if paused is not None:
-        _enqueue(paused)
+        enqueue(paused)
     return workflow
 
 
@@ -137,11 +137,11 @@ def run_now(
     if sync:
         return engine.execute_in_process(engine.RunRequest(workflow_id=workflow.pk, trigger=trigger, run_id=run.pk, force=force,
                                                 wait_for_lease_s=wait_for_lease_s, on_progress=on_progress))
-    _enqueue(run, force=force, wait_for_lease_s=wait_for_lease_s)
+    enqueue(run, force=force, wait_for_lease_s=wait_for_lease_s)
     return run
 
 
-def _enqueue(run: WorkflowRun, *, force: bool = False, wait_for_lease_s: float = 0.0) -> None:
+def enqueue(run: WorkflowRun, *, force: bool = False, wait_for_lease_s: float = 0.0) -> None:
     """Send the run's message once the transaction that created the run has committed."""
     task_id = run.celery_task_id or str(uuid.uuid4())
     if run.celery_task_id != task_id:

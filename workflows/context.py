@@ -41,10 +41,8 @@ unit_committing = Signal()
 
 
 def savepoint() -> transaction.Atomic:
-    """Inside a unit of work: a savepoint around one statement that may fail on purpose (a
-    unique clash), so that its failure undoes that statement only, not the whole unit."""
-    if not transaction.get_connection().in_atomic_block:
-        raise RuntimeError("savepoint() belongs inside a unit of work (ctx.unit, ctx.each or a batch step)")
+    """A savepoint around one statement that may fail on purpose (a unique clash, a pattern the
+    database rejects), so that inside a unit of work its failure undoes that statement only."""
     return transaction.atomic()
 
 
@@ -184,17 +182,24 @@ class ActivityContext:
         self._checkpoint()
         return self._commit(work)
 
-    def each(self, items: Iterable[T], work: Callable[[T], dict[str, int] | None], *, throttle_s: float = 0.0) -> int:
+    def each(self, items: Iterable[T], work: Callable[[T], dict[str, int] | None], *, throttle_s: float = 0.0,
+             atomic: bool = True) -> int:
         """One unit per item: ``work(item)`` (returning counters to add, or None) and its effects
-        commit together; pause and stop are obeyed between items. Returns the number of items."""
+        commit together; pause and stop are obeyed between items. Returns the number of items.
+
+        ``atomic=False`` is for items whose effects leave the database (an email, an HTTP call)
+        and keep their own protocol (a status row claimed, then marked sent): ``work`` runs
+        outside any transaction, so nothing it did is undone after it happened, and only its
+        counters and progress commit as the unit."""
         done = 0
         for item in items:
             if done and throttle_s:
                 time.sleep(throttle_s)
             self._checkpoint()
+            counters = {} if atomic else (work(item) or {})
 
-            def one(item: T = item) -> None:
-                for name, amount in (work(item) or {}).items():
+            def one(item: T = item, counters: dict[str, int] = counters) -> None:
+                for name, amount in (work(item) or {} if atomic else counters).items():
                     self.count(name, amount)
                 self.advance(1)
 

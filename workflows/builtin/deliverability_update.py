@@ -29,12 +29,12 @@ import json
 from collections import Counter
 from collections.abc import Hashable, Iterable
 
-from django.db import DataError, connection, transaction
+from django.db import DataError, connection
 
 from campaign.integrations.deliverability import KIND, BounceRuleSpec, DeliverabilityClient, DomainRuleSpec, MxRuleSpec, Rules
 from campaign.integrations.http import ServiceError, get_account
 from campaign.models import BounceRule, DomainRule, MxRule, RuleSource
-from workflows.context import ActivityContext, SkipRun
+from workflows.context import ActivityContext, SkipRun, savepoint
 from workflows.definition import Schedule, WorkflowDefinition, register
 from workflows.properties import IntegerProperty
 
@@ -55,7 +55,7 @@ def update_rules(ctx: ActivityContext) -> None:
                            f"min_bounce_rules={minimum}; the current rules are kept")
     check_patterns_on_database(rules.bounce_rules)
 
-    with transaction.atomic():
+    def replace() -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
         changes = {
             "bounce rules": _diff(_bounce_keys(BounceRule.objects.filter(source=SERVICE)), map(_bounce_key, rules.bounce_rules)),
             "MX rules": _diff(_mx_keys(MxRule.objects.filter(source=SERVICE)), map(_mx_key, rules.mx_rules)),
@@ -67,6 +67,9 @@ def update_rules(ctx: ActivityContext) -> None:
             "MX rules": MxRule.objects.exclude(source=SERVICE).count(),
             "domain rules": DomainRule.objects.exclude(source=SERVICE).count(),
         }
+        return changes, local
+
+    changes, local = ctx.unit(replace)
     ctx.count("bounce_rules", len(rules.bounce_rules))
     ctx.count("mx_rules", len(rules.mx_rules))
     ctx.count("domain_rules", len(rules.domain_rules))
@@ -107,7 +110,7 @@ def check_patterns_on_database(bounce_rules: list[BounceRuleSpec]) -> None:
     with connection.cursor() as cursor:
         for index, rule in enumerate(bounce_rules):
             try:
-                with transaction.atomic():  # a savepoint: the error must not abort an outer transaction
+                with savepoint():  # the error must not abort the unit it is checked in
                     cursor.execute("SELECT '' ~* %s", [rule.pattern])
             except DataError as error:
                 detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

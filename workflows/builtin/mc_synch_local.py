@@ -42,12 +42,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, connection
 from django.db.models import Max, Q, QuerySet
 from django.utils import timezone
 
 from campaign.models import FINAL_EVENT_STATUSES, Event, EventHistory
-from workflows.context import ActivityContext, Batch
+from workflows.context import ActivityContext, Batch, savepoint
 from workflows.definition import Schedule, WorkflowDefinition, register
 from workflows.models import LogLevel
 from workflows.properties import IntegerProperty
@@ -82,7 +82,7 @@ def archive_range(*, after_id: int, up_to_id: int, cutoff: datetime, now: dateti
     Returns (events moved, ids left live because they are already in the archive)."""
     if connection.vendor == "postgresql":
         try:
-            with transaction.atomic():  # a savepoint: a clash undoes this statement only
+            with savepoint():  # a clash undoes this statement only
                 return move_in_one_statement(after_id=after_id, up_to_id=up_to_id, cutoff=cutoff, now=now), []
         except IntegrityError:
             pass  # an id already archived: redo the range id by id, keeping the clashing events live
@@ -151,7 +151,7 @@ def archive_events(ctx: ActivityContext) -> None:
     if highest is None:
         ctx.log("No live event.")
         return
-    ctx.set_cursor(CURSOR, 0)  # deleted rows never come back: each run walks the live ids once
+    ctx.unit(lambda: ctx.set_cursor(CURSOR, 0))  # deleted rows never come back: each run walks the live ids once
     kept_ids: list[int] = []  # the first few, for the journal
     kept_total = 0
 

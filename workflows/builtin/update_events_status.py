@@ -165,7 +165,7 @@ def expire_batch(*, after: list[Any] | None, cutoff: datetime, limit: int) -> Ba
 def expire_events(ctx: ActivityContext) -> None:
     """Pending events created before now - ``expiry_hours`` → ``too_old``."""
     cutoff = timezone.now() - timedelta(hours=ctx.properties["expiry_hours"])
-    ctx.set_cursor("expire", None)
+    ctx.unit(lambda: ctx.set_cursor("expire", None))
     expired = ctx.batches("expire", lambda after, limit: expire_batch(after=after, cutoff=cutoff, limit=limit),
                           start=None, batch_size=ctx.properties["batch_size"])
     ctx.log(f"{expired} pending events created before {cutoff.isoformat()} are too old.")
@@ -250,7 +250,7 @@ def copy_outcomes_batch(*, after: int, limit: int) -> Batch:
 
 def copy_delivery_outcomes(ctx: ActivityContext) -> None:
     """``pending_delivery`` events whose log is final take its outcome."""
-    ctx.set_cursor("outcomes", _first_id(EventStatus.PENDING_DELIVERY))
+    ctx.unit(lambda: ctx.set_cursor("outcomes", _first_id(EventStatus.PENDING_DELIVERY)))
     checked = ctx.batches("outcomes", lambda after, limit: copy_outcomes_batch(after=after, limit=limit),
                           batch_size=ctx.properties["check_batch_size"])
     counters = ctx.activity.counters
@@ -418,7 +418,7 @@ def route_events(ctx: ActivityContext) -> None:
     """Pending events → a pending log on their template's delivery of the month, or
     ``not_taken_into_account`` when no published template matches."""
     deliveries = MonthDeliveries()
-    ctx.set_cursor("route", _first_id(EventStatus.PENDING))
+    ctx.unit(lambda: ctx.set_cursor("route", _first_id(EventStatus.PENDING)))
     processed = ctx.batches("route", lambda after, limit: route_batch(after=after, limit=limit, deliveries=deliveries),
                             batch_size=ctx.properties["batch_size"])
     counters = ctx.activity.counters
