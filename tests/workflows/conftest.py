@@ -24,6 +24,7 @@ def sample(db, settings):  # noqa: ANN001 - pytest fixtures
     """The sample workflow's row, the delivery its effects point to, and 50 source rows."""
     settings.WORKFLOW_LEASE_SECONDS = TEST_LEASE_SECONDS
     workflow = ensure_workflow(sample_workflow.definition)
+    ensure_workflow(sample_workflow.quick_definition)
     campaign = Campaign.objects.create(label="engine tests")
     Delivery.objects.create(label=sample_workflow.SAMPLE_DELIVERY_LABEL, campaign=campaign)
     SendingFeedback.objects.bulk_create(

@@ -76,3 +76,22 @@ definition = register(WorkflowDefinition(
     retry=RetryPolicy(max_retries=0),
     queue=SAMPLE_QUEUE,
 ))
+
+
+QUICK_ID = "engineSampleQuick"
+
+
+def note(ctx: ActivityContext) -> None:
+    ctx.count("noted")
+
+
+#: Another workflow on the same queue: shows that a worker slot is free while a run waits.
+quick_definition = register(WorkflowDefinition(
+    id=QUICK_ID,
+    label="Engine sample (quick)",
+    description="Test-only workflow: one activity that counts one.",
+    schedule=None,
+    activities=(note,),
+    retry=RetryPolicy(max_retries=0),
+    queue=SAMPLE_QUEUE,
+))
