@@ -50,6 +50,7 @@ from campaign.models import (
     ExternalAccount,
     FailureReason,
     ForecastLog,
+    KpiShareState,
     MessageTemplate,
     MxRule,
     Profile,
@@ -671,6 +672,14 @@ class SharedKpiAdmin(ReadOnlyAdmin):
     search_fields = ("delivery__label",)
     date_hierarchy = "day"
     raw_id_fields = ("delivery",)
+
+
+@admin.register(KpiShareState)
+class KpiShareStateAdmin(ReadOnlyAdmin):
+    """Where KPI sharing stands: the watermark, and the batch sent and not acknowledged yet, which
+    the next kpiSharing or kpiReconciliation run resends as it is."""
+
+    list_display = ("channel", "watermark_updated_at", "watermark_aggregate_id", "pending_batch_id", "updated_at")
 
 
 @admin.register(StagedAudienceMember)

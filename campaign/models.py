@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -624,6 +624,81 @@ class SharedKpi(models.Model):
         ordering = ["-day", "delivery"]
         verbose_name = "shared KPI row"
         constraints = [models.UniqueConstraint(fields=["day", "delivery"], name="sharedkpi_day_delivery_uniq")]
+
+
+class KpiShareState(models.Model):
+    """Where the sharing of one channel's KPIs with the analytics service stands (only email is
+    shared): the watermark of the aggregate rows whose changes the service acknowledged, and the
+    **pending** batch, saved before it is sent and kept until it is acknowledged. Whoever runs next
+    (kpiSharing or kpiReconciliation) resends exactly that batch, same id and rows, which the
+    service applies at most once. It sits next to the SharedKpi ledger because an acknowledgement
+    moves both in one transaction: the batch goes into the ledger, the watermark moves past its
+    rows and the pending batch is cleared."""
+
+    channel = models.CharField(
+        "channel", max_length=8, choices=Channel.choices, default=Channel.EMAIL, unique=True,
+        help_text="The channel whose DeliveryAggregate rows are shared.",
+    )
+    watermark_updated_at = models.DateTimeField(
+        "watermark (updated)", null=True, blank=True,
+        help_text="updated_at of the last aggregate row whose change the service acknowledged; empty until the first.",
+    )
+    watermark_aggregate_id = models.BigIntegerField(
+        "watermark (aggregate id)", null=True, blank=True,
+        help_text="The id of that aggregate row: rows are read in (updated, id) order.",
+    )
+    pending_batch_id = models.CharField(
+        "pending batch", max_length=64, blank=True, default="",
+        help_text="Content-derived id of the batch saved to be sent and not acknowledged yet; empty when none.",
+    )
+    pending_rows = models.JSONField(
+        "pending rows", default=list, blank=True,
+        help_text="The pending batch's rows in the protocol's wire format: a resend sends exactly these.",
+    )
+    pending_watermark_updated_at = models.DateTimeField(
+        "pending watermark (updated)", null=True, blank=True,
+        help_text="Where the watermark moves once the pending batch is acknowledged (updated_at of its last source row).",
+    )
+    pending_watermark_aggregate_id = models.BigIntegerField(
+        "pending watermark (aggregate id)", null=True, blank=True, help_text="The id of that source row.",
+    )
+    updated_at = models.DateTimeField("updated", auto_now=True)
+
+    class Meta:
+        ordering = ["channel"]
+        verbose_name = "KPI sharing state"
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(watermark_updated_at__isnull=True, watermark_aggregate_id__isnull=True)
+                | models.Q(watermark_updated_at__isnull=False, watermark_aggregate_id__isnull=False),
+                name="kpisharestate_watermark_whole",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(pending_batch_id="", pending_watermark_updated_at__isnull=True,
+                                   pending_watermark_aggregate_id__isnull=True)
+                | (~models.Q(pending_batch_id="") & models.Q(pending_watermark_updated_at__isnull=False,
+                                                             pending_watermark_aggregate_id__isnull=False)),
+                name="kpisharestate_pending_whole",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        pending = f"batch {self.pending_batch_id[:12]}… pending" if self.pending_batch_id else "nothing pending"
+        return f"{self.get_channel_display()} KPI sharing: {pending}"
+
+    @property
+    def watermark(self) -> tuple[datetime, int] | None:
+        """(updated_at, id) of the last acknowledged aggregate row, or None."""
+        if self.watermark_updated_at is None:
+            return None
+        return self.watermark_updated_at, self.watermark_aggregate_id
+
+    @property
+    def pending_watermark(self) -> tuple[datetime, int] | None:
+        """(updated_at, id) of the pending batch's last source row, or None."""
+        if self.pending_watermark_updated_at is None:
+            return None
+        return self.pending_watermark_updated_at, self.pending_watermark_aggregate_id
 
 
 class ForecastLog(models.Model):

@@ -35,6 +35,7 @@ from campaign.models import (
     FailureReason,
     FailureType,
     ForecastLog,
+    KpiShareState,
     LogStatus,
     MessageTemplate,
     MxRule,
@@ -358,6 +359,22 @@ class SharedKpiFactory(factory.django.DjangoModelFactory):
     delivery = factory.SubFactory(DeliveryFactory)
     sent = 10
     delivered = 9
+
+
+class KpiShareStateFactory(factory.django.DjangoModelFactory):
+    """The email channel's sharing state with a batch pending (the one row a channel has)."""
+
+    class Meta:
+        model = KpiShareState
+        django_get_or_create = ("channel",)
+
+    channel = Channel.EMAIL
+    watermark_updated_at = factory.LazyFunction(lambda: timezone.now() - datetime.timedelta(minutes=15))
+    watermark_aggregate_id = 41
+    pending_batch_id = "5" * 64
+    pending_rows = factory.LazyFunction(list)
+    pending_watermark_updated_at = factory.LazyFunction(timezone.now)
+    pending_watermark_aggregate_id = 42
 
 
 class StagedAudienceMemberFactory(factory.django.DjangoModelFactory):

@@ -1,4 +1,4 @@
-"""Client of the analytics service: push KPI rows, fetch the service's totals (SPEC §5).
+"""Client of the analytics service: push KPI rows, fetch the service's totals.
 
 Why a module of its own: the two KPI workflows must agree on the protocol to the byte (the batch
 id is a hash of what is sent), and every answer must be validated completely before a workflow

@@ -34,6 +34,7 @@ from campaign.models import (
     EventHistory,
     ExternalAccount,
     ForecastLog,
+    KpiShareState,
     LogStatus,
     MessageTemplate,
     MxRule,
@@ -82,13 +83,15 @@ ROW_FACTORIES: dict[type[models.Model], Callable[..., models.Model]] = {
     DomainRule: factories.DomainRuleFactory,
     APIKey: factories.APIKeyFactory,
     SharedKpi: factories.SharedKpiFactory,
+    KpiShareState: factories.KpiShareStateFactory,
     StagedAudienceMember: factories.StagedAudienceMemberFactory,
 }
 
 #: Written by other systems or computed by workflows: viewing only.
 READ_ONLY_MODELS = [
     SendingFeedback, TrackingHit, DeliveryLog, TrackingLog, EventHistory,
-    DeliveryAggregate, ForecastLog, CustomerMetrics, ReportSend, AudienceMember, SharedKpi, StagedAudienceMember,
+    DeliveryAggregate, ForecastLog, CustomerMetrics, ReportSend, AudienceMember, SharedKpi, KpiShareState,
+    StagedAudienceMember,
 ]
 EDITABLE_MODELS = [model for model in ROW_FACTORIES if model not in READ_ONLY_MODELS]
 

@@ -7,6 +7,7 @@ the end state that matters is the service's totals equal to the local email aggr
 from __future__ import annotations
 
 import json
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -15,7 +16,7 @@ from django.utils import timezone
 from werkzeug import Response
 
 from campaign.integrations.analytics import AnalyticsClient
-from campaign.models import DeliveryAggregate
+from campaign.models import DeliveryAggregate, KpiShareState
 from tests.factories import DeliveryFactory
 from tests.workflows.fake_analytics import (  # noqa: F401 - fixtures
     COLUMN,
@@ -32,7 +33,8 @@ from tests.workflows.fake_analytics import (  # noqa: F401 - fixtures
 )
 from workflows import commands, leases
 from workflows.builtin import kpi_reconciliation, kpi_sharing
-from workflows.models import RunStatus, Workflow, WorkflowLog, WorkflowRun
+from workflows.engine import Requeue, RunRequest, execute
+from workflows.models import RunStatus, Trigger, Workflow, WorkflowLog, WorkflowRun
 
 WORKFLOW_ID = "kpiReconciliation"
 UNKNOWN_DELIVERY = 987_654  # a delivery the service has and this instance has not
@@ -248,44 +250,112 @@ def test_a_skewed_service_total_is_fixed_and_sharing_then_pushes_only_new_change
 def test_sharing_s_unacknowledged_batch_is_resent_first(service, skewed, waits):
     service.script("POST", *[Response("down", status=503)] * 4)
     assert share().status == RunStatus.FAILED
-    pending = Workflow.objects.get(pk=kpi_sharing.SHARING_ID).cursors[kpi_sharing.CURSOR_PENDING]
+    pending = KpiShareState.objects.get(channel="email")
 
     result = run()
 
     assert result.status == RunStatus.SUCCEEDED, result.reason
-    assert service.posts[4]["batch_id"] == pending["batch_id"] and service.posts[4]["rows"] == pending["rows"]
-    assert kpi_sharing.CURSOR_PENDING not in Workflow.objects.get(pk=kpi_sharing.SHARING_ID).cursors
+    assert service.posts[4]["batch_id"] == pending.pending_batch_id and service.posts[4]["rows"] == pending.pending_rows
+    assert KpiShareState.objects.get(channel="email").pending_batch_id == ""
     assert service.counters() == local_window_totals()
     assert ledger() == local_window_totals()
 
 
-def test_waits_for_a_running_sharing_then_fails_as_transient(service, skewed, monkeypatch):
-    monkeypatch.setattr(kpi_reconciliation, "SHARING_WAIT_S", 0)
+def test_a_reconciliation_refused_while_sharing_runs_waits_re_queued_then_goes_ahead_or_is_skipped(service, skewed):
     sharing_run = WorkflowRun.objects.create(workflow_id=kpi_sharing.SHARING_ID, status=RunStatus.RUNNING)
     assert leases.claim(kpi_sharing.SHARING_ID, sharing_run.pk).won
+    queued = WorkflowRun.objects.create(workflow_id=WORKFLOW_ID, trigger=Trigger.SCHEDULE)
 
-    result = run()
+    with pytest.raises(Requeue) as waiting:
+        execute(RunRequest(workflow_id=WORKFLOW_ID, trigger=Trigger.SCHEDULE, run_id=queued.pk))
 
-    assert result.status == RunStatus.FAILED
-    assert f"kpiSharing is running (run #{sharing_run.pk})" in result.reason
+    queued.refresh_from_db()
+    assert queued.status == RunStatus.QUEUED
+    assert f"waiting for kpiSharing (run #{sharing_run.pk})" in queued.reason
+    assert 0 < waiting.value.countdown <= 2  # a message sent again shortly, not a sleep in the slot
+    budget = waiting.value.wait_until - time.time()
+    assert kpi_reconciliation.SHARING_WAIT_S - 5 < budget <= kpi_reconciliation.SHARING_WAIT_S
     assert service.gets == [] and service.posts == []
 
+    # Still refused when its wait is over: skipped, nothing fetched or pushed.
+    late = execute(RunRequest(workflow_id=WORKFLOW_ID, trigger=Trigger.SCHEDULE, wait_until=time.time() - 1))
+    assert late.status == RunStatus.SKIPPED and late.reason == f"kpiSharing is running (run #{sharing_run.pk})"
+    assert service.gets == [] and service.posts == []
 
-def test_sharing_s_lease_is_held_during_a_reconciliation_and_released_after(service, skewed, monkeypatch):
-    holders: list[Any] = []
+    # kpiSharing finishes: the waiting run's next delivery goes ahead.
+    leases.release(kpi_sharing.SHARING_ID, sharing_run.pk)
+    done = execute(RunRequest(workflow_id=WORKFLOW_ID, trigger=Trigger.SCHEDULE, run_id=queued.pk,
+                              wait_until=waiting.value.wait_until))
+    assert done.pk == queued.pk and done.status == RunStatus.SUCCEEDED, done.reason
+    assert service.counters() == local_window_totals()
+
+
+def test_a_sharing_run_during_a_reconciliation_waits_then_is_skipped_and_runs_after_it(service, skewed, monkeypatch):
+    during: list[Any] = []
     fetch = AnalyticsClient.fetch_kpis
 
-    def fetch_and_look(self, **kwargs):  # noqa: ANN001, ANN202
-        holders.append(Workflow.objects.filter(pk=kpi_sharing.SHARING_ID).values_list("lease_holder", flat=True).get())
+    def fetch_and_share(self, **kwargs):  # noqa: ANN001, ANN202 - kpiSharing is triggered while reconciling
+        if not during:
+            with pytest.raises(Requeue) as waiting:
+                execute(RunRequest(workflow_id=kpi_sharing.SHARING_ID, trigger=Trigger.SCHEDULE))
+            during.append(waiting.value.run.reason)
+            during.append(execute(RunRequest(workflow_id=kpi_sharing.SHARING_ID, trigger=Trigger.SCHEDULE,
+                                             run_id=waiting.value.run.pk, wait_until=time.time() - 1)))
         return fetch(self, **kwargs)
 
-    monkeypatch.setattr(AnalyticsClient, "fetch_kpis", fetch_and_look)
+    monkeypatch.setattr(AnalyticsClient, "fetch_kpis", fetch_and_share)
     result = run(lookback_days=3)
 
     assert result.status == RunStatus.SUCCEEDED, result.reason
-    assert holders == [result.pk]  # kpiSharing's lease was this run's: a kpiSharing run would be skipped
-    assert Workflow.objects.get(pk=kpi_sharing.SHARING_ID).lease_holder is None
+    reason, skipped = during
+    assert f"waiting for kpiReconciliation (run #{result.pk})" in reason
+    assert skipped.status == RunStatus.SKIPPED and skipped.reason == f"kpiReconciliation is running (run #{result.pk})"
+    assert Workflow.objects.get(pk=WORKFLOW_ID).lease_holder is None
+    posts = len(service.posts)
     assert share().status == RunStatus.SUCCEEDED
+    assert len(service.posts) == posts  # the reconciliation left nothing for kpiSharing to push
+
+
+def test_a_batch_left_pending_during_a_reconciliation_stops_it_writing_the_ledger_until_resent(
+    service, deliveries, monkeypatch,
+):
+    """A kpiSharing run that outlived its lease may save a batch while a reconciliation runs: that
+    batch's id rests on the ledger as it is, so the reconciliation must not rewrite it."""
+    moment = timezone.now() - timedelta(minutes=30)
+    row = aggregate(deliveries["news"], 1, updated=moment, seed=1)
+    aggregate(deliveries["reminder"], 1, updated=moment, seed=2)
+    assert share().status == RunStatus.SUCCEEDED
+    key = (row.day.isoformat(), row.delivery_id)
+    service.totals[key]["opened"] -= 4  # to be corrected
+    told = ledger()[key]
+    row.opens += 2
+    row.updated_at = timezone.now()
+    row.save()
+    stale = wire_row(row, **{**dict.fromkeys(COUNTERS, 0), "opened": 2})
+    stale_id = expected_batch_id([stale], {key: told})
+    fetch = AnalyticsClient.fetch_kpis
+
+    def fetch_while_sharing_saves_a_batch(self, **kwargs):  # noqa: ANN001, ANN202
+        KpiShareState.objects.filter(channel="email").update(
+            pending_batch_id=stale_id, pending_rows=[stale],
+            pending_watermark_updated_at=row.updated_at, pending_watermark_aggregate_id=row.pk)
+        monkeypatch.setattr(AnalyticsClient, "fetch_kpis", fetch)
+        return fetch(self, **kwargs)
+
+    monkeypatch.setattr(AnalyticsClient, "fetch_kpis", fetch_while_sharing_saves_a_batch)
+    refused = run(lookback_days=3)
+
+    assert refused.status == RunStatus.FAILED
+    assert f"kpiSharing saved batch {stale_id} during the reconciliation" in refused.reason
+    assert ledger()[key] == told  # not rewritten under the pending batch
+
+    again = run(lookback_days=3)
+
+    assert again.status == RunStatus.SUCCEEDED, again.reason
+    assert [body["batch_id"] for body in service.posts].count(stale_id) == 1
+    assert service.counters() == local_window_totals()
+    assert ledger() == local_window_totals()
+    assert KpiShareState.objects.get(channel="email").pending_batch_id == ""
 
 
 def test_skipped_without_an_enabled_account(db, httpserver):

@@ -16,7 +16,7 @@ from django.utils import timezone
 from werkzeug import Response
 
 from campaign.integrations import analytics
-from campaign.models import DeliveryAggregate, ExternalAccount
+from campaign.models import DeliveryAggregate, ExternalAccount, KpiShareState
 from tests.workflows.fake_analytics import (  # noqa: F401 - fixtures
     APPLY_THEN_FAIL,
     COLUMN,
@@ -35,6 +35,7 @@ from tests.workflows.fake_analytics import (  # noqa: F401 - fixtures
 )
 from workflows import commands
 from workflows.builtin import kpi_sharing
+from workflows.context import RunFence, unit_committing
 from workflows.engine import RunRequest, TransientRunError, execute
 from workflows.models import RunStatus, Trigger, Workflow, WorkflowLog, WorkflowRun, WorkflowState
 
@@ -58,13 +59,23 @@ def rows(deliveries) -> list[DeliveryAggregate]:  # noqa: ANN001
     return created
 
 
-def cursors() -> dict[str, Any]:
-    return Workflow.objects.get(pk=WORKFLOW_ID).cursors
+def watermark() -> tuple[Any, int] | None:
+    """(updated_at, id) of the last source row the service acknowledged, as stored."""
+    state = KpiShareState.objects.filter(channel="email").first()
+    return state.watermark if state else None
 
 
-def position(row: DeliveryAggregate) -> list[Any]:
+def pending() -> dict[str, Any] | None:
+    """The batch saved and not acknowledged yet, as stored: its id and wire rows."""
+    state = KpiShareState.objects.filter(channel="email").first()
+    if state is None or not state.pending_batch_id:
+        return None
+    return {"batch_id": state.pending_batch_id, "rows": state.pending_rows}
+
+
+def position(row: DeliveryAggregate) -> tuple[Any, int]:
     row.refresh_from_db()
-    return [row.updated_at.isoformat(), row.pk]
+    return row.updated_at, row.pk
 
 
 def run(**overrides: object) -> WorkflowRun:
@@ -97,8 +108,8 @@ def test_first_run_pushes_the_window_email_rows_with_the_exact_body_and_headers(
     assert request.headers["Content-Type"] == "application/json"
     assert service.counters() == local_window_totals()
     assert ledger() == local_window_totals()
-    assert cursors()[kpi_sharing.CURSOR_WATERMARK] == position(ordered[-1])
-    assert kpi_sharing.CURSOR_PENDING not in cursors()
+    assert watermark() == position(ordered[-1])
+    assert pending() is None
     assert result.counters == {"rows_read": 5, "batches_pushed": 1, "rows_pushed": 5}
     assert any(line.startswith(f"Pushed batch {expected_batch_id(body_rows)}: 5 rows") for line in journal(result))
 
@@ -164,7 +175,7 @@ def test_rows_read_again_in_the_change_margin_are_not_pushed_twice_and_a_late_ro
     assert second.status == RunStatus.SUCCEEDED, second.reason
     assert [body["rows"] for body in service.posts[1:]] == [[wire_row(late)]]
     assert service.counters() == local_window_totals()
-    assert cursors()[kpi_sharing.CURSOR_WATERMARK] == position(rows[-1])  # never moved back
+    assert watermark() == position(rows[-1])  # never moved back
 
 
 def test_lookback_days_bounds_the_days_shared(service, rows):
@@ -190,12 +201,17 @@ def test_a_run_paused_between_batches_continues_where_it_stopped(service, rows, 
     halted = run(batch_size=2)
     assert halted.status == RunStatus.PAUSED and len(service.posts) == 1
 
+    # The pause is obeyed before the unit that records the acknowledgement: the batch stays pending.
+    assert pending()["batch_id"] == service.posts[0]["batch_id"] and ledger() == {}
+
     Workflow.objects.filter(pk=WORKFLOW_ID).update(state=WorkflowState.STARTED)
     continued = execute(RunRequest(workflow_id=WORKFLOW_ID, trigger=Trigger.SHELL, run_id=halted.pk))
 
     assert continued.status == RunStatus.SUCCEEDED, continued.reason
-    assert len(service.posts) == 3 and len({body["batch_id"] for body in service.posts}) == 3
+    assert service.posts[1] == service.posts[0]  # resent as it was, and applied once
+    assert len(service.posts) == 4 and len({body["batch_id"] for body in service.posts}) == 3
     assert service.counters() == local_window_totals()
+    assert ledger() == local_window_totals() and pending() is None
 
 
 # -- failures: nothing advances, the same batch goes again ---------------------------------------
@@ -210,8 +226,8 @@ def test_a_push_failing_after_one_accepted_batch_resends_only_the_unacknowledged
     first_batch, second_batch = service.posts[0], service.posts[1]
     assert service.posts[1:] == [second_batch] * 4  # the same batch, retried as it was
     ordered = sorted(rows, key=lambda row: (row.updated_at, row.pk))
-    assert cursors()[kpi_sharing.CURSOR_WATERMARK] == position(ordered[2])  # past batch 1 only
-    assert cursors()[kpi_sharing.CURSOR_PENDING]["batch_id"] == second_batch["batch_id"]
+    assert watermark() == position(ordered[2])  # past batch 1 only
+    assert pending()["batch_id"] == second_batch["batch_id"]
     assert ledger() == {key: value for key, value in local_window_totals().items()
                         if key in {(row["date"], row["delivery_id"]) for row in first_batch["rows"]}}
 
@@ -222,7 +238,7 @@ def test_a_push_failing_after_one_accepted_batch_resends_only_the_unacknowledged
     assert service.counters() == local_window_totals()
     assert again.counters["batches_resent"] == 1 and again.counters["rows_pushed"] == 2
     assert "batches_pushed" not in again.counters  # rows read again in the margin had nothing to add
-    assert kpi_sharing.CURSOR_PENDING not in cursors()
+    assert pending() is None
 
 
 def test_a_lost_acknowledgement_is_resent_with_the_same_id_and_counted_once_even_if_the_day_changed(service, rows):
@@ -240,6 +256,12 @@ def test_a_lost_acknowledgement_is_resent_with_the_same_id_and_counted_once_even
     assert service.counters() == local_window_totals()  # the lost batch was applied once
 
 
+def worker_died() -> None:
+    """What the engine finds after a worker was killed mid-run: a run left running, no live lease."""
+    WorkflowRun.objects.filter(workflow_id=WORKFLOW_ID, status=RunStatus.RUNNING).update(status=RunStatus.FAILED)
+    Workflow.objects.filter(pk=WORKFLOW_ID).update(lease_holder=None, lease_until=None)
+
+
 def test_a_crash_after_the_batch_was_saved_resends_the_same_batch(service, rows, monkeypatch):
     real_push = analytics.AnalyticsClient.push_kpis
 
@@ -249,17 +271,85 @@ def test_a_crash_after_the_batch_was_saved_resends_the_same_batch(service, rows,
     monkeypatch.setattr(analytics.AnalyticsClient, "push_kpis", crash)
     with pytest.raises(KeyboardInterrupt):
         run()
-    pending = cursors()[kpi_sharing.CURSOR_PENDING]
+    saved = pending()
     assert service.posts == [] and ledger() == {}
-    WorkflowRun.objects.filter(workflow_id=WORKFLOW_ID, status=RunStatus.RUNNING).update(status=RunStatus.FAILED)
-    Workflow.objects.filter(pk=WORKFLOW_ID).update(lease_holder=None, lease_until=None)
+    worker_died()
     monkeypatch.setattr(analytics.AnalyticsClient, "push_kpis", real_push)
 
     again = run()
 
     assert again.status == RunStatus.SUCCEEDED, again.reason
-    assert service.posts[0]["batch_id"] == pending["batch_id"] and service.posts[0]["rows"] == pending["rows"]
+    assert service.posts[0]["batch_id"] == saved["batch_id"] and service.posts[0]["rows"] == saved["rows"]
     assert service.counters() == local_window_totals()
+
+
+@pytest.mark.parametrize("moment", ["after the answer", "inside the acknowledging unit"])
+def test_a_crash_between_the_push_and_its_acknowledgement_resends_the_batch_and_the_service_applies_it_once(
+    service, rows, monkeypatch, moment,
+):
+    real_push = analytics.AnalyticsClient.push_kpis
+
+    def push_then_die(self, **kwargs):  # noqa: ANN001, ANN202 - the service applied it; the worker dies
+        real_push(self, **kwargs)
+        raise KeyboardInterrupt("worker killed")
+
+    def die_before_commit(sender, *, workflow_id, unit, **kwargs):  # noqa: ANN001, ANN202, ARG001
+        if workflow_id == WORKFLOW_ID and unit == 2:  # unit 1 saved the batch, unit 2 records it
+            raise KeyboardInterrupt("worker killed")
+
+    if moment == "after the answer":
+        monkeypatch.setattr(analytics.AnalyticsClient, "push_kpis", push_then_die)
+    else:
+        unit_committing.connect(die_before_commit, sender=RunFence, dispatch_uid="die_before_commit")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run()
+    finally:
+        unit_committing.disconnect(dispatch_uid="die_before_commit", sender=RunFence)
+    applied = service.posts[0]
+    assert service.counters() == local_window_totals()  # the service has it ...
+    assert pending() == {"batch_id": applied["batch_id"], "rows": applied["rows"]}  # ... the instance does not know
+    assert ledger() == {} and watermark() is None
+    worker_died()
+    monkeypatch.setattr(analytics.AnalyticsClient, "push_kpis", real_push)
+
+    again = run()
+
+    assert again.status == RunStatus.SUCCEEDED, again.reason
+    assert service.posts == [applied, applied]  # the same id and rows, answered without applying them again
+    assert service.counters() == local_window_totals()
+    assert ledger() == local_window_totals()
+    assert pending() is None
+    assert watermark() == position(max(rows, key=lambda row: (row.updated_at, row.pk)))
+    assert again.counters == {"batches_resent": 1, "rows_pushed": 5, "rows_read": 5}
+
+
+def test_a_run_that_lost_its_lease_after_the_service_applied_a_batch_records_nothing_and_its_successor_resends_it(
+    service, rows, monkeypatch,
+):
+    real_push = analytics.AnalyticsClient.push_kpis
+    successors: list[WorkflowRun] = []
+
+    def push_then_lose_the_lease(self, **kwargs):  # noqa: ANN001, ANN202
+        accepted = real_push(self, **kwargs)
+        monkeypatch.setattr(analytics.AnalyticsClient, "push_kpis", real_push)
+        # Frozen past its lease after the answer: the next run takes the workflow over meanwhile.
+        Workflow.objects.filter(pk=WORKFLOW_ID).update(lease_until=timezone.now() - timedelta(seconds=1))
+        successors.append(run())
+        return accepted
+
+    monkeypatch.setattr(analytics.AnalyticsClient, "push_kpis", push_then_lose_the_lease)
+    late = run()
+
+    successor = successors[0]
+    assert successor.status == RunStatus.SUCCEEDED, successor.reason
+    assert successor.counters["batches_resent"] == 1
+    assert late.status == RunStatus.FAILED and late.reason == "lease lost"
+    assert service.posts == [service.posts[0]] * 2  # the successor resent the same batch
+    assert service.counters() == local_window_totals()
+    assert ledger() == local_window_totals()  # recorded once, by the successor
+    assert pending() is None
+    assert not WorkflowLog.objects.filter(run=late, message__contains="acknowledged").exists()
 
 
 def test_5xx_after_every_attempt_is_transient_and_a_4xx_permanent_for_the_engine(service, rows):
@@ -276,7 +366,7 @@ def test_5xx_after_every_attempt_is_transient_and_a_4xx_permanent_for_the_engine
     permanent = execute(RunRequest(workflow_id=WORKFLOW_ID, trigger=Trigger.SCHEDULE, retry_allowed=True))
     assert permanent.status == RunStatus.FAILED and "answered 400" in permanent.reason
     assert not permanent.reason.endswith("(transient; will retry)")
-    assert kpi_sharing.CURSOR_WATERMARK not in cursors() and ledger() == {}
+    assert watermark() is None and ledger() == {}
 
 
 def test_a_client_error_fails_permanently_with_the_reason_and_advances_nothing(service, rows):
@@ -287,8 +377,8 @@ def test_a_client_error_fails_permanently_with_the_reason_and_advances_nothing(s
     assert result.status == RunStatus.FAILED
     assert "POST kpis answered 400" in result.reason and "unknown campaign" in result.reason
     assert len(service.posts) == 1  # a 4xx is not retried
-    assert kpi_sharing.CURSOR_WATERMARK not in cursors()
-    assert cursors()[kpi_sharing.CURSOR_PENDING]["batch_id"] == service.posts[0]["batch_id"]
+    assert watermark() is None
+    assert pending()["batch_id"] == service.posts[0]["batch_id"]
     assert ledger() == {}
 
 
@@ -307,8 +397,8 @@ def test_a_malformed_acknowledgement_fails_the_run_and_advances_nothing(service,
 
     assert result.status == RunStatus.FAILED
     assert reason in result.reason
-    assert kpi_sharing.CURSOR_WATERMARK not in cursors()
-    assert cursors()[kpi_sharing.CURSOR_PENDING]["batch_id"] == service.posts[0]["batch_id"]
+    assert watermark() is None
+    assert pending()["batch_id"] == service.posts[0]["batch_id"]
     assert ledger() == {}
     assert len(service.posts) == 1
 
@@ -340,7 +430,7 @@ def test_a_timeout_is_retried_then_fails_as_transient(service, rows, waits):
 
     assert result.status == RunStatus.FAILED
     assert "ReadTimeout" in result.reason and "after 4 attempts" in result.reason
-    assert kpi_sharing.CURSOR_WATERMARK not in cursors() and ledger() == {}
+    assert watermark() is None and ledger() == {}
     deadline = time.monotonic() + 10  # the one-thread server is still answering the abandoned attempts
     while len(answered) < 4 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -389,7 +479,7 @@ def test_the_token_never_appears_in_the_reason_or_the_journal(service, rows):
 def test_discard_pending_drops_the_batch_and_the_next_run_recomputes_it(service, rows):
     service.script("POST", Response("no", status=422))
     run()
-    dropped = cursors()[kpi_sharing.CURSOR_PENDING]["batch_id"]
+    dropped = pending()["batch_id"]
 
     assert kpi_sharing.discard_pending(actor="ops") == dropped
     again = run()

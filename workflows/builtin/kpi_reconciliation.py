@@ -1,4 +1,4 @@
-"""kpiReconciliation — KPI reconciliation with Analytics (SPEC §5).
+"""kpiReconciliation — KPI reconciliation with Analytics.
 
 Why it exists: kpiSharing pushes increments, so anything that went wrong on the way (a batch the
 service lost, a total edited on its side, figures recomputed after the look-back window moved)
@@ -16,31 +16,36 @@ resent correction is applied once.
 
 Invariants:
 
-- It holds kpiSharing's lease while it runs, so the two never push at the same time; kpiSharing's
-  unacknowledged batch, if any, is resent (and recorded) before anything is fetched.
-- After a batch of corrections is acknowledged, and after each chunk of days is reconciled, the
-  ``SharedKpi`` ledger of those rows is set, in one transaction, to the local totals that were
-  compared (never re-read: a change made meanwhile is kpiSharing's to push).
+- It never runs at the same time as kpiSharing, or both would push the same difference: the
+  definition declares it (``exclusive_with``) and the engine enforces it at the claim. A
+  reconciliation refused because kpiSharing holds its lease waits, re-queued, for
+  ``wait_for_exclusive_s`` (kpiSharing's runs take seconds), then is skipped; a kpiSharing run
+  refused meanwhile does the same.
+- kpiSharing's pending batch (``KpiShareState``), if any, is resent and recorded before anything
+  is fetched, exactly as kpiSharing would: same id, same rows, applied at most once.
+- After a batch of corrections is acknowledged, and after each chunk of days is reconciled, one
+  unit of work sets the ``SharedKpi`` ledger of those rows to the local totals that were compared
+  (never re-read: a change made meanwhile is kpiSharing's to push). The unit locks the sharing
+  state and refuses to write the ledger under a pending batch (which only a kpiSharing run that
+  outlived its lease could have saved): that batch's id rests on the ledger as it is.
+- Every push runs outside any transaction; a run that lost its lease records nothing, and the
+  next run recomputes the differences from the service's own totals.
 - The journal has one line per corrected row, up to ``MAX_LISTED_CORRECTIONS`` per run, then a count.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from datetime import date, timedelta
 
-from django.db import transaction
 from django.utils import timezone
 
 from campaign.integrations import analytics
 from campaign.integrations.analytics import COUNTERS, KpiRow
 from campaign.models import SharedKpi
-from workflows import leases
 from workflows.builtin import kpi_sharing
 from workflows.builtin.kpi_sharing import SHARING_ID, Key
-from workflows.context import ActivityContext, LeaseLost
+from workflows.context import ActivityContext
 from workflows.definition import Schedule, WorkflowDefinition, register
 from workflows.errors import TransientError
 from workflows.properties import IntegerProperty
@@ -50,33 +55,13 @@ from workflows.properties import IntegerProperty
 DEFAULT_DAYS_PER_REQUEST = 7
 #: Journal lines of corrected rows per run; beyond, a count (the counters have the totals).
 MAX_LISTED_CORRECTIONS = 50
-#: How long to wait for a running kpiSharing (its runs take seconds) before failing as transient.
-SHARING_WAIT_S = 120.0
-SHARING_POLL_S = 1.0
+#: How long a run refused because kpiSharing holds its lease waits for it (re-queued, never
+#: sleeping in a worker slot) before it is skipped: kpiSharing's runs take seconds.
+SHARING_WAIT_S = 120
 
 
-class SharingBusy(TransientError):
-    """kpiSharing kept its lease for longer than the reconciliation waits."""
-
-
-@contextmanager
-def sharing_lease(ctx: ActivityContext) -> Iterator[leases.LeaseKeeper]:
-    """Hold kpiSharing's lease (as this run) for the block: no kpiSharing run can start meanwhile."""
-    deadline = time.monotonic() + SHARING_WAIT_S
-    while True:
-        claim = leases.claim(SHARING_ID, ctx.run.pk)
-        if claim.won:
-            break
-        if time.monotonic() >= deadline:
-            raise SharingBusy(f"{SHARING_ID} is running (run #{claim.holder}) and pushing; reconciling now could "
-                              "correct what it is about to push. Retry when it has finished.")
-        ctx.checkpoint()
-        time.sleep(SHARING_POLL_S)
-    try:
-        with leases.LeaseKeeper(SHARING_ID, ctx.run.pk) as keeper:
-            yield keeper
-    finally:
-        leases.release(SHARING_ID, ctx.run.pk)
+class SharingInterfered(TransientError):
+    """A kpiSharing batch became pending during the reconciliation: the ledger is not written."""
 
 
 def day_chunks(first: date, last: date, *, days: int) -> Iterator[tuple[date, date]]:
@@ -109,6 +94,15 @@ def describe_correction(row: KpiRow, remote: KpiRow | None) -> str:
     return f"Corrected {row.date} delivery {row.delivery_id} ({row.delivery_label!r}): {changes}{had}."
 
 
+def lock_ledger() -> None:
+    """Inside a unit that writes the ledger: lock the sharing state, and refuse while a batch is
+    pending (its id rests on the ledger as it is; the next run resends it first)."""
+    state = kpi_sharing.locked_share_state()
+    if state.pending_batch_id:
+        raise SharingInterfered(f"{SHARING_ID} saved batch {state.pending_batch_id} during the reconciliation; "
+                                "the next run resends it, then reconciles")
+
+
 def set_ledger(keys: Sequence[Key], local: Mapping[Key, KpiRow]) -> None:
     """The ledger of these rows := the local totals compared (no local row: zeros, i.e. no ledger row)."""
     gone = set(keys) - local.keys()
@@ -129,46 +123,69 @@ def replace_ledger(date_from: date, date_to: date, local: Mapping[Key, KpiRow]) 
     kpi_sharing.write_ledger({key: row.counters() for key, row in local.items()})
 
 
+class Corrections:
+    """The corrections of one run: pushed a batch at a time, each recorded by one unit of work."""
+
+    def __init__(self, ctx: ActivityContext, client: analytics.AnalyticsClient) -> None:
+        self.ctx = ctx
+        self.client = client
+        self.listed = 0
+
+    def reconcile(self, chunk_from: date, chunk_to: date) -> None:
+        """Compare one chunk of days, push its corrections, then set its ledger."""
+        ctx = self.ctx
+        remote = {row.key: row for row in self.client.fetch_kpis(date_from=chunk_from, date_to=chunk_to)}
+        local = kpi_sharing.local_totals(date_from=chunk_from, date_to=chunk_to)
+        corrections = differences(local, remote)
+        # Counted by a unit of its own: the boundary where a pause or a stop is obeyed before
+        # anything of this chunk is pushed (the GET before it changes nothing).
+        ctx.unit(lambda: ctx.count("rows_compared", len(local.keys() | remote.keys())))
+        zeros = dict.fromkeys(COUNTERS, 0)
+        size = ctx.properties["batch_size"]
+        for start in range(0, len(corrections), size):
+            batch = corrections[start:start + size]
+            bases = {row.key: (remote[row.key].counters() if row.key in remote else zeros) for row in batch}
+            batch_id = analytics.batch_id_for(batch, bases=bases)
+            accepted = self.client.push_kpis(batch_id=batch_id, rows=batch)  # outside any transaction
+            ctx.unit(lambda batch=batch, batch_id=batch_id, accepted=accepted: self.record(
+                batch, batch_id=batch_id, accepted=accepted, local=local, remote=remote))
+
+        def close_chunk() -> None:  # every row of these days now: the service has the local totals
+            lock_ledger()
+            replace_ledger(chunk_from, chunk_to, local)
+
+        ctx.unit(close_chunk)
+
+    def record(self, batch: Sequence[KpiRow], *, batch_id: str, accepted: int, local: Mapping[Key, KpiRow],
+               remote: Mapping[Key, KpiRow]) -> None:
+        """Inside a unit: an acknowledged correction batch into the ledger, the journal and the counters."""
+        ctx = self.ctx
+        lock_ledger()
+        set_ledger([row.key for row in batch], local)
+        ctx.log(f"Pushed correction batch {batch_id}: {len(batch)} rows, {batch[0].date} .. {batch[-1].date}; "
+                f"accepted {accepted}.")
+        for row in batch:
+            if self.listed < MAX_LISTED_CORRECTIONS:
+                ctx.log(describe_correction(row, remote.get(row.key)))
+            self.listed += 1
+        ctx.count("batches_pushed")
+        ctx.count("rows_corrected", len(batch))
+        ctx.count("remote_rows_missing", sum(1 for row in batch if row.key not in remote))
+        ctx.count("local_rows_missing", sum(1 for row in batch if row.key not in local))
+
+
 def reconcile_with_service(ctx: ActivityContext) -> None:
     client = kpi_sharing.analytics_client()
-    listed = 0
-    with sharing_lease(ctx) as lease:
-        if kpi_sharing.flush_pending(ctx, client):
-            ctx.log(f"{SHARING_ID}'s pending batch is recorded; reconciling.")
-        last = timezone.localdate()
-        first = last - timedelta(days=ctx.properties["lookback_days"])
-        for chunk_from, chunk_to in day_chunks(first, last, days=ctx.properties["days_per_request"]):
-            ctx.checkpoint()
-            remote = {row.key: row for row in client.fetch_kpis(date_from=chunk_from, date_to=chunk_to)}
-            local = kpi_sharing.local_totals(date_from=chunk_from, date_to=chunk_to)
-            corrections = differences(local, remote)
-            ctx.count("rows_compared", len(local.keys() | remote.keys()))
-            zeros = dict.fromkeys(COUNTERS, 0)
-            size = ctx.properties["batch_size"]
-            for start in range(0, len(corrections), size):
-                batch = corrections[start:start + size]
-                bases = {row.key: (remote[row.key].counters() if row.key in remote else zeros) for row in batch}
-                batch_id = analytics.batch_id_for(batch, bases=bases)
-                if lease.lost.is_set():
-                    raise LeaseLost(f"the lease of {SHARING_ID} held by this reconciliation was taken over")
-                accepted = client.push_kpis(batch_id=batch_id, rows=batch)
-                with transaction.atomic():
-                    set_ledger([row.key for row in batch], local)
-                    ctx.log(f"Pushed correction batch {batch_id}: {len(batch)} rows, {batch[0].date} .. "
-                            f"{batch[-1].date}; accepted {accepted}.")
-                    for row in batch:
-                        if listed < MAX_LISTED_CORRECTIONS:
-                            ctx.log(describe_correction(row, remote.get(row.key)))
-                        listed += 1
-                ctx.count("batches_pushed")
-                ctx.count("rows_corrected", len(batch))
-                ctx.count("remote_rows_missing", sum(1 for row in batch if row.key not in remote))
-                ctx.count("local_rows_missing", sum(1 for row in batch if row.key not in local))
-            with transaction.atomic():  # every row of these days now: the service has the local totals
-                replace_ledger(chunk_from, chunk_to, local)
-    if listed > MAX_LISTED_CORRECTIONS:
-        ctx.log(f"… and {listed - MAX_LISTED_CORRECTIONS} more corrected rows, not listed (see rows_corrected).")
-    if not listed:
+    if kpi_sharing.flush_pending(ctx, client):
+        ctx.log(f"{SHARING_ID}'s pending batch is recorded; reconciling.")
+    corrections = Corrections(ctx, client)
+    last = timezone.localdate()
+    first = last - timedelta(days=ctx.properties["lookback_days"])
+    for chunk_from, chunk_to in day_chunks(first, last, days=ctx.properties["days_per_request"]):
+        corrections.reconcile(chunk_from, chunk_to)
+    if corrections.listed > MAX_LISTED_CORRECTIONS:
+        ctx.log(f"… and {corrections.listed - MAX_LISTED_CORRECTIONS} more corrected rows, not listed (see rows_corrected).")
+    if not corrections.listed:
         ctx.log("The service's totals match the local aggregates: nothing to correct.")
 
 
@@ -178,6 +195,8 @@ definition = register(WorkflowDefinition(
     description="Compares the analytics service's KPI totals with the local aggregates and pushes the differences.",
     schedule=Schedule("20 4 * * *"),
     activities=(reconcile_with_service,),
+    exclusive_with=(SHARING_ID,),
+    wait_for_exclusive_s=SHARING_WAIT_S,
     properties=(
         IntegerProperty("lookback_days", kpi_sharing.DEFAULT_LOOKBACK_DAYS, minimum=1, maximum=366, unit="days",
                         help="Days reconciled: today and this many before (as kpiSharing's look-back)."),

@@ -1,4 +1,4 @@
-"""kpiSharing — KPI sharing with Analytics (SPEC §5).
+"""kpiSharing — KPI sharing with Analytics.
 
 Why it exists: the analytics service shows the email KPIs of each delivery per day next to the
 site's own figures. Every 15 minutes this workflow pushes what changed in the email
@@ -12,11 +12,20 @@ would count the first figures twice as soon as a day changes again.
 Invariants:
 
 - **Nothing counted twice, nothing lost.** A batch is computed, then saved as the *pending* batch
-  (cursor ``pending``) before it is sent; only after the service acknowledged it (``accepted`` =
-  its row count) does one transaction add it to the ledger, move the watermark past its rows,
-  clear ``pending`` and journal it. A crash or a failed push leaves ``pending`` in place, and the
-  next run (of this workflow or of kpiReconciliation) first resends exactly that batch, same id,
-  same rows, which the service applies at most once. No HTTP call is made inside a transaction.
+  of the ``KpiShareState`` row (next to the ledger) by one unit of work, before it is sent; the
+  push itself runs outside any transaction. Once the service acknowledged it (``accepted`` = its
+  row count), one unit adds it to the ledger, moves the watermark past its rows, clears the
+  pending batch and journals it. A crash, a failed push or a lost lease leaves the pending batch in
+  place, and the next run (of this workflow or of kpiReconciliation) first resends exactly that
+  batch, same id, same rows, which the service applies at most once.
+- **Fenced.** Every write is a unit of work, which commits only while the run holds its lease. A
+  run that lost its lease after the service applied a batch records nothing; the batch stays
+  pending and the next run resends it, which the service answers without applying it again.
+  Recording an acknowledgement locks the state row and records only the batch still pending: of
+  two runs acknowledging one batch, one adds it to the ledger.
+- **The ledger holds still under a pending batch.** A new batch is computed only when none is
+  pending, and kpiReconciliation resends the pending one before it writes the ledger, so the
+  totals a batch id was computed from are still the ledger's when the batch is recorded.
 - **Which rows.** Email aggregates of the days ``today - lookback_days`` .. today whose
   ``updated_at`` (when their counters last changed) is after the watermark, in ``(updated_at, id)``
   order, ``batch_size`` source rows per batch. Each run starts ``CHANGE_MARGIN`` before the
@@ -24,27 +33,28 @@ Invariants:
   nothing left to push (its ledger row already matches) and costs one comparison.
 - **Batch ids are content-derived** (:func:`campaign.integrations.analytics.batch_id_for`): the
   rows' increments and the totals they start from.
-- kpiReconciliation borrows this workflow's lease while it runs, so the two never push at once
-  (a kpiSharing run meanwhile is skipped, "already running").
+- kpiReconciliation declares that it never runs at the same time as this workflow
+  (``exclusive_with``): the engine refuses the claim of either while the other holds its lease,
+  and the refused run waits (re-queued) for ``wait_for_exclusive_s``, then is skipped.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from campaign.integrations import analytics
 from campaign.integrations.analytics import COUNTERS, AnalyticsClient, KpiRow
 from campaign.integrations.http import get_account
-from campaign.models import Channel, Delivery, DeliveryAggregate, SharedKpi
+from campaign.models import Channel, Delivery, DeliveryAggregate, KpiShareState, SharedKpi
 from workflows.context import ActivityContext, SkipRun
 from workflows.definition import Schedule, WorkflowDefinition, register
-from workflows.models import LogLevel, Workflow, WorkflowLog
+from workflows.models import LogLevel, WorkflowLog
 from workflows.properties import IntegerProperty
 
 SHARING_ID = "kpiSharing"
@@ -52,7 +62,7 @@ SHARING_ID = "kpiSharing"
 #: About two months: a late open or bounce of last month's deliveries is still shared.
 DEFAULT_LOOKBACK_DAYS = 62
 #: Rows per push: a body of ~150 kB, answered in well under a second by a typical collector, and a
-#: pending batch small enough to keep in the workflow's cursors. The maximum bounds both.
+#: pending batch small enough to keep in one row of ``KpiShareState``. The maximum bounds both.
 DEFAULT_BATCH_SIZE = 500
 MAX_BATCH_SIZE = 1000
 
@@ -60,9 +70,8 @@ MAX_BATCH_SIZE = 1000
 #: or any two workers' clocks differ, so a row stamped before a concurrent commit is not skipped.
 CHANGE_MARGIN = timedelta(minutes=5)
 
-#: Cursor names in ``Workflow.cursors`` of kpiSharing.
-CURSOR_WATERMARK = "watermark"  # [ISO updated_at, aggregate id] of the last acknowledged source row
-CURSOR_PENDING = "pending"  # {"batch_id", "rows": [wire rows], "watermark": [...]} or absent
+#: The channel whose aggregates are shared, and the key of its ``KpiShareState`` row.
+SHARED_CHANNEL = Channel.EMAIL
 
 #: The protocol's counter → the DeliveryAggregate column it comes from.
 AGGREGATE_COLUMNS = {
@@ -85,7 +94,7 @@ def analytics_client() -> AnalyticsClient:
 
 # -- local figures --------------------------------------------------------------------------------
 def email_aggregates() -> QuerySet[DeliveryAggregate]:
-    return DeliveryAggregate.objects.filter(channel=Channel.EMAIL)
+    return DeliveryAggregate.objects.filter(channel=SHARED_CHANNEL)
 
 
 _ROW_FIELDS = ("id", "updated_at", "day", "delivery_id", "delivery__label", "delivery__campaign_id",
@@ -143,7 +152,7 @@ def write_ledger(totals: Mapping[Key, Mapping[str, int]]) -> None:
 
 
 def add_to_ledger(rows: Sequence[KpiRow]) -> None:
-    """Add acknowledged increments to the ledger (call inside the acknowledging transaction)."""
+    """Add acknowledged increments to the ledger (call inside the acknowledging unit of work)."""
     ledger = ledger_of(row.key for row in rows)
     zeros = dict.fromkeys(COUNTERS, 0)
     write_ledger({row.key: {name: ledger.get(row.key, zeros)[name] + getattr(row, name) for name in COUNTERS}
@@ -165,73 +174,84 @@ def increments(totals: Sequence[KpiRow]) -> tuple[list[KpiRow], dict[Key, dict[s
     return rows, {row.key: ledger.get(row.key, zeros) for row in rows}
 
 
-# -- kpiSharing's cursors, written by either KPI workflow ----------------------------------------
-def sharing_cursors(*, lock: bool = False) -> dict[str, Any]:
-    """kpiSharing's cursors; ``lock`` (inside a transaction) holds its row until the commit."""
-    workflows = Workflow.objects.select_for_update() if lock else Workflow.objects
-    return workflows.filter(pk=SHARING_ID).values_list("cursors", flat=True).get()
+# -- the sharing state, written by either KPI workflow ------------------------------------------
+@dataclass(frozen=True)
+class PendingBatch:
+    """A batch saved to be sent and not acknowledged yet: resent exactly as it is."""
+
+    batch_id: str
+    rows: list[dict[str, Any]]  # wire rows
+    watermark: Position  # (updated_at, id) of its last source row
+
+    @classmethod
+    def of(cls, state: KpiShareState | None) -> PendingBatch | None:
+        if state is None or not state.pending_batch_id:
+            return None
+        return cls(state.pending_batch_id, list(state.pending_rows), state.pending_watermark)
+
+    def kpi_rows(self) -> list[KpiRow]:
+        return [KpiRow.from_json(item) for item in self.rows]
 
 
-def update_sharing_cursors(**changes: Any) -> dict[str, Any]:
-    """Change kpiSharing's cursors (a value of None removes the cursor); call inside the
-    transaction that wrote what they move past. Returns the cursors as they were."""
-    with transaction.atomic():
-        workflow = Workflow.objects.select_for_update().only("cursors").get(pk=SHARING_ID)
-        before = dict(workflow.cursors)
-        cursors = dict(before)
-        for name, value in changes.items():
-            if value is None:
-                cursors.pop(name, None)
-            else:
-                cursors[name] = value
-        Workflow.objects.filter(pk=SHARING_ID).update(cursors=cursors)
-    return before
+def share_state() -> KpiShareState | None:
+    """The sharing state as committed (None until the first batch)."""
+    return KpiShareState.objects.filter(channel=SHARED_CHANNEL).first()
 
 
-def encode_position(position: Position) -> list[Any]:
-    return [position[0].isoformat(), position[1]]
+def locked_share_state() -> KpiShareState:
+    """Inside a unit of work: the sharing state (created if missing), its row locked until the
+    commit, so that two runs (one of them stale) move it one after the other."""
+    state, _ = KpiShareState.objects.select_for_update().get_or_create(channel=SHARED_CHANNEL)
+    return state
 
 
-def decode_position(value: Any) -> Position | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value[0]), int(value[1])
+def set_pending(state: KpiShareState, batch: PendingBatch | None) -> None:
+    state.pending_batch_id = batch.batch_id if batch else ""
+    state.pending_rows = batch.rows if batch else []
+    state.pending_watermark_updated_at, state.pending_watermark_aggregate_id = batch.watermark if batch else (None, None)
+
+
+def move_watermark(state: KpiShareState, reached: Position) -> None:
+    """Move the watermark to ``reached``, never back."""
+    if state.watermark is None or reached > state.watermark:
+        state.watermark_updated_at, state.watermark_aggregate_id = reached
 
 
 # -- pushing -------------------------------------------------------------------------------------
-def push_pending(ctx: ActivityContext, client: AnalyticsClient, pending: Mapping[str, Any], *, resent: bool) -> None:
-    """Send the pending batch; once acknowledged, in one transaction: add it to the ledger, move
-    the watermark past its source rows, clear it, journal it. A failure raises, leaving it pending."""
-    batch_id = pending["batch_id"]
-    rows = [KpiRow.from_json(item) for item in pending["rows"]]
-    accepted = client.push_kpis(batch_id=batch_id, rows=rows)
-    with transaction.atomic():
-        cursors = sharing_cursors(lock=True)
-        if (cursors.get(CURSOR_PENDING) or {}).get("batch_id") != batch_id:  # acknowledged meanwhile
-            ctx.log(f"Batch {batch_id} was already recorded as acknowledged; nothing to record.")
-            return
-        add_to_ledger(rows)
-        current = decode_position(cursors.get(CURSOR_WATERMARK))
-        reached = decode_position(pending["watermark"])
-        update_sharing_cursors(**{
-            CURSOR_PENDING: None,
-            CURSOR_WATERMARK: encode_position(max(filter(None, (current, reached)))),
-        })
-        days = sorted({row.date for row in rows})
-        ctx.log(f"{'Resent' if resent else 'Pushed'} batch {batch_id}: {len(rows)} rows, {days[0]} .. {days[-1]}; "
-                f"accepted {accepted}.")
+def push_pending(ctx: ActivityContext, client: AnalyticsClient, batch: PendingBatch, *, resent: bool) -> None:
+    """Send a saved batch (outside any transaction); once acknowledged, record it in one unit. A
+    failure raises, leaving it pending."""
+    accepted = client.push_kpis(batch_id=batch.batch_id, rows=batch.kpi_rows())
+    ctx.unit(lambda: record_acknowledged(ctx, batch, accepted=accepted, resent=resent))
+
+
+def record_acknowledged(ctx: ActivityContext, batch: PendingBatch, *, accepted: int, resent: bool) -> None:
+    """Inside a unit: add the acknowledged batch to the ledger, move the watermark past its source
+    rows, clear it and journal it, if it is still the pending batch."""
+    state = locked_share_state()
+    if state.pending_batch_id != batch.batch_id:
+        ctx.log(f"Batch {batch.batch_id} was already recorded as acknowledged; nothing to record.")
+        return
+    rows = batch.kpi_rows()
+    add_to_ledger(rows)
+    move_watermark(state, batch.watermark)
+    set_pending(state, None)
+    state.save()
+    days = sorted({row.date for row in rows})
+    ctx.log(f"{'Resent' if resent else 'Pushed'} batch {batch.batch_id}: {len(rows)} rows, {days[0]} .. {days[-1]}; "
+            f"accepted {accepted}.")
     ctx.count("batches_resent" if resent else "batches_pushed")
     ctx.count("rows_pushed", len(rows))
 
 
 def flush_pending(ctx: ActivityContext, client: AnalyticsClient) -> bool:
-    """Resend kpiSharing's pending batch, if any (same id, same rows). True if there was one."""
-    pending = sharing_cursors().get(CURSOR_PENDING)
-    if not pending:
+    """Resend the pending batch, if any (same id, same rows), and record it. True if there was one."""
+    batch = PendingBatch.of(share_state())
+    if batch is None:
         return False
-    ctx.log(f"Batch {pending['batch_id']} ({len(pending['rows'])} rows) was not acknowledged by an earlier "
+    ctx.log(f"Batch {batch.batch_id} ({len(batch.rows)} rows) was not acknowledged by an earlier "
             "attempt: resending it as it was.")
-    push_pending(ctx, client, pending, resent=True)
+    push_pending(ctx, client, batch, resent=True)
     return True
 
 
@@ -241,15 +261,22 @@ def discard_pending(*, actor: str) -> str | None:
 
     Only when the service is known not to have applied it: if it had, its increments would be
     pushed again under a new id (kpiReconciliation corrects that at its next run)."""
-    with transaction.atomic():
-        before = update_sharing_cursors(**{CURSOR_PENDING: None})
-        pending = before.get(CURSOR_PENDING)
-        if pending:
-            WorkflowLog.objects.create(
-                workflow_id=SHARING_ID, level=LogLevel.WARNING,
-                message=f"Pending batch {pending['batch_id']} ({len(pending['rows'])} rows) discarded by {actor}.",
-            )
-    return pending["batch_id"] if pending else None
+    state = share_state()
+    batch = PendingBatch.of(state)
+    if batch is None:
+        return None
+    # Compare-and-set on the batch just read: a run that recorded it meanwhile wins.
+    dropped = KpiShareState.objects.filter(pk=state.pk, pending_batch_id=batch.batch_id).update(
+        pending_batch_id="", pending_rows=[], pending_watermark_updated_at=None, pending_watermark_aggregate_id=None,
+        updated_at=timezone.now(),
+    )
+    if not dropped:
+        return None
+    WorkflowLog.objects.create(
+        workflow_id=SHARING_ID, level=LogLevel.WARNING,
+        message=f"Pending batch {batch.batch_id} ({len(batch.rows)} rows) discarded by {actor}.",
+    )
+    return batch.batch_id
 
 
 # -- the activity --------------------------------------------------------------------------------
@@ -265,32 +292,59 @@ def changed_aggregates(*, after: Position, first_day: date, limit: int) -> list[
     return list(aggregate_values(queryset)[:limit])
 
 
+@dataclass(frozen=True)
+class Staged:
+    """What one staging unit did: the source rows it read, where they end, and the batch it saved
+    to be sent (None: nothing to add); or the batch it found pending, to be resent first."""
+
+    rows: int
+    position: Position
+    batch: PendingBatch | None = None
+    found_pending: PendingBatch | None = None
+
+
+def stage_batch(ctx: ActivityContext, *, after: Position, first_day: date, limit: int) -> Staged:
+    """Inside a unit: read the next source rows and save their increments as the pending batch
+    (saved before it is sent: a resend is this batch); rows with nothing to add move the watermark."""
+    state = locked_share_state()
+    waiting = PendingBatch.of(state)
+    if waiting is not None:  # left by a run that lost its lease meanwhile: the ledger waits for it
+        return Staged(rows=0, position=after, found_pending=waiting)
+    source = changed_aggregates(after=after, first_day=first_day, limit=limit)
+    if not source:
+        return Staged(rows=0, position=after)
+    position = (source[-1]["updated_at"], source[-1]["id"])
+    ctx.count("rows_read", len(source))
+    ctx.advance(len(source))
+    rows, bases = increments([kpi_row(values) for values in source])
+    if not rows:  # already shared, or shared by a reconciliation
+        move_watermark(state, position)
+        state.save()
+        return Staged(rows=len(source), position=position)
+    batch = PendingBatch(analytics.batch_id_for(rows, bases=bases), [row.to_json() for row in rows], position)
+    set_pending(state, batch)
+    state.save()
+    return Staged(rows=len(source), position=position, batch=batch)
+
+
 def share_changed_days(ctx: ActivityContext) -> None:
     client = analytics_client()
     limit = ctx.properties["batch_size"]
     first_day = timezone.localdate() - timedelta(days=ctx.properties["lookback_days"])
     flush_pending(ctx, client)
 
-    watermark = decode_position(sharing_cursors().get(CURSOR_WATERMARK))
+    state = share_state()
+    watermark = state.watermark if state else None
     position: Position = (watermark[0] - CHANGE_MARGIN, 0) if watermark else (datetime.min.replace(tzinfo=UTC), 0)
     while True:
-        ctx.checkpoint()
-        source = changed_aggregates(after=position, first_day=first_day, limit=limit)
-        if not source:
-            break
-        position = (source[-1]["updated_at"], source[-1]["id"])
-        ctx.count("rows_read", len(source))
-        rows, bases = increments([kpi_row(values) for values in source])
-        if rows:
-            pending = {"batch_id": analytics.batch_id_for(rows, bases=bases), "rows": [row.to_json() for row in rows],
-                       "watermark": encode_position(position)}
-            update_sharing_cursors(**{CURSOR_PENDING: pending})  # saved before it is sent: a resend is this batch
-            push_pending(ctx, client, pending, resent=False)
-        elif watermark is None or position > watermark:
-            # Nothing to add for these rows (already shared, or shared by a reconciliation).
-            update_sharing_cursors(**{CURSOR_WATERMARK: encode_position(position)})
-        watermark = max(filter(None, (watermark, position)))
-        if len(source) < limit:
+        staged = ctx.unit(lambda after=position: stage_batch(ctx, after=after, first_day=first_day, limit=limit))
+        if staged.found_pending is not None:
+            push_pending(ctx, client, staged.found_pending, resent=True)
+            continue
+        if staged.batch is not None:
+            push_pending(ctx, client, staged.batch, resent=False)
+        position = staged.position
+        if staged.rows < limit:
             break
 
 
