@@ -40,6 +40,13 @@ R = TypeVar("R")
 unit_committing = Signal()
 
 
+def cursors_of(workflow_id: str) -> dict[str, Any]:
+    """A workflow's cursors, read-only: where its incremental scans stand. The one way a workflow
+    reads another's progress (cleanup keeps what updateDeliveryExecInfo has not read yet); only a
+    workflow's own runs write its cursors, through their units of work."""
+    return Workflow.objects.filter(pk=workflow_id).values_list("cursors", flat=True).first() or {}
+
+
 def savepoint() -> transaction.Atomic:
     """A savepoint around one statement that may fail on purpose (a unique clash, a pattern the
     database rejects), so that inside a unit of work its failure undoes that statement only."""
@@ -158,8 +165,7 @@ class ActivityContext:
     # -- cursors ---------------------------------------------------------------------------
     def cursors(self) -> dict[str, Any]:
         """All the workflow's cursors, read in one query (with this unit's changes, inside one)."""
-        stored = Workflow.objects.filter(pk=self.workflow_id).values_list("cursors", flat=True).get()
-        return {**stored, **(self._staged_cursors or {})}
+        return {**cursors_of(self.workflow_id), **(self._staged_cursors or {})}
 
     def get_cursor(self, name: str, default: Any = None) -> Any:
         return self.cursors().get(name, default)
@@ -176,10 +182,14 @@ class ActivityContext:
         self._staged_cursors.update(values)
 
     # -- units of work ---------------------------------------------------------------------
-    def unit(self, work: Callable[[], R]) -> R:
+    def unit(self, work: Callable[[], R], *, halting: bool = True) -> R:
         """Run ``work()`` as one unit: its effects, the cursors it sets, the counters it counts and
-        the progress it advances commit together, fenced; returns what ``work`` returned."""
-        self._checkpoint()
+        the progress it advances commit together, fenced; returns what ``work`` returned.
+
+        ``halting=False`` is for a unit that records an effect already made outside the database
+        (a push the service acknowledged): halting before it for a pause would only have that
+        effect made again, so the pause is obeyed at the next boundary instead."""
+        self._checkpoint(halting=halting)
         return self._commit(work)
 
     def each(self, items: Iterable[T], work: Callable[[T], dict[str, int] | None], *, throttle_s: float = 0.0,
@@ -280,7 +290,7 @@ class ActivityContext:
         ActivityRun.objects.filter(pk=self.activity.pk).update(counters=self.activity.counters)
         self.save_progress()
 
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, *, halting: bool = True) -> None:
         """A unit boundary: give up if the lease was lost; halt if paused or stopped."""
         if self._staged_cursors is not None:
             return  # inside a unit: its boundary is the outer one's
@@ -288,15 +298,10 @@ class ActivityContext:
             self._lease.renew_if_due()
         if self._lease is not None and self._lease.lost.is_set():
             raise LeaseLost(f"{LEASE_LOST}: another run took {self.workflow_id} over")
+        if not halting:
+            return
         state, halt_run = Workflow.objects.filter(pk=self.workflow_id).values_list("state", "halt_run").get()
         if halt_run == self.run.pk:
             raise RunHalted(WorkflowState.STOPPED)
         if state in (WorkflowState.PAUSED, WorkflowState.STOPPED) and state != self._started_in_state:
             raise RunHalted(state)
-
-    def save_counters(self) -> None:  # until every workflow module is on the units of work
-        ActivityRun.objects.filter(pk=self.activity.pk).update(counters=self.activity.counters)
-        self.save_progress()
-
-    #: Until every workflow module is on the units of work (the engine calls ``_checkpoint``).
-    checkpoint = _checkpoint

@@ -71,6 +71,14 @@ def claim(workflow_id: str, run_id: int, *, exclusive_with: Iterable[str] = ()) 
             row = rows[other]
             if row["lease_holder"] is not None and row["lease_until"] is not None and row["lease_until"] > now:
                 return Claim(won=False, holder=row["lease_holder"], blocked_by=other, until=row["lease_until"])
+        for other in group:
+            row = rows[other]
+            if other != workflow_id and row["lease_holder"] is not None:
+                # An exclusive workflow's expired lease is taken away too (its token grows), so its
+                # frozen run cannot commit beside this one when it wakes up.
+                if not take_expired(other, row):
+                    return Claim(won=False, holder=row["lease_holder"], blocked_by=other)
+                mark_abandoned(row["lease_holder"], now=now)
         current = rows[workflow_id]
         holder, until, token = current["lease_holder"], current["lease_until"], current["lease_token"]
         # Free or expired: compare-and-set against exactly what was read, so of two racing claimers
@@ -86,6 +94,15 @@ def claim(workflow_id: str, run_id: int, *, exclusive_with: Iterable[str] = ()) 
             return Claim(won=False, holder=winner, blocked_by=workflow_id)
         abandoned = mark_abandoned(holder, now=now) if holder is not None else None
     return Claim(won=True, token=token + 1, abandoned_run=abandoned)
+
+
+def take_expired(workflow_id: str, row: dict[str, Any]) -> bool:
+    """Clear an expired lease exactly as it was read (compare-and-set), growing its token."""
+    return bool(
+        Workflow.objects.filter(pk=workflow_id, lease_holder=row["lease_holder"], lease_until=row["lease_until"],
+                                lease_token=row["lease_token"])
+        .update(lease_holder=None, lease_until=None, lease_token=row["lease_token"] + 1)
+    )
 
 
 def mark_abandoned(run_id: int, *, now: datetime) -> int | None:

@@ -44,13 +44,10 @@ def reap_abandoned_runs(*, now: datetime | None = None) -> list[int]:
     now = now or timezone.now()
     reaped = []
     expired = Workflow.objects.filter(lease_holder__isnull=False, lease_until__lte=now)
-    for workflow_id, holder, until, token in expired.values_list("id", "lease_holder", "lease_until", "lease_token"):
+    for row in expired.values("id", "lease_holder", "lease_until", "lease_token"):
         with transaction.atomic():
-            taken = Workflow.objects.filter(pk=workflow_id, lease_holder=holder, lease_until=until, lease_token=token).update(
-                lease_holder=None, lease_until=None, lease_token=token + 1
-            )
-            if taken and leases.mark_abandoned(holder, now=now):
-                reaped.append(holder)
+            if leases.take_expired(row["id"], row) and leases.mark_abandoned(row["lease_holder"], now=now):
+                reaped.append(row["lease_holder"])
     # Runs that read running without holding their workflow's lease (it was released or taken).
     holders = Workflow.objects.filter(lease_holder__isnull=False).values_list("lease_holder", flat=True)
     orphans = WorkflowRun.objects.filter(status=RunStatus.RUNNING, started_at__lte=now - _grace()).exclude(

@@ -148,7 +148,7 @@ class Corrections:
             batch_id = analytics.batch_id_for(batch, bases=bases)
             accepted = self.client.push_kpis(batch_id=batch_id, rows=batch)  # outside any transaction
             ctx.unit(lambda batch=batch, batch_id=batch_id, accepted=accepted: self.record(
-                batch, batch_id=batch_id, accepted=accepted, local=local, remote=remote))
+                batch, batch_id=batch_id, accepted=accepted, local=local, remote=remote), halting=False)
 
         def close_chunk() -> None:  # every row of these days now: the service has the local totals
             lock_ledger()

@@ -222,7 +222,7 @@ def push_pending(ctx: ActivityContext, client: AnalyticsClient, batch: PendingBa
     """Send a saved batch (outside any transaction); once acknowledged, record it in one unit. A
     failure raises, leaving it pending."""
     accepted = client.push_kpis(batch_id=batch.batch_id, rows=batch.kpi_rows())
-    ctx.unit(lambda: record_acknowledged(ctx, batch, accepted=accepted, resent=resent))
+    ctx.unit(lambda: record_acknowledged(ctx, batch, accepted=accepted, resent=resent), halting=False)
 
 
 def record_acknowledged(ctx: ActivityContext, batch: PendingBatch, *, accepted: int, resent: bool) -> None:
