@@ -236,3 +236,19 @@ def test_a_restart_waiting_for_its_halting_run_leaves_the_worker_slot_to_other_r
     assert status_of(first.pk)[0] == RunStatus.STOPPED
     assert WorkflowLog.objects.filter(run_id=fresh.pk, message__contains="is waiting for run").exists()
     assert effects() == (50, 50)
+
+
+def test_an_exclusive_claim_waits_for_a_live_partner_and_takes_an_expired_partner_lease_away(sample, time_machine):
+    partner = WorkflowRun.objects.create(workflow_id=QUICK_ID, trigger=Trigger.SHELL, status=RunStatus.RUNNING)
+    mine = WorkflowRun.objects.create(workflow_id=SAMPLE_ID, trigger=Trigger.SHELL, status=RunStatus.QUEUED)
+    assert leases.claim(QUICK_ID, partner.pk).won
+    token = Workflow.objects.values_list("lease_token", flat=True).get(pk=QUICK_ID)
+
+    refused = leases.claim(SAMPLE_ID, mine.pk, exclusive_with=[QUICK_ID])
+    assert (refused.won, refused.blocked_by, refused.holder) == (False, QUICK_ID, partner.pk)
+
+    time_machine.move_to(timezone.now() + timezone.timedelta(seconds=leases.lease_seconds() + 1))
+    assert leases.claim(SAMPLE_ID, mine.pk, exclusive_with=[QUICK_ID]).won
+    quick = Workflow.objects.get(pk=QUICK_ID)
+    assert (quick.lease_holder, quick.lease_token) == (None, token + 1), "the frozen partner's commits are fenced out"
+    assert status_of(partner.pk) == (RunStatus.FAILED, leases.ABANDONED)
