@@ -1,4 +1,4 @@
-"""cleanup — Database cleanup (SPEC §5).
+"""cleanup — Database cleanup.
 
 Why it exists: delivery logs, tracking logs, raw feedback and hits, events and the engine's own
 journal grow without bound. Every day at 04:00 this workflow removes what is past its retention,
@@ -7,11 +7,13 @@ statistics of the tables it thinned.
 
 Invariants it keeps:
 
-- **Bounded batches, one short transaction each.** A purge deletes at most ``log_batch_size``
-  (20,000) rows of a log table, ``batch_size`` (5,000) of any other, per transaction, oldest first
-  (see :mod:`workflows.builtin.cleanup_purges`), until a short batch. Nothing else waits longer
-  than one batch; a crash loses at most the batches not yet on disk, and the next run finds those
-  rows still there. Deleting is idempotent, so a purge keeps no cursor between runs.
+- **Bounded batches, one short unit of work each.** A purge deletes at most ``log_batch_size``
+  (20,000) rows of a log table, ``batch_size`` (5,000) of any other, per unit, oldest first (see
+  :mod:`workflows.builtin.cleanup_purges`), until a short batch. Each unit is one transaction, its
+  counters and progress included, committed by the engine only while the run holds its lease
+  (:mod:`workflows.context`). Nothing else waits longer than one batch; a crash or a lost lease
+  loses at most the batch not yet committed, and the next run finds those rows still there.
+  Deleting is idempotent, so a purge keeps no cursor between runs: its position lives in memory.
 - **Retention boundary.** A row goes when its age column is strictly older than
   ``now - retention`` (``now`` read when the activity starts): one second older it goes, one
   second younger it stays. A daily aggregate goes once its whole day (instance time zone) is
@@ -28,18 +30,20 @@ Invariants it keeps:
   failure) and the journal names the activity that failed and those that did not run.
 - **Dry run.** ``dry_run=true`` counts what would go (counters ``<table>_to_remove`` and
   ``quarantine_to_release_*``) with read-only queries; a row two rules would remove is counted once,
-  by the activity that would remove it first.
+  by the activity that would remove it first. A count outside any unit is saved with the
+  activity's end.
 """
 
 from __future__ import annotations
 
 import functools
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import models, transaction
+from django.db import models
 from django.utils import timezone
 
 from campaign.models import (
@@ -188,24 +192,24 @@ def counter_name(ctx: ActivityContext, name: str) -> str:
 
 def purge(ctx: ActivityContext, selection: Selection, *, name: str, order_by: str, batch_size: int) -> int:
     """Delete the rows of ``selection`` in batches of ``batch_size``, oldest first by ``order_by``,
-    one transaction each (a dry run counts them instead); returns how many.
+    one unit of work each (a dry run counts them instead); returns how many.
 
-    The pass remembers where its last batch ended only in memory: deleting is idempotent, so a pass
-    resumed after a pause or a crash starts again from the oldest row still there. Between batches
-    the run renews its lease and obeys pause and stop.
+    The pass remembers where its last batch ended only in memory (a cursor-less ``ctx.batches``):
+    deleting is idempotent, so a pass resumed after a pause or a crash starts again from the oldest
+    row still there. Between batches the run renews its lease and obeys pause and stop.
     """
     counter = counter_name(ctx, name)
-    ctx.count(counter, 0)
+    ctx.declare(counter)
     if dry_run(ctx):
         found = purges.count(selection)
-        ctx.count(counter, found)
-        ctx.save_counters()
+        ctx.count(counter, found)  # read-only: saved with the activity's end
         return found
 
     def step(position: purges.Walk | None, limit: int) -> Batch:
         removed, following = purges.delete_batch(selection, order_by=order_by, after=position, limit=limit)
-        if removed:
-            purges.relax_durability()
+        # An empty batch too: its unit then writes only the lease and the counters, and a run that
+        # finds nothing in most tables would otherwise wait for one disk flush per table.
+        purges.relax_durability()
         return Batch(rows=removed, cursor=following, counters={counter: removed}, done=following is None)
 
     return ctx.batches(None, step, start=None, batch_size=batch_size)
@@ -231,7 +235,7 @@ def purge_consolidated(ctx: ActivityContext, rule: AgeRule, cursor: str) -> None
     cursors = Workflow.objects.filter(pk=EXEC_INFO_ID).values_list("cursors", flat=True).first() or {}
     consolidated = cursors.get(cursor)
     if not isinstance(consolidated, int) or isinstance(consolidated, bool):
-        ctx.count(counter_name(ctx, rule.name), 0)
+        ctx.declare(counter_name(ctx, rule.name))
         ctx.log(f"Kept all {rule.what}: {EXEC_INFO_ID} has not consolidated any yet (no cursor {cursor!r}).")
         return
     expired, boundary = rule.expired(ctx, timezone.now())
@@ -364,14 +368,12 @@ def purge_old_deliveries(ctx: ActivityContext) -> None:
     expired, boundary = expired_deliveries(ctx, now)
     dependents = delivery_dependents()
     names = [DELIVERIES.name, *(dependent.name for dependent in dependents)]
-    for name in names:
-        ctx.count(counter_name(ctx, name), 0)
+    ctx.declare(*(counter_name(ctx, name) for name in names))
     removed: Counter[str] = Counter()
     if dry_run(ctx):
         removed = _count_delivery_purge(ctx, expired, dependents, now)
         for name in names:
-            ctx.count(counter_name(ctx, name), removed[name])
-        ctx.save_counters()
+            ctx.count(counter_name(ctx, name), removed[name])  # read-only: saved with the activity's end
     else:
         page_size = DELIVERIES.batch_size(ctx)
         after = 0
@@ -389,24 +391,27 @@ def purge_old_deliveries(ctx: ActivityContext) -> None:
 
 def _purge_delivery(ctx: ActivityContext, delivery_id: int, expired: Selection,
                     dependents: list[Dependent]) -> Counter[str]:
+    """One delivery: its dependents in bounded batches, then one last unit deleting whatever was
+    written for it meanwhile and the delivery row itself."""
     removed: Counter[str] = Counter()
     for dependent in dependents:
         removed[dependent.name] += purge(ctx, Selection(dependent.model, dependent.of("= %s"), (delivery_id,)),
                                          name=dependent.name, order_by="id", batch_size=dependent.batch_size(ctx))
-    ctx.checkpoint()
-    with transaction.atomic():
+
+    def last_rows_and_delivery() -> Counter[str]:
         purges.relax_durability()
         # A row written for the delivery since its batches (a late tracking row) goes too, in this
-        # transaction: it would otherwise block the delete.
+        # unit: it would otherwise block the delete.
+        done: Counter[str] = Counter()
         for dependent in dependents:
-            late = purges.delete_all(Selection(dependent.model, dependent.of("= %s"), (delivery_id,)))
-            ctx.count(counter_name(ctx, dependent.name), late)
-            removed[dependent.name] += late
-        gone = purges.delete_all(expired.narrowed(f"{column(Delivery, 'id')} = %s", (delivery_id,)))
-        ctx.count(counter_name(ctx, DELIVERIES.name), gone)
-        ctx.run.progress_done += gone
-        ctx.save_counters()
-    removed[DELIVERIES.name] += gone
+            done[dependent.name] = purges.delete_all(Selection(dependent.model, dependent.of("= %s"), (delivery_id,)))
+        done[DELIVERIES.name] = purges.delete_all(expired.narrowed(f"{column(Delivery, 'id')} = %s", (delivery_id,)))
+        for name, count in done.items():
+            ctx.count(counter_name(ctx, name), count)
+        ctx.advance(done[DELIVERIES.name])
+        return done
+
+    removed.update(ctx.unit(last_rows_and_delivery))
     return removed
 
 
@@ -438,8 +443,7 @@ def purge_app_subscriptions(ctx: ActivityContext) -> None:
 def purge_workflow_history(ctx: ActivityContext) -> None:
     """Each workflow's journal entries and finished runs older than its own ``history_days``."""
     now = timezone.now()
-    for name in ("journal_entries", "workflow_runs", "activity_runs"):
-        ctx.count(counter_name(ctx, name), 0)
+    ctx.declare(*(counter_name(ctx, name) for name in ("journal_entries", "workflow_runs", "activity_runs")))
     totals: Counter[str] = Counter()
     for workflow_id, history_days in Workflow.objects.order_by("id").values_list("id", "history_days"):
         if timedelta(days=history_days) < MINIMUM_AGE:
@@ -473,32 +477,30 @@ def _purge_runs(ctx: ActivityContext, runs: Selection, *, journal: Selection) ->
                                             .narrowed(f"NOT ({journal.where})", journal.params)),
         }
         for name, count in counts.items():
-            ctx.count(counter_name(ctx, name), count)
-        ctx.save_counters()
+            ctx.count(counter_name(ctx, name), count)  # read-only: saved with the activity's end
         return Counter(counts)
     per_batch = max(1, ctx.properties["batch_size"] // ROWS_PER_RUN)
-    first = True
-    while True:
-        if not first:
-            ctx.checkpoint()
-        first = False
-        with transaction.atomic():
-            ids = purges.first_ids(runs, order_by="finished_at", limit=per_batch)
-            if ids:
-                purges.relax_durability()
-                metrics.retire(ids)  # their counts stay in /metrics: counters never go down
-                counts = {
-                    "journal_entries": purges.delete_all(purges.in_ids(WorkflowLog, "run", ids)),
-                    "activity_runs": purges.delete_all(purges.in_ids(ActivityRun, "run", ids)),
-                    "workflow_runs": purges.delete_all(purges.in_ids(WorkflowRun, "id", ids)),
-                }
-                for name, count in counts.items():
-                    ctx.count(counter_name(ctx, name), count)
-                    removed[name] += count
-                ctx.run.progress_done += counts["workflow_runs"]
-                ctx.save_counters()
-        if len(ids) < per_batch:
-            return removed
+
+    def step(_position: None, limit: int) -> Batch:
+        # Always the oldest runs left: what a batch deleted no longer matches, so no position is kept.
+        ids = purges.first_ids(runs, order_by="finished_at", limit=limit)
+        purges.relax_durability()  # an empty batch too, as in purge(): one per workflow, most of them empty
+        if not ids:
+            return Batch(rows=0, done=True)
+        metrics.retire(ids)  # their counts stay in /metrics: counters never go down
+        counts = {
+            "journal_entries": purges.delete_all(purges.in_ids(WorkflowLog, "run", ids)),
+            "activity_runs": purges.delete_all(purges.in_ids(ActivityRun, "run", ids)),
+            "workflow_runs": purges.delete_all(purges.in_ids(WorkflowRun, "id", ids)),
+        }
+        removed.update(counts)  # read only once the batches return, all committed
+        # Progress counts the runs removed; the loop ends after a short batch of ids.
+        return Batch(rows=counts["workflow_runs"], counters={counter_name(ctx, name): count
+                                                             for name, count in counts.items()},
+                     done=len(ids) < limit)
+
+    ctx.batches(None, step, start=None, batch_size=per_batch)
+    return removed
 
 
 def release_quarantine(ctx: ActivityContext) -> None:
@@ -512,29 +514,25 @@ def release_quarantine(ctx: ActivityContext) -> None:
     )
     counter = {rule.counter: rule.counter.replace("released", "to_release") if dry_run(ctx) else rule.counter
                for rule in rules}
+    ctx.declare(*counter.values())
     released: Counter[str] = Counter({rule.counter: 0 for rule in rules})
     erroneous = purges.erroneous_addresses()
-    after = 0
-    while True:
-        ctx.checkpoint()
-        with transaction.atomic():
-            rows, last = purges.next_id_range(erroneous, after=after, limit=ctx.properties["batch_size"])
-            if rows and dry_run(ctx):
-                found = purges.count_releasable(rules, after=after, up_to=last)
-            elif rows:
-                found = {rule.counter: purges.release(rule, after=after, up_to=last, now=now) for rule in rules}
-            else:
-                found = {}
-            for name, count in found.items():
-                ctx.count(counter[name], count)
-                released[name] += count
-            if any(found.values()):
-                ctx.save_counters()
-        after = last
-        if rows < ctx.properties["batch_size"]:
-            break
-    for name in counter.values():
-        ctx.count(name, 0)
+
+    def step(after: int, limit: int) -> Batch:
+        """The erroneous rows of the next id range (after, last]: released, or counted in a dry run."""
+        rows, last = purges.next_id_range(erroneous, after=after, limit=limit)
+        if rows and dry_run(ctx):
+            found = purges.count_releasable(rules, after=after, up_to=last)
+        elif rows:
+            found = {rule.counter: purges.release(rule, after=after, up_to=last, now=now) for rule in rules}
+        else:
+            found = {}
+        released.update(found)  # read only once the batches return, all committed
+        return Batch(rows=rows, cursor=last, counters={counter[name]: count for name, count in found.items()})
+
+    # The position (the last id examined) lives in memory: releasing is idempotent, so a resumed
+    # run simply examines the rows again.
+    ctx.batches(None, step, start=0, batch_size=ctx.properties["batch_size"])
     if sum(released.values()) or dry_run(ctx):
         verb = "Dry run: would release" if dry_run(ctx) else "Released"
         ctx.log(f"{verb} {sum(released.values()):,} erroneous addresses: "
@@ -555,12 +553,23 @@ def update_statistics(ctx: ActivityContext) -> None:
     if not tables:
         ctx.log("Nothing was removed or released: statistics left as they are.")
         return
-    statements = []
-    for model in tables:
-        ctx.checkpoint()
-        statements.append(purges.refresh_statistics(model, mode=mode))
-        ctx.count("tables_refreshed")
-        ctx.save_counters()
+    # PostgreSQL refuses VACUUM inside a transaction block, and a unit of work is one; a long
+    # statement inside a unit would also leave the unit's session idle in its transaction, which
+    # PostgreSQL ends after a lease period. So each statement runs outside any unit, as the items
+    # of ``ctx.each`` are produced (refresh_statistics uses a connection of its own in autocommit),
+    # and the unit that follows it only counts the table refreshed. The engine's boundary between
+    # two units (lease, pause, stop) therefore comes between two tables, as for any batch.
+    def refreshed() -> Iterator[str]:
+        for model in tables:
+            yield purges.refresh_statistics(model, mode=mode)
+
+    statements: list[str] = []
+
+    def count_refreshed(statement: str) -> dict[str, int]:
+        statements.append(statement)
+        return {"tables_refreshed": 1}
+
+    ctx.each(refreshed(), count_refreshed)
     ctx.log(f"Refreshed statistics: {'; '.join(statements)}.")
 
 

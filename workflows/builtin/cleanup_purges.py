@@ -208,7 +208,7 @@ class ReleaseRule:
 
 
 def release_rules(*, soft_error_before: datetime, mailbox_full_before: datetime) -> list[ReleaseRule]:
-    """The SPEC §5 release rules, in the order they apply (a row counts under the first it meets).
+    """The release rules, in the order they apply (a row counts under the first it meets).
 
     Mailbox full is a soft error with its own, longer delay, so the soft-error rule leaves it to
     its own rule. Only ``erroneous`` rows are ever considered (see :func:`erroneous_addresses`).
