@@ -64,7 +64,7 @@ from workflows.builtin import cleanup_purges as purges
 from workflows.builtin.cleanup_purges import Selection, column
 from workflows.builtin.update_delivery_exec_info import FEEDBACK_CURSOR, HITS_CURSOR
 from workflows.builtin.update_delivery_exec_info import WORKFLOW_ID as EXEC_INFO_ID
-from workflows.context import ActivityContext, Batch, RunHalted
+from workflows.context import ActivityContext, Batch, RunHalted, cursors_of
 from workflows.definition import Activity, Schedule, WorkflowDefinition, register
 from workflows.errors import PermanentError, describe
 from workflows.models import ActivityMode, ActivityRun, LogLevel, RunStatus, Workflow, WorkflowLog, WorkflowRun
@@ -232,7 +232,7 @@ def purge_expired(ctx: ActivityContext, rule: AgeRule) -> None:
 def purge_consolidated(ctx: ActivityContext, rule: AgeRule, cursor: str) -> None:
     """Like :func:`purge_expired`, but only rows updateDeliveryExecInfo has consolidated
     (``id <=`` its cursor ``cursor``): an unconsolidated row stays, however old."""
-    cursors = Workflow.objects.filter(pk=EXEC_INFO_ID).values_list("cursors", flat=True).first() or {}
+    cursors = cursors_of(EXEC_INFO_ID)
     consolidated = cursors.get(cursor)
     if not isinstance(consolidated, int) or isinstance(consolidated, bool):
         ctx.declare(counter_name(ctx, rule.name))
