@@ -64,7 +64,7 @@ from workflows.builtin import cleanup_purges as purges
 from workflows.builtin.cleanup_purges import Selection, column
 from workflows.builtin.update_delivery_exec_info import FEEDBACK_CURSOR, HITS_CURSOR
 from workflows.builtin.update_delivery_exec_info import WORKFLOW_ID as EXEC_INFO_ID
-from workflows.context import ActivityContext, Batch, RunHalted, cursors_of
+from workflows.context import ActivityContext, Batch, LeaseLost, RunHalted, cursors_of
 from workflows.definition import Activity, Schedule, WorkflowDefinition, register
 from workflows.errors import PermanentError, describe
 from workflows.models import ActivityMode, ActivityRun, LogLevel, RunStatus, Workflow, WorkflowLog, WorkflowRun
@@ -252,8 +252,8 @@ def stops_the_run_on_failure(activity: Activity) -> Activity:
     def wrapper(ctx: ActivityContext) -> None:
         try:
             activity(ctx)
-        except RunHalted:
-            raise  # paused or stopped: not a failure
+        except (RunHalted, LeaseLost):
+            raise  # paused, stopped, or taken over by another run: not a failure of this activity
         except Exception as error:
             names = definition.activity_names
             later = names[names.index(activity.__name__) + 1:]
