@@ -10,6 +10,11 @@
   here they are read-only (an edit would make the history lie).
 - The workflow list costs a fixed number of queries whatever the number of workflows and runs: the
   schedule comes with a join, the last run with subqueries on the (workflow, -id) index.
+- A schedule that drifted (PeriodicTask deleted, disabled while started, sending another task) is
+  flagged on the list and on the workflow page, which offers the repair of
+  :mod:`workflows.schedule_repair`. A workflow's own PeriodicTask is read-only in
+  django-celery-beat's admin, which links to the workflow's page: schedule edits go through the
+  workflow's form, validated and audited.
 """
 
 from __future__ import annotations
@@ -32,9 +37,11 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.safestring import SafeString
+from django_celery_beat.admin import PeriodicTaskAdmin as BeatPeriodicTaskAdmin
+from django_celery_beat.models import PeriodicTask
 from kombu.exceptions import OperationalError
 
-from workflows import commands, schedules
+from workflows import commands, schedule_repair, schedules
 from workflows.commands import CommandRefused
 from workflows.definition import UnknownWorkflow, WorkflowDefinition, get_definition
 from workflows.forms import (
@@ -130,6 +137,18 @@ def describe_schedule(workflow: Workflow) -> tuple[str, str]:
     except (FormatException, MissingFieldException, WrongArgumentException):
         words = text  # a crontab celery accepts but cron-descriptor cannot put in words
     return words, f"{text} ({schedule.timezone})"
+
+
+def drift_warning(workflow: Workflow) -> SafeString | str:
+    """A red warning naming what is wrong with the workflow's schedule; "" when nothing is."""
+    problems = schedules.drift_of(workflow, definition_of(workflow))
+    if not problems:
+        return ""
+    return format_html(
+        '<span class="schedule-drift" style="color:#c62828;font-weight:bold" title="{}">⚠ Schedule drifted: {}</span>',
+        f"Repair it with the workflow page's Repair schedule button, or: manage.py workflow repair {workflow.pk}",
+        "; ".join(problems),
+    )
 
 
 def run_url(run_id: int) -> str:
@@ -276,8 +295,12 @@ class WorkflowAdmin(admin.ModelAdmin):
 
     @admin.display(description="schedule")
     def schedule_display(self, workflow: Workflow) -> SafeString:
+        warning = drift_warning(workflow)
+        if warning and workflow.periodic_task is None:
+            return warning  # "On demand" would be a lie
         words, detail = describe_schedule(workflow)
-        return format_html('<span title="{}">{}</span>', detail, words)
+        schedule = format_html('<span title="{}">{}</span>', detail, words)
+        return format_html("{}<br>{}", schedule, warning) if warning else schedule
 
     @admin.display(description="next run")
     def next_run(self, workflow: Workflow) -> str:
@@ -399,6 +422,12 @@ class WorkflowAdmin(admin.ModelAdmin):
                  "url": reverse(f"{self.admin_site.name}:workflows_workflow_command", args=[object_id, command.name])}
                 for command in COMMANDS.values()
             ]
+        workflow = self.get_object(request, unquote(object_id))
+        if workflow is not None:
+            extra_context["schedule_drift"] = schedules.drift_of(workflow, definition_of(workflow))
+            if extra_context["schedule_drift"] and self.has_operate_permission(request):
+                extra_context["repair_schedule_url"] = reverse(
+                    f"{self.admin_site.name}:workflows_workflow_repair_schedule", args=[object_id])
         return super().change_view(request, object_id, form_url, extra_context)
 
     # -- commands: actions and buttons -----------------------------------------------------------
@@ -469,6 +498,8 @@ class WorkflowAdmin(admin.ModelAdmin):
         return [
             path("<path:object_id>/command/<str:command>/", self.admin_site.admin_view(self.command_view),
                  name="%s_%s_command" % info),
+            path("<path:object_id>/repair-schedule/", self.admin_site.admin_view(self.repair_schedule_view),
+                 name="%s_%s_repair_schedule" % info),
             *super().get_urls(),
         ]
 
@@ -487,6 +518,75 @@ class WorkflowAdmin(admin.ModelAdmin):
         return HttpResponseRedirect(
             reverse(f"{self.admin_site.name}:workflows_workflow_change", args=[quote(workflow.pk)])
         )
+
+
+    def repair_schedule_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """The workflow page's "Repair schedule" button: POST only (with the CSRF token), operate
+        permission, audited with the user."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not self.has_operate_permission(request):
+            raise PermissionDenied
+        workflow = self.get_object(request, unquote(object_id))
+        if workflow is None:
+            raise Http404(f"no workflow {unquote(object_id)!r}")
+        try:
+            repair = schedule_repair.repair_schedule(workflow.pk, user=request.user)
+        except UnknownWorkflow as error:
+            self.message_user(request, f"Repair refused for {workflow.pk}: {error}", messages.WARNING)
+        else:
+            if repair is None:
+                self.message_user(request, f"{workflow.pk}: its schedule is as it should be; nothing to repair.",
+                                  messages.INFO)
+            else:
+                self.message_user(request, f"Repaired the schedule of {workflow.pk}. {repair.note}", messages.SUCCESS)
+        return HttpResponseRedirect(
+            reverse(f"{self.admin_site.name}:workflows_workflow_change", args=[quote(workflow.pk)])
+        )
+
+
+# -- django-celery-beat's periodic tasks ---------------------------------------------------------
+
+admin.site.unregister(PeriodicTask)
+
+
+@admin.register(PeriodicTask)
+class PeriodicTaskAdmin(BeatPeriodicTaskAdmin):
+    """django-celery-beat's admin, except that a workflow's own PeriodicTask is read-only here: its
+    schedule is edited on the workflow's page (validated and audited), and start, pause and stop
+    enable and disable it. Its page says so and links there. Other rows (the engine's housekeeping,
+    report shares, anything an administrator added) are edited here as before."""
+
+    change_form_template = "admin/workflows/periodictask/change_form.html"
+
+    @staticmethod
+    def workflow_of(task: PeriodicTask | None) -> Workflow | None:
+        if task is None or task.pk is None:
+            return None
+        return Workflow.objects.filter(periodic_task=task).first()
+
+    def has_change_permission(self, request: HttpRequest, obj: PeriodicTask | None = None) -> bool:
+        return self.workflow_of(obj) is None and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: PeriodicTask | None = None) -> bool:
+        return self.workflow_of(obj) is None and super().has_delete_permission(request, obj)
+
+    def get_fieldsets(self, request: HttpRequest, obj: PeriodicTask | None = None) -> Any:
+        if self.workflow_of(obj) is None:
+            return super().get_fieldsets(request, obj)
+        # Read-only: model fields only (the edit form's task picker "regtask" has nothing to show).
+        return [(None, {"fields": ("name", "task", "enabled", "description")}),
+                ("Schedule", {"fields": ("crontab", "crontab_translation", "start_time", "last_run_at", "one_off")}),
+                ("Arguments", {"fields": ("args", "kwargs")}),
+                ("Execution options", {"fields": ("expires", "expire_seconds", "queue")})]
+
+    def changeform_view(self, request: HttpRequest, object_id: str | None = None, form_url: str = "",
+                        extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        extra_context = dict(extra_context or {})
+        workflow = self.workflow_of(self.get_object(request, unquote(object_id))) if object_id else None
+        if workflow is not None:
+            extra_context["owning_workflow"] = {"id": workflow.pk, "label": workflow.label, "url": workflow_url(workflow.pk)}
+        return super().changeform_view(request, object_id, form_url, extra_context)
 
 
 # -- runs ----------------------------------------------------------------------------------------

@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate
 
@@ -13,10 +15,15 @@ class WorkflowsConfig(AppConfig):
         post_migrate.connect(_sync_after_migrate, sender=self)
 
 
-def _sync_after_migrate(**kwargs: object) -> None:
-    """Create the Workflow rows and schedules that are missing; overwrite nothing."""
-    from workflows.housekeeping import ensure_housekeeping_schedule
+def _sync_after_migrate(*, verbosity: int = 1, stdout: Any = None, **kwargs: Any) -> None:
+    """Create the Workflow rows and schedules that are missing, repair the schedules that drifted
+    (audited as ``system``), and overwrite nothing else."""
+    from workflows.housekeeping import ensure_housekeeping_schedules
+    from workflows.schedule_repair import repair_schedules
     from workflows.schedules import sync_workflows
 
     sync_workflows()
-    ensure_housekeeping_schedule()
+    for repair in repair_schedules(actor="system"):
+        if verbosity >= 1 and stdout is not None:
+            stdout.write(f"  Repaired the schedule of {repair.workflow}: {repair.note}")
+    ensure_housekeeping_schedules()

@@ -1,6 +1,7 @@
 """The "Technical workflows" dashboard (``/admin/workflows/dashboard/``): every workflow with its
-state, schedule, next and last run, and a heat map of its runs over the last days, one cell per
-hour coloured by the most serious status of the runs in it (like the platform's workflow heat map).
+state, schedule (with a warning when it drifted), next and last run, and a heat map of its runs over
+the last days, one cell per hour coloured by the most serious status of the runs in it (like the
+platform's workflow heat map).
 
 The page costs a fixed number of queries whatever the number of runs: one aggregate over the runs
 of the period (grouped by workflow, hour and status) and one for the workflows with their last run.
@@ -22,7 +23,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from workflows import schedules
-from workflows.admin import RUN_STATUS_COLOURS, run_status_badge, state_badge
+from workflows.admin import RUN_STATUS_COLOURS, definition_of, run_status_badge, state_badge
 from workflows.models import RunStatus, Workflow, WorkflowRun
 from workflows.serializers import with_last_runs
 
@@ -103,6 +104,7 @@ def dashboard_view(request: HttpRequest) -> HttpResponse:
             "url": reverse("admin:workflows_workflow_change", args=[workflow.pk]),
             "state": state_badge(workflow.state),
             "schedule": schedules.schedule_summary(workflow)["human"],
+            "schedule_drift": schedules.drift_of(workflow, definition_of(workflow)),
             "next_run_at": schedules.next_run_at(workflow),
             "last_run": last_run,
             "last_run_badge": run_status_badge(last_run.status) if last_run else None,

@@ -3,7 +3,7 @@
 A load balancer or an orchestrator polls ``/healthz`` without credentials, so every check is a
 plain function that answers quickly (a broker that does not answer is given up on after a couple of
 seconds), never raises, and never puts a secret in its message (broker URLs are shown with the
-password masked). Four things must hold:
+password masked). Five things must hold:
 
 - the database answers ``SELECT 1``;
 - the Celery broker accepts a connection (for the embedded filesystem broker: its folders exist and
@@ -11,8 +11,11 @@ password masked). Four things must hold:
 - beat is alive: :class:`workflows.scheduler.DatabaseScheduler` writes the ``SchedulerHeartbeat`` row
   every ``HEARTBEAT_INTERVAL_S`` seconds, and the row must be younger than
   ``WORKFLOW_BEAT_STALE_SECONDS``;
-- no started workflow is overdue: its schedule's next slot after ``PeriodicTask.last_run_at`` is
-  not further in the past than ``WORKFLOW_OVERDUE_GRACE_SECONDS``.
+- every scheduled workflow has the schedule it should (:func:`workflows.schedules.drift_of`): a
+  PeriodicTask sending ``workflows.<id>`` on a crontab, enabled exactly when the workflow is started
+  (``manage.py workflow repair`` puts a drifted one back);
+- no started workflow is overdue: its enabled schedule's next slot after ``PeriodicTask.last_run_at``
+  is not further in the past than ``WORKFLOW_OVERDUE_GRACE_SECONDS``.
 
 Both thresholds are read at each call from Django settings first, then the environment, so an
 operator can tune them without a code change.
@@ -37,6 +40,7 @@ from kombu import Connection
 from kombu.exceptions import OperationalError as BrokerOperationalError
 
 from campaign.config import ConfigError, parse_int
+from workflows import schedules
 from workflows.models import SchedulerHeartbeat, Workflow, WorkflowState
 from workflows.scheduler import HEARTBEAT_INTERVAL_S
 
@@ -114,6 +118,7 @@ def run_checks() -> HealthReport:
         "database": check_database(),
         "broker": check_broker(),
         "beat": check_beat(),
+        "schedules": check_schedules(),
         "workflows": check_workflows(),
     })
 
@@ -221,6 +226,37 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 86400} days"
 
 
+# --- schedule drift ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Drift:
+    workflow: str
+    problems: list[str]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"workflow": self.workflow, "problems": self.problems}
+
+
+def drifted_workflows() -> list[Drift]:
+    """The workflows whose schedule is missing, disabled while started, enabled while paused or
+    stopped, sends another task or has no crontab; on-demand workflows never drift."""
+    workflows = Workflow.objects.select_related("periodic_task").order_by("id")
+    return [Drift(workflow.id, problems) for workflow in workflows if (problems := schedules.drift_of(workflow))]
+
+
+def check_schedules() -> CheckResult:
+    def body() -> tuple[bool, str, dict[str, Any]]:
+        drift = drifted_workflows()
+        details = {"drift": [item.as_json() for item in drift]}
+        if drift:
+            listed = "; ".join(f"{item.workflow} ({', '.join(item.problems)})" for item in drift)
+            message = f"{len(drift)} workflow schedule(s) drifted: {listed}. Repair with `manage.py workflow repair`."
+            return False, message, details
+        return True, "every scheduled workflow has its schedule", details
+
+    return _timed(body)
+
+
 # --- overdue workflows ------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -246,20 +282,17 @@ def overdue_workflows(*, grace_s: int, now: datetime | None = None) -> list[Over
 
     The reference is ``last_run_at`` (when beat last sent the task), or, for a schedule beat has
     never fired, when the schedule was last changed: beat counts from there too
-    (django-celery-beat's ``ModelEntry``). A started workflow whose schedule is disabled never
-    runs at all, so it is listed too.
+    (django-celery-beat's ``ModelEntry``). A disabled schedule never fires: the ``schedules`` check
+    reports it, not this one.
     """
     now = now or timezone.now()
-    workflows = (Workflow.objects.filter(state=WorkflowState.STARTED, periodic_task__isnull=False)
+    workflows = (Workflow.objects.filter(state=WorkflowState.STARTED, periodic_task__enabled=True)
                  .select_related("periodic_task__crontab", "periodic_task__interval",
                                  "periodic_task__solar", "periodic_task__clocked")
                  .order_by("id"))
     overdue = []
     for workflow in workflows:
         task = workflow.periodic_task
-        if not task.enabled:
-            overdue.append(Overdue(workflow.id, "schedule disabled although the workflow is started", None, None, task.last_run_at))
-            continue
         due_at = _next_due_at(task, now=now)
         if due_at is not None and (now - due_at).total_seconds() > grace_s:
             overdue.append(Overdue(workflow.id, "scheduled run not sent", due_at, (now - due_at).total_seconds(), task.last_run_at))

@@ -1,8 +1,19 @@
 """Workflow schedules, kept as django-celery-beat PeriodicTasks.
 
-The definition gives a default crontab; the PeriodicTask is created from it when missing and
-never overwritten afterwards, so an administrator's edit survives ``migrate``, deploys and beat
-restarts. The beat process only ever reads these rows (there is no CELERY_BEAT_SCHEDULE).
+The definition gives a default crontab; the PeriodicTask is created from it with a new workflow
+and never overwritten afterwards, so an administrator's edit survives ``migrate``, deploys and
+beat restarts. The beat process only ever reads these rows (there is no CELERY_BEAT_SCHEDULE).
+
+Invariants, for a workflow whose definition has a schedule:
+
+- ``Workflow.periodic_task`` is a PeriodicTask that sends ``workflows.<id>`` on a crontab, enabled
+  exactly when the workflow is started (pause and stop disable it on purpose).
+- ``Workflow.last_schedule`` remembers that crontab and time zone (written when the schedule is
+  created, edited, repaired and at each ``migrate``), so a PeriodicTask deleted from
+  django-celery-beat's admin can be recreated as it was.
+
+A workflow that breaks the first invariant has *drifted* (:func:`drift_of`): ``/healthz`` fails,
+the admin and the dashboard show a warning, and :mod:`workflows.schedule_repair` puts it right.
 """
 
 from __future__ import annotations
@@ -20,7 +31,7 @@ from django.db import transaction
 from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
-from workflows.definition import WorkflowDefinition, all_definitions
+from workflows.definition import UnknownWorkflow, WorkflowDefinition, all_definitions, get_definition
 from workflows.models import Workflow, WorkflowState
 
 #: A crontab that matches no day in this many years never fires (28 years: the calendar's cycle,
@@ -38,6 +49,20 @@ class Crontab:
 
     def __str__(self) -> str:
         return f"{self.minute} {self.hour} {self.day_of_month} {self.month_of_year} {self.day_of_week}"
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """A crontab in a time zone: what a workflow's schedule is, whatever row holds it."""
+
+    crontab: Crontab
+    timezone: str
+
+    def __str__(self) -> str:
+        return f"{self.crontab} ({self.timezone})"
+
+    def as_json(self) -> dict[str, str]:
+        return {"crontab": str(self.crontab), "timezone": self.timezone}
 
 
 def parse_crontab(text: str) -> Crontab:
@@ -107,8 +132,10 @@ def get_crontab_schedule(spec: Crontab, time_zone: str) -> CrontabSchedule:
 
 
 def ensure_workflow(definition: WorkflowDefinition) -> Workflow:
-    """The Workflow row and its PeriodicTask, created from the definition when missing. Label and
-    description follow the code; everything an administrator can edit is left alone."""
+    """The Workflow row, created from the definition when missing, with its PeriodicTask. Label and
+    description follow the code; everything an administrator can edit is left alone. The schedule of
+    an existing row is not touched here: a missing one is drift, put back (and audited) by
+    :func:`workflows.schedule_repair.repair_schedules`, which ``migrate`` runs after this."""
     with transaction.atomic():
         workflow, created = Workflow.objects.get_or_create(
             pk=definition.id, defaults={"label": definition.label, "description": definition.description}
@@ -116,23 +143,60 @@ def ensure_workflow(definition: WorkflowDefinition) -> Workflow:
         if not created and (workflow.label, workflow.description) != (definition.label, definition.description):
             workflow.label, workflow.description = definition.label, definition.description
             workflow.save(update_fields=["label", "description", "updated_at"])
-        if definition.schedule is not None and workflow.periodic_task_id is None:
-            workflow.periodic_task = _create_periodic_task(definition, workflow)
+        if created and definition.schedule is not None:
+            # A row of that name kept from an earlier install is the administrator's: it is kept.
+            workflow.periodic_task = PeriodicTask.objects.filter(name=definition.id).first()
+            if workflow.periodic_task is None:
+                workflow.periodic_task = create_periodic_task(definition, workflow, default_schedule(definition))
             workflow.save(update_fields=["periodic_task", "updated_at"])
+            remember_schedule(workflow)
     return workflow
 
 
-def _create_periodic_task(definition: WorkflowDefinition, workflow: Workflow) -> PeriodicTask:
+def default_schedule(definition: WorkflowDefinition) -> ScheduleSpec:
     assert definition.schedule is not None
-    existing = PeriodicTask.objects.filter(name=definition.id).first()
-    if existing is not None:  # kept from an earlier install: it is the administrator's
-        return existing
-    spec = parse_crontab(definition.schedule.crontab)
-    time_zone = definition.schedule.timezone or settings.TIME_ZONE
+    return ScheduleSpec(parse_crontab(definition.schedule.crontab), definition.schedule.timezone or settings.TIME_ZONE)
+
+
+def remembered_schedule(workflow: Workflow) -> ScheduleSpec | None:
+    """The schedule recorded in ``Workflow.last_schedule``; None when nothing (valid) was recorded."""
+    recorded = workflow.last_schedule
+    if not isinstance(recorded, dict):
+        return None
+    try:
+        return ScheduleSpec(parse_crontab(recorded.get("crontab", "")), validate_time_zone(recorded.get("timezone", "")))
+    except ValidationError:
+        return None
+
+
+def schedule_of(task: PeriodicTask | None) -> ScheduleSpec | None:
+    """The crontab and time zone of a PeriodicTask; None without a crontab."""
+    schedule = crontab_of(task)
+    if schedule is None:
+        return None
+    return ScheduleSpec(
+        Crontab(schedule.minute, schedule.hour, schedule.day_of_month, schedule.month_of_year, schedule.day_of_week),
+        str(schedule.timezone),
+    )
+
+
+def remember_schedule(workflow: Workflow) -> None:
+    """Record the PeriodicTask's current crontab in ``Workflow.last_schedule`` (when it has one and
+    it changed): the schedule a repair recreates if the row is deleted later."""
+    current = schedule_of(workflow.periodic_task)
+    if current is None or workflow.last_schedule == current.as_json():
+        return
+    workflow.last_schedule = current.as_json()
+    # A plain UPDATE of this one column: the engine's conditional UPDATEs of the lease are unaffected.
+    Workflow.objects.filter(pk=workflow.pk).update(last_schedule=workflow.last_schedule)
+
+
+def create_periodic_task(definition: WorkflowDefinition, workflow: Workflow, schedule: ScheduleSpec) -> PeriodicTask:
+    """The workflow's PeriodicTask (named after it), enabled when the workflow is started."""
     return PeriodicTask.objects.create(
         name=definition.id,
         task=definition.task_name,
-        crontab=get_crontab_schedule(spec, time_zone),
+        crontab=get_crontab_schedule(schedule.crontab, schedule.timezone),
         kwargs=json.dumps({"trigger": "schedule"}),
         queue=definition.queue,
         expire_seconds=definition.expire_s,
@@ -142,8 +206,39 @@ def _create_periodic_task(definition: WorkflowDefinition, workflow: Workflow) ->
 
 
 def sync_workflows() -> list[Workflow]:
-    """Called after every ``migrate``: create what is missing, overwrite nothing."""
+    """Called after every ``migrate``: create the workflows that are missing, overwrite nothing."""
     return [ensure_workflow(definition) for definition in all_definitions()]
+
+
+# -- drift ---------------------------------------------------------------------------------------
+
+def drift_of(workflow: Workflow, definition: WorkflowDefinition | None = None) -> list[str]:
+    """What is wrong with the workflow's schedule, one phrase per problem; empty when nothing is.
+
+    Only a workflow whose definition has a schedule can drift (on demand means no PeriodicTask).
+    ``definition`` defaults to the registry's; a row whose module left the code never drifts.
+    """
+    if definition is None:
+        try:
+            definition = get_definition(workflow.pk)
+        except UnknownWorkflow:
+            return []
+    if definition.schedule is None:
+        return []
+    task = workflow.periodic_task
+    if task is None:
+        return ["its PeriodicTask is missing"]
+    problems = []
+    if task.task != definition.task_name:
+        problems.append(f"its PeriodicTask sends {task.task!r} instead of {definition.task_name!r}")
+    if task.crontab_id is None:
+        problems.append("its PeriodicTask has no crontab")
+    started = workflow.state == WorkflowState.STARTED
+    if started and not task.enabled:
+        problems.append("its PeriodicTask is disabled although the workflow is started")
+    elif not started and task.enabled:
+        problems.append(f"its PeriodicTask is enabled although the workflow is {workflow.state}")
+    return problems
 
 
 def set_enabled(workflow: Workflow, enabled: bool, *, catch_up_since: datetime | None = None) -> None:
@@ -169,7 +264,8 @@ def set_crontab(workflow: Workflow, text: str, time_zone: str) -> CrontabSchedul
         task = PeriodicTask.objects.select_for_update().get(pk=workflow.periodic_task_id)  # fresh: beat writes it too
         task.crontab = get_crontab_schedule(spec, time_zone)
         task.save()
-    workflow.periodic_task = task
+        workflow.periodic_task = task
+        remember_schedule(workflow)
     return task.crontab
 
 

@@ -92,3 +92,38 @@ def make_task(definition: WorkflowDefinition) -> Task:
 
     run_workflow.__doc__ = f"{definition.label}: {definition.description}"
     return run_workflow
+
+
+# -- housekeeping --------------------------------------------------------------------------------
+# The engine's own periodic jobs (schedules: workflows.housekeeping.HOUSEKEEPING_SCHEDULES). They are
+# defined here, in the module `app.autodiscover_tasks()` imports, so that every worker registers
+# them; the services they call live elsewhere and are imported at call time (this module is also
+# imported by the router before Django is set up).
+
+REPORT_LONG_PAUSES_TASK = "workflows.report_long_pauses"
+REAP_ABANDONED_RUNS_TASK = "workflows.reap_abandoned_runs"
+
+#: The weekly report journals and emails a handful of workflows: minutes would mean a hung mail server.
+REPORT_LONG_PAUSES_SOFT_TIME_LIMIT_S = 300
+REPORT_LONG_PAUSES_HARD_TIME_LIMIT_S = 360
+#: The reaper runs every minute: it must end well within the minute, before the next one is sent.
+REAP_ABANDONED_RUNS_SOFT_TIME_LIMIT_S = 40
+REAP_ABANDONED_RUNS_HARD_TIME_LIMIT_S = 50
+
+
+@app.task(name=REPORT_LONG_PAUSES_TASK, acks_late=True, ignore_result=True,
+          soft_time_limit=REPORT_LONG_PAUSES_SOFT_TIME_LIMIT_S, time_limit=REPORT_LONG_PAUSES_HARD_TIME_LIMIT_S)
+def report_long_pauses() -> list[str]:
+    """Journal and email the workflows paused for more than 7 days (weekly)."""
+    from workflows.housekeeping import report_long_pauses as report
+
+    return report()
+
+
+@app.task(name=REAP_ABANDONED_RUNS_TASK, acks_late=True, ignore_result=True,
+          soft_time_limit=REAP_ABANDONED_RUNS_SOFT_TIME_LIMIT_S, time_limit=REAP_ABANDONED_RUNS_HARD_TIME_LIMIT_S)
+def reap_abandoned_runs() -> list[int]:
+    """Reap the runs whose worker died (every minute; see workflows.reaper)."""
+    from workflows.reaper import reap_abandoned_runs as reap
+
+    return reap()

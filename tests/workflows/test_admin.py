@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import time_machine
+from django.conf import settings
 from django.contrib.auth.models import Permission
 from django.contrib.messages import get_messages
 from django.core.exceptions import ValidationError
@@ -366,6 +367,106 @@ def test_operate_permission_allows_commands_without_edit_permission(django_user_
     assert Workflow.objects.get(pk="cleanup").state == WorkflowState.PAUSED
     assert 'id="workflow-commands"' in client.get(change_url("cleanup")).content.decode()
     assert client.post(change_url("cleanup"), {"history_days": "5"}).status_code == 403
+
+
+# -- schedule drift ------------------------------------------------------------------------------
+
+def repair_url(workflow_id: str) -> str:
+    return reverse("admin:workflows_workflow_repair_schedule", args=[workflow_id])
+
+
+def periodic_task_url(name: str, view: str = "change") -> str:
+    return reverse(f"admin:django_celery_beat_periodictask_{view}", args=[PeriodicTask.objects.get(name=name).pk])
+
+
+def test_changelist_flags_a_drifted_schedule_rather_than_show_it_on_demand(admin_client: Client) -> None:
+    PeriodicTask.objects.filter(name="billing").delete()
+    PeriodicTask.objects.filter(name="cleanup").update(enabled=False)
+
+    page = admin_client.get(CHANGELIST).content.decode()
+
+    warning = '<span class="schedule-drift" style="color:#c62828;font-weight:bold" title="{}">⚠ Schedule drifted: {}</span>'
+    title = "Repair it with the workflow page&#x27;s Repair schedule button, or: manage.py workflow repair {}"
+    assert ('<td class="field-schedule_display">'
+            + warning.format(title.format("billing"), "its PeriodicTask is missing") + "</td>") in page
+    assert ('<span title="0 4 * * * (UTC)">At 04:00</span><br>'
+            + warning.format(title.format("cleanup"), "its PeriodicTask is disabled although the workflow is started")
+            ) in page.replace(settings.TIME_ZONE, "UTC")
+    assert page.count('class="schedule-drift"') == 2
+
+
+def test_workflow_page_announces_the_drift_and_its_button_repairs_it_audited_with_the_user(
+    admin_client: Client, admin_user: Any,
+) -> None:
+    schedules.set_crontab(Workflow.objects.get(pk="billing"), "0 23 * * 5", "Europe/Paris")
+    PeriodicTask.objects.filter(name="billing").delete()
+
+    page = admin_client.get(change_url("billing")).content.decode()
+    assert "This workflow's schedule drifted: its PeriodicTask is missing." in page
+    assert f'action="{repair_url("billing")}"' in page
+
+    response = admin_client.post(repair_url("billing"), follow=True)
+
+    assert response.redirect_chain == [(change_url("billing"), 302)]
+    assert messages_of(response) == [(
+        "Repaired the schedule of billing. Found: its PeriodicTask is missing. Done: PeriodicTask recreated with the "
+        "last known schedule, 0 23 * * 5 (Europe/Paris)."
+    )]
+    crontab = Workflow.objects.get(pk="billing").periodic_task.crontab
+    assert (schedules.crontab_text(crontab), str(crontab.timezone)) == ("0 23 * * 5", "Europe/Paris")
+    assert WorkflowAudit.objects.get(workflow_id="billing", action="repair schedule").user == admin_user
+    assert 'id="schedule-drift"' not in response.content.decode()
+
+
+def test_a_schedule_in_order_has_no_warning_and_the_repair_changes_nothing(admin_client: Client) -> None:
+    assert 'id="schedule-drift"' not in admin_client.get(change_url("cleanup")).content.decode()
+
+    response = admin_client.post(repair_url("cleanup"), follow=True)
+
+    assert messages_of(response) == ["cleanup: its schedule is as it should be; nothing to repair."]
+    assert not WorkflowAudit.objects.exists()
+
+
+def test_repair_needs_post_and_the_operate_permission(django_user_model: Any) -> None:
+    PeriodicTask.objects.filter(name="billing").delete()
+    client = staff_client(django_user_model, "view_workflow", "change_workflow")
+
+    page = client.get(change_url("billing")).content.decode()
+    assert 'id="schedule-drift"' in page and repair_url("billing") not in page
+    assert "python manage.py workflow repair billing" in page
+    assert client.post(repair_url("billing")).status_code == 403
+    assert Workflow.objects.get(pk="billing").periodic_task_id is None
+
+    operator = Client()
+    operator.force_login(django_user_model.objects.get(username="operator"))
+    django_user_model.objects.get(username="operator").user_permissions.add(
+        Permission.objects.get(content_type__app_label="workflows", codename="operate_workflow"))
+    assert operator.get(repair_url("billing")).status_code == 405
+    assert operator.post(repair_url("billing")).status_code == 302
+    assert Workflow.objects.get(pk="billing").periodic_task_id is not None
+
+
+def test_a_workflows_periodic_task_is_read_only_in_the_beat_admin_and_links_to_the_workflow(admin_client: Client) -> None:
+    url = periodic_task_url("cleanup")
+
+    page = admin_client.get(url).content.decode()
+
+    assert 'id="workflow-schedule-notice"' in page
+    assert f'<a href="{change_url("cleanup")}">the workflow\'s page</a>' in page
+    assert 'name="_save"' not in page
+    assert admin_client.post(url, {"name": "cleanup", "task": "workflows.billing", "enabled": "on"}).status_code == 403
+    assert admin_client.get(periodic_task_url("cleanup", "delete")).status_code == 403
+    bulk_delete = {"action": "delete_selected", "post": "yes",
+                   "_selected_action": [PeriodicTask.objects.get(name="cleanup").pk]}
+    assert admin_client.post(reverse("admin:django_celery_beat_periodictask_changelist"), bulk_delete).status_code == 403
+    assert PeriodicTask.objects.get(name="cleanup").task == "workflows.cleanup"
+
+
+def test_other_periodic_tasks_stay_editable_in_the_beat_admin(admin_client: Client) -> None:
+    page = admin_client.get(periodic_task_url("engine: reap abandoned runs")).content.decode()
+
+    assert 'name="_save"' in page
+    assert 'id="workflow-schedule-notice"' not in page
 
 
 # -- the settings form ---------------------------------------------------------------------------

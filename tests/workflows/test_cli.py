@@ -1,5 +1,5 @@
 """``manage.py workflow``: every sub-command, its exit code and one-line stderr, the JSON shapes
-(exact key sets), id matching, refusals and ``--set`` validation (SPEC §4.5).
+(exact key sets), id matching, refusals, ``--set`` validation and the repair of drifted schedules.
 
 The failing path uses ``cliUnwritten``, a declared workflow without activities (its runs fail with
 "not implemented"); the successful path uses ``cliSample``, a one-activity workflow declared here.
@@ -22,8 +22,10 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
 
 from tests.workflows.conftest import database_url
+from workflows import commands, schedules
 from workflows.context import ActivityContext
 from workflows.definition import WorkflowDefinition, all_definitions, register
 from workflows.management.commands.workflow import EXIT_CODES_HELP, Command
@@ -32,7 +34,7 @@ from workflows.properties import IntegerProperty
 from workflows.schedules import ensure_workflow, sync_workflows
 from workflows.serializers import ACTIVITY_KEYS, RUN_KEYS, SCHEDULE_KEYS, WORKFLOW_KEYS
 
-#: SPEC §5: the platform's workflow ids.
+#: The platform's workflow ids.
 BUILTIN_IDS = {
     "abTesting", "billing", "cleanup", "forecasting", "importSharedAudience", "reportSendingNow", "kpiReconciliation",
     "mobileAppOptOutMgt", "mcSynch_local", "reportingAggregates", "kpiSharing", "updateDeliveryExecInfo",
@@ -232,6 +234,7 @@ def test_show_block_gives_the_schedule_in_words_and_as_crontab(db: None) -> None
 @pytest.mark.parametrize("args", [
     ("show", "noSuchWorkflow"), ("show", "noSuchWorkflow", "--json"), ("run", "noSuchWorkflow", "--sync"),
     ("runs", "noSuchWorkflow"), ("pause", "noSuchWorkflow"), ("restart", "noSuchWorkflow"),
+    ("repair", "noSuchWorkflow"),
 ])
 def test_unknown_id_exits_2_with_one_line_reason(db: None, args: tuple[str, ...]) -> None:
     result = workflow_cli(*args)
@@ -521,6 +524,56 @@ def test_runs_limit_below_one_exits_2(db: None) -> None:
 
     assert result.exit_code == 2
     assert_one_line_reason(result, "--limit must be at least 1, got 0")
+
+
+# -- repair --------------------------------------------------------------------------------------
+
+def test_repair_id_recreates_a_deleted_schedule_with_the_crontab_it_had_audited_as_the_cli_user(db: None) -> None:
+    schedules.set_crontab(Workflow.objects.get(pk="billing"), "10 22 * * 0", "America/New_York")
+    PeriodicTask.objects.filter(name="billing").delete()
+
+    result = workflow_cli("repair", "BILLING")
+
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert result.stdout.strip() == (
+        "billing: repaired. Found: its PeriodicTask is missing. Done: PeriodicTask recreated with the last known "
+        "schedule, 10 22 * * 0 (America/New_York)."
+    )
+    task = Workflow.objects.get(pk="billing").periodic_task
+    assert (task.task, task.enabled, schedules.crontab_text(task.crontab), str(task.crontab.timezone)) == (
+        "workflows.billing", True, "10 22 * * 0", "America/New_York")
+    audit = WorkflowAudit.objects.get(workflow_id="billing", action="repair schedule")
+    assert (audit.actor, audit.user) == (ACTOR, None)
+
+
+def test_repair_without_id_repairs_every_drifted_workflow_and_only_those(db: None) -> None:
+    PeriodicTask.objects.filter(name="cleanup").delete()
+    PeriodicTask.objects.filter(name="kpiSharing").update(enabled=False)
+    commands.pause("forecasting", actor="test")  # disabled on purpose: left alone
+
+    result = workflow_cli("repair")
+
+    assert result.exit_code == 0
+    assert [line.split(":")[0] for line in result.stdout.splitlines()] == ["cleanup", "kpiSharing"]
+    assert PeriodicTask.objects.get(name="kpiSharing").enabled is True
+    assert PeriodicTask.objects.get(name="forecasting").enabled is False
+    assert set(WorkflowAudit.objects.filter(action="repair schedule").values_list("workflow_id", flat=True)) == {
+        "cleanup", "kpiSharing"}
+
+
+def test_repair_with_nothing_drifted_says_so_and_writes_no_audit(db: None) -> None:
+    assert workflow_cli("repair").stdout.strip() == "No schedule needed a repair."
+    assert workflow_cli("repair", "cleanup").stdout.strip() == "cleanup: its schedule is as it should be; nothing to repair."
+    assert not WorkflowAudit.objects.filter(action="repair schedule").exists()
+
+
+def test_show_names_the_drift_and_the_repair_command(db: None) -> None:
+    PeriodicTask.objects.filter(name="kpiSharing").update(task="workflows.cleanup")
+
+    result = workflow_cli("show", "kpiSharing")
+
+    assert ("Drift:       its PeriodicTask sends 'workflows.cleanup' instead of 'workflows.kpiSharing' "
+            "(`workflow repair kpiSharing` repairs it)") in result.stdout.splitlines()
 
 
 # -- usage ---------------------------------------------------------------------------------------

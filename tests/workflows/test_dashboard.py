@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.contrib.auth.models import Permission
 from django.urls import reverse
+from django_celery_beat.models import PeriodicTask
 
 from workflows.dashboard import heat_map
 from workflows.models import RunStatus, Trigger, WorkflowRun
@@ -70,3 +71,15 @@ def test_dashboard_sends_non_staff_to_the_login_page(client, django_user_model):
     response = client.get(URL)
 
     assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_dashboard_warns_of_a_drifted_schedule(admin_client):
+    PeriodicTask.objects.filter(name="kpiSharing").delete()
+    PeriodicTask.objects.filter(name="cleanup").update(task="workflows.billing")
+
+    page = admin_client.get(URL).content.decode()
+
+    assert page.count('class="schedule-drift"') == 2
+    assert "⚠ Schedule drifted: its PeriodicTask is missing</span>" in page
+    assert "At 04:00<br>" in page  # cleanup's schedule still exists: shown with its warning
+    assert "its PeriodicTask sends &#x27;workflows.billing&#x27; instead of &#x27;workflows.cleanup&#x27;" in page

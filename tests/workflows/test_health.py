@@ -1,17 +1,20 @@
-"""/healthz: database, broker, beat heartbeat and overdue workflows, as a load balancer sees them."""
+"""/healthz: database, broker, beat heartbeat, schedule drift and overdue workflows, as a load
+balancer sees them."""
 
 from __future__ import annotations
 
 import datetime
 from collections.abc import Iterator
+from io import StringIO
 
 import pytest
 import time_machine
+from django.core.management import call_command
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from campaign.celery import app as celery_app
-from workflows import health
+from workflows import commands, health, schedules
 from workflows.models import SchedulerHeartbeat, Workflow, WorkflowState
 from workflows.scheduler import HEARTBEAT_INTERVAL_S, DatabaseScheduler
 
@@ -54,7 +57,7 @@ def test_healthz_is_200_when_database_broker_and_beat_are_fine(client, healthy) 
 
     assert status == 200, body
     assert body["status"] == "ok"
-    assert set(body["checks"]) == {"database", "broker", "beat", "workflows"}
+    assert set(body["checks"]) == {"database", "broker", "beat", "schedules", "workflows"}
     for name, check in body["checks"].items():
         assert check["ok"] is True, (name, check)
         assert check["ms"] >= 0
@@ -201,13 +204,15 @@ def test_a_paused_workflow_is_never_overdue(healthy) -> None:  # noqa: ANN001
     assert health.overdue_workflows(grace_s=300) == []
 
 
-def test_a_started_workflow_with_a_disabled_schedule_is_listed(healthy) -> None:  # noqa: ANN001
+def test_a_started_workflow_with_a_disabled_schedule_is_reported_as_drift_not_as_overdue(client, healthy) -> None:  # noqa: ANN001
     PeriodicTask.objects.filter(name="cleanup").update(enabled=False)
 
-    overdue = health.overdue_workflows(grace_s=300)
+    status, body = get_health(client)
 
-    assert [(item.workflow, item.reason) for item in overdue] == [
-        ("cleanup", "schedule disabled although the workflow is started"),
+    assert status == 503
+    assert body["checks"]["workflows"]["ok"] is True, "a disabled schedule is never due"
+    assert body["checks"]["schedules"]["drift"] == [
+        {"workflow": "cleanup", "problems": ["its PeriodicTask is disabled although the workflow is started"]},
     ]
 
 
@@ -221,6 +226,74 @@ def test_a_schedule_never_fired_counts_from_its_last_change(healthy) -> None:  #
     assert [item.workflow for item in overdue] == ["kpiSharing"]
     assert overdue[0].last_run_at is None
     assert overdue[0].late_s > 2 * 3600
+
+
+# --- schedule drift -----------------------------------------------------------------------------
+
+def test_a_deleted_periodic_task_turns_healthz_to_503_naming_the_workflow_and_repair_restores_it(
+    client, healthy,  # noqa: ANN001
+) -> None:
+    workflow = Workflow.objects.get(pk="billing")
+    schedules.set_crontab(workflow, "15 3 * * 1-5", "Europe/Paris")
+    PeriodicTask.objects.filter(name="billing").delete()  # as django-celery-beat's admin does
+
+    status, body = get_health(client)
+
+    assert status == 503
+    check = body["checks"]["schedules"]
+    assert check["ok"] is False
+    assert check["drift"] == [{"workflow": "billing", "problems": ["its PeriodicTask is missing"]}]
+    assert check["message"] == (
+        "1 workflow schedule(s) drifted: billing (its PeriodicTask is missing). "
+        "Repair with `manage.py workflow repair`."
+    )
+
+    call_command("workflow", "repair", stdout=StringIO())
+
+    status, body = get_health(client)
+    assert status == 200, body
+    task = Workflow.objects.select_related("periodic_task__crontab").get(pk="billing").periodic_task
+    assert (schedules.crontab_text(task.crontab), str(task.crontab.timezone)) == ("15 3 * * 1-5", "Europe/Paris")
+
+
+def test_a_schedule_sending_another_task_is_named_with_both_task_names(healthy) -> None:  # noqa: ANN001
+    PeriodicTask.objects.filter(name="cleanup").update(task="workflows.billing")
+
+    result = health.check_schedules()
+
+    assert result.ok is False
+    assert result.details["drift"] == [{
+        "workflow": "cleanup",
+        "problems": ["its PeriodicTask sends 'workflows.billing' instead of 'workflows.cleanup'"],
+    }]
+
+
+@pytest.mark.parametrize("command", [commands.pause, commands.stop])
+def test_the_disabled_schedule_of_a_paused_or_stopped_workflow_is_no_drift(client, healthy, command) -> None:  # noqa: ANN001
+    command("kpiSharing", actor="test")
+    assert PeriodicTask.objects.get(name="kpiSharing").enabled is False
+
+    status, body = get_health(client)
+
+    assert status == 200, body
+    assert body["checks"]["schedules"]["drift"] == []
+
+
+def test_an_enabled_schedule_of_a_paused_workflow_is_drift(healthy) -> None:  # noqa: ANN001
+    commands.pause("kpiSharing", actor="test")
+    PeriodicTask.objects.filter(name="kpiSharing").update(enabled=True)  # e.g. the beat admin's "Enable" action
+
+    assert [item.as_json() for item in health.drifted_workflows()] == [
+        {"workflow": "kpiSharing", "problems": ["its PeriodicTask is enabled although the workflow is paused"]},
+    ]
+
+
+def test_an_on_demand_workflow_never_drifts(healthy) -> None:  # noqa: ANN001
+    reports = Workflow.objects.get(pk="reportSendingNow")
+    assert reports.periodic_task_id is None
+
+    assert health.check_schedules().ok is True
+    assert schedules.drift_of(reports) == []
 
 
 def test_healthz_reports_a_failed_database_without_crashing(monkeypatch) -> None:  # noqa: ANN001

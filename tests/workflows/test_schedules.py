@@ -1,24 +1,27 @@
-"""Schedules: created from the definitions, never overwritten, validated, DST-safe, no bursts."""
+"""Schedules: created from the definitions, never overwritten, validated, DST-safe, no bursts;
+drift repaired to the schedule the workflow had; the engine's housekeeping schedules."""
 
 from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
+from io import StringIO
 from zoneinfo import ZoneInfo
 
 import pytest
 from django.core.exceptions import ValidationError
 from django.core.management import call_command
-from django_celery_beat.models import CrontabSchedule, PeriodicTask
+from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 from django_celery_beat.schedulers import ModelEntry
 
 from campaign.celery import app
-from workflows import commands, schedules
+from workflows import commands, schedule_repair, schedules
 from workflows.definition import all_definitions
-from workflows.models import Workflow
+from workflows.models import Workflow, WorkflowAudit
+from workflows.schedule_repair import REPAIR_ACTION
 from workflows.scheduler import DatabaseScheduler
 
-#: SPEC §5's schedule table.
+#: The platform's workflows and their default schedules (None: on demand).
 SPEC_CRONTABS = {
     "abTesting": "0 0 * * *",
     "billing": "0 1 * * *",
@@ -84,6 +87,178 @@ def test_a_deleted_schedule_is_recreated_by_migrate():
     call_command("migrate", verbosity=0)
 
     assert schedules.crontab_text(Workflow.objects.get(pk="billing").periodic_task.crontab) == "0 1 * * *"
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_migrate_recreates_a_deleted_schedule_with_the_crontab_it_had_and_audits_it_as_system():
+    schedules.set_crontab(Workflow.objects.get(pk="cleanup"), "30 5 * * 1-5", "Europe/Paris")
+    PeriodicTask.objects.filter(name="cleanup").delete()
+    output = StringIO()
+
+    call_command("migrate", stdout=output)
+
+    task = Workflow.objects.select_related("periodic_task__crontab").get(pk="cleanup").periodic_task
+    assert (task.name, task.task, task.enabled) == ("cleanup", "workflows.cleanup", True)
+    assert (schedules.crontab_text(task.crontab), str(task.crontab.timezone)) == ("30 5 * * 1-5", "Europe/Paris")
+    audit = WorkflowAudit.objects.get(workflow_id="cleanup", action=REPAIR_ACTION)
+    assert audit.actor == "system"
+    assert audit.note == ("Found: its PeriodicTask is missing. Done: PeriodicTask recreated with the last known "
+                          "schedule, 30 5 * * 1-5 (Europe/Paris).")
+    assert audit.changes == {"schedule": [None, "30 5 * * 1-5 (Europe/Paris)"], "periodic_task": [None, "cleanup"]}
+    assert "Repaired the schedule of cleanup" in output.getvalue()
+
+
+# -- drift and its repair ------------------------------------------------------------------------
+
+def repair_audits(workflow_id: str) -> list[WorkflowAudit]:
+    return list(WorkflowAudit.objects.filter(workflow_id=workflow_id, action=REPAIR_ACTION))
+
+
+def test_every_scheduled_workflow_remembers_its_schedule_after_migrate(db):
+    for workflow_id, crontab in SPEC_CRONTABS.items():
+        expected = {"crontab": crontab, "timezone": "UTC"} if crontab else None
+        assert Workflow.objects.get(pk=workflow_id).last_schedule == expected, workflow_id
+
+
+def test_an_edit_on_the_workflow_page_is_remembered(db):
+    schedules.set_crontab(Workflow.objects.get(pk="cleanup"), "45 2 * * *", "Asia/Tokyo")
+
+    assert Workflow.objects.get(pk="cleanup").last_schedule == {"crontab": "45 2 * * *", "timezone": "Asia/Tokyo"}
+
+
+def test_without_a_remembered_schedule_the_definitions_default_is_restored_and_the_note_says_so(db):
+    Workflow.objects.filter(pk="cleanup").update(last_schedule=None)
+    PeriodicTask.objects.filter(name="cleanup").delete()
+
+    repair = schedule_repair.repair_schedule("cleanup", actor="test")
+
+    assert repair is not None
+    task = Workflow.objects.get(pk="cleanup").periodic_task
+    assert (schedules.crontab_text(task.crontab), str(task.crontab.timezone)) == ("0 4 * * *", "UTC")
+    [audit] = repair_audits("cleanup")
+    assert audit.note == ("Found: its PeriodicTask is missing. Done: PeriodicTask recreated with the definition's "
+                          "default schedule, 0 4 * * * (UTC) (no earlier schedule was recorded).")
+    assert Workflow.objects.get(pk="cleanup").last_schedule == {"crontab": "0 4 * * *", "timezone": "UTC"}
+
+
+def test_a_crontab_changed_outside_the_workflow_page_is_remembered_by_a_repair_pass(db):
+    # As an edit in django-celery-beat's admin made before its rows were read-only.
+    other = schedules.get_crontab_schedule(schedules.parse_crontab("5 6 * * *"), "Europe/Berlin")
+    PeriodicTask.objects.filter(name="billing").update(crontab=other)
+
+    assert schedule_repair.repair_schedules(actor="system") == []
+    PeriodicTask.objects.filter(name="billing").delete()
+    schedule_repair.repair_schedules(actor="system")
+
+    crontab = Workflow.objects.get(pk="billing").periodic_task.crontab
+    assert (schedules.crontab_text(crontab), str(crontab.timezone)) == ("5 6 * * *", "Europe/Berlin")
+
+
+def test_repair_keeps_the_crontab_of_an_existing_row_and_fixes_its_task_and_enabled_flag(db, time_machine):
+    time_machine.move_to(datetime(2026, 6, 1, 9, 0, tzinfo=ZoneInfo("UTC")), tick=False)
+    schedules.set_crontab(Workflow.objects.get(pk="kpiSharing"), "*/20 * * * *", "UTC")
+    before = PeriodicTask.objects.get(name="kpiSharing")
+    PeriodicTask.objects.filter(pk=before.pk).update(task="workflows.billing", enabled=False,
+                                                     last_run_at=datetime(2026, 5, 1, tzinfo=ZoneInfo("UTC")))
+
+    repair = schedule_repair.repair_schedule("kpiSharing", actor="cli:test")
+
+    assert repair is not None
+    after = PeriodicTask.objects.get(name="kpiSharing")
+    assert after.pk == before.pk
+    assert (after.task, after.enabled, schedules.crontab_text(after.crontab)) == ("workflows.kpiSharing", True, "*/20 * * * *")
+    assert after.last_run_at == datetime(2026, 6, 1, 9, 0, tzinfo=ZoneInfo("UTC")), "counts from now: no burst of missed slots"
+    [audit] = repair_audits("kpiSharing")
+    assert (audit.actor, audit.changes) == ("cli:test", {"task": ["workflows.billing", "workflows.kpiSharing"],
+                                                         "enabled": [False, True]})
+    assert "task set back to 'workflows.kpiSharing'; enabled, counting from now" in audit.note
+
+
+def test_a_periodic_task_without_crontab_gets_the_remembered_crontab_back(db):
+    interval = IntervalSchedule.objects.create(every=5, period=IntervalSchedule.MINUTES)
+    PeriodicTask.objects.filter(name="billing").update(crontab=None, interval=interval)
+    workflow = Workflow.objects.select_related("periodic_task").get(pk="billing")
+    assert schedules.drift_of(workflow) == ["its PeriodicTask has no crontab"]
+
+    schedule_repair.repair_schedule("billing", actor="test")
+
+    task = PeriodicTask.objects.get(name="billing")
+    assert (task.interval_id, schedules.crontab_text(task.crontab)) == (None, "0 1 * * *")
+
+
+def test_repair_links_back_the_row_still_named_after_the_workflow(db):
+    task = PeriodicTask.objects.get(name="billing")
+    Workflow.objects.filter(pk="billing").update(periodic_task=None)
+
+    schedule_repair.repair_schedule("billing", actor="test")
+
+    assert Workflow.objects.get(pk="billing").periodic_task_id == task.pk
+    assert PeriodicTask.objects.filter(name="billing").count() == 1
+    assert "linked again to the PeriodicTask 'billing'" in repair_audits("billing")[0].note
+
+
+def test_repair_disables_the_enabled_schedule_of_a_paused_workflow(db):
+    commands.pause("kpiSharing", actor="test")
+    PeriodicTask.objects.filter(name="kpiSharing").update(enabled=True)
+
+    schedule_repair.repair_schedule("kpiSharing", actor="test")
+
+    assert PeriodicTask.objects.get(name="kpiSharing").enabled is False
+    assert "disabled (kpiSharing is paused)" in repair_audits("kpiSharing")[0].note
+
+
+@pytest.mark.parametrize("command", [commands.pause, commands.stop])
+def test_repair_leaves_a_paused_or_stopped_workflows_disabled_schedule_alone(db, command):
+    command("billing", actor="test")
+
+    assert schedule_repair.repair_schedules(actor="test") == []
+    assert PeriodicTask.objects.get(name="billing").enabled is False
+    assert repair_audits("billing") == []
+
+
+def test_repair_is_safe_to_run_twice(db):
+    PeriodicTask.objects.filter(name__in=["billing", "cleanup"]).delete()
+
+    first = schedule_repair.repair_schedules(actor="test")
+    second = schedule_repair.repair_schedules(actor="test")
+
+    assert [repair.workflow for repair in first] == ["billing", "cleanup"]
+    assert second == []
+    assert PeriodicTask.objects.filter(name__in=["billing", "cleanup"]).count() == 2
+    assert WorkflowAudit.objects.filter(action=REPAIR_ACTION).count() == 2
+
+
+def test_an_on_demand_workflow_is_never_given_a_schedule(db):
+    assert schedule_repair.repair_schedule("reportSendingNow", actor="test") is None
+    assert Workflow.objects.get(pk="reportSendingNow").periodic_task_id is None
+
+
+# -- the engine's housekeeping schedules ---------------------------------------------------------
+
+def test_the_housekeeping_schedules_exist_after_migrate_with_their_registered_tasks(db):
+    report = PeriodicTask.objects.get(name="engine: weekly report of long pauses")
+    reaper = PeriodicTask.objects.get(name="engine: reap abandoned runs")
+
+    assert (report.task, schedules.crontab_text(report.crontab), report.enabled) == (
+        "workflows.report_long_pauses", "0 8 * * 1", True)
+    assert (reaper.task, schedules.crontab_text(reaper.crontab), reaper.expire_seconds, reaper.enabled) == (
+        "workflows.reap_abandoned_runs", "* * * * *", 60, True)
+    assert {report.task, reaper.task} <= set(app.tasks)
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_the_housekeeping_schedules_are_created_once_and_never_overwritten():
+    reaper = PeriodicTask.objects.get(name="engine: reap abandoned runs")
+    reaper.crontab = schedules.get_crontab_schedule(schedules.parse_crontab("*/2 * * * *"), "UTC")
+    reaper.enabled = False
+    reaper.save()
+    PeriodicTask.objects.filter(name="engine: weekly report of long pauses").delete()
+
+    call_command("migrate", verbosity=0)
+
+    reaper = PeriodicTask.objects.get(name="engine: reap abandoned runs")
+    assert (schedules.crontab_text(reaper.crontab), reaper.enabled) == ("*/2 * * * *", False)
+    assert PeriodicTask.objects.filter(name="engine: weekly report of long pauses").count() == 1
 
 
 @pytest.mark.parametrize("text, message", [

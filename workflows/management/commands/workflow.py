@@ -1,4 +1,4 @@
-"""``python manage.py workflow``: operate the technical workflows from a terminal or a script (SPEC §4.5).
+"""``python manage.py workflow``: operate the technical workflows from a terminal or a script.
 
 The command is a thin shell over :mod:`workflows.commands` (the same functions the admin and the
 shell call, so a command means the same everywhere and is audited as ``cli:<os user>``) and over
@@ -22,7 +22,7 @@ from django.core.management.base import BaseCommand, CommandParser, DjangoHelpFo
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
-from workflows import commands, schedules
+from workflows import commands, schedule_repair, schedules
 from workflows.commands import CommandRefused
 from workflows.definition import UnknownWorkflow, WorkflowDefinition, all_definitions, get_definition, resolve_id
 from workflows.models import RunStatus, Trigger, Workflow, WorkflowRun
@@ -139,7 +139,7 @@ def describe_last_run(run: WorkflowRun | None) -> str:
 
 
 class Command(BaseCommand):
-    help = "List, inspect, run and operate the technical workflows (SPEC §4.5)."
+    help = "List, inspect, run and operate the technical workflows, and repair their schedules."
 
     def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
         return super().create_parser(prog_name, subcommand, epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter, **kwargs)
@@ -170,6 +170,14 @@ class Command(BaseCommand):
         runs.add_argument("--limit", type=int, default=DEFAULT_RUNS_LIMIT, metavar="N",
                           help=f"How many runs, most recent first (default {DEFAULT_RUNS_LIMIT}).")
 
+        repair = self._add(actions, "repair", (
+            "Repair drifted schedules: recreate a deleted PeriodicTask with the schedule it had (else the\n"
+            "definition's default), set its task back to workflows.<id>, enable it if and only if the workflow\n"
+            "is started. Each repair is audited."
+        ), workflow_id=False)
+        repair.add_argument("workflow_id", metavar="ID", nargs="?", default=None,
+                            help="Workflow id, case-insensitive; every workflow when omitted.")
+
     def _add(self, actions: Any, name: str, help_text: str, *, workflow_id: bool = True, with_json: bool = False) -> CommandParser:
         sub = actions.add_parser(name, help=help_text, description=help_text, epilog=EXIT_CODES_HELP,
                                  formatter_class=HelpFormatter)
@@ -184,7 +192,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, action: str, **options: Any) -> None:
         handlers: dict[str, Callable[..., int]] = {
             "list": self.list_workflows, "show": self.show_workflow, "run": self.run_workflow,
-            "runs": self.list_runs, **{name: self.change_state for name in STATE_COMMANDS},
+            "runs": self.list_runs, "repair": self.repair_schedules,
+            **{name: self.change_state for name in STATE_COMMANDS},
         }
         try:
             with engine_logs_at_warning(enabled=options["verbosity"] < 2):
@@ -235,6 +244,8 @@ class Command(BaseCommand):
             f"State:       {workflow.state}",
             "Schedule:    " + (f"{schedule['human']} ({schedule['crontab']}, {schedule['timezone']})"
                                if schedule["crontab"] else "on demand"),
+            *[f"Drift:       {problem} (`workflow repair {workflow.pk}` repairs it)"
+              for problem in schedules.drift_of(workflow, definition)],
             f"Next run:    {format_time(schedules.next_run_at(workflow))}",
             f"Last run:    {describe_last_run(last_run)}"
             + (f" — {last_run.reason}" if last_run is not None and last_run.reason else ""),
@@ -323,6 +334,21 @@ class Command(BaseCommand):
             [[f"#{run.pk}", run.trigger, run.status, format_time(run.started_at), format_duration(run.duration_s),
               format_counters(run.counters or {}), one_line(run.reason) or "-"] for run in runs],
         ))
+        return EXIT_OK
+
+    def repair_schedules(self, *, workflow_id: str | None, **options: Any) -> int:
+        if workflow_id is None:
+            repairs = schedule_repair.repair_schedules(actor=actor_name())
+            nothing = "No schedule needed a repair."
+        else:
+            _, workflow = self.lookup(workflow_id)
+            repair = schedule_repair.repair_schedule(workflow.pk, actor=actor_name())
+            repairs = [repair] if repair is not None else []
+            nothing = f"{workflow.pk}: its schedule is as it should be; nothing to repair."
+        for repair in repairs:
+            self.stdout.write(f"{repair.workflow}: repaired. {repair.note}")
+        if not repairs:
+            self.stdout.write(nothing)
         return EXIT_OK
 
     # -- helpers -------------------------------------------------------------------------------
