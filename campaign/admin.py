@@ -32,6 +32,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
+from campaign import ab_tests
 from campaign.api import revoke_api_keys, set_new_key
 from campaign.models import (
     ABTest,
@@ -241,11 +242,11 @@ class ABTestAdmin(admin.ModelAdmin):
     """A/B tests. abTesting fills in the decision; an administrator may pick the winner by hand.
 
     The change page shows each variant's figures (aggregate queries, see
-    ``workflows.builtin.ab_testing.variant_figures``) with a "pick as winner" button per variant
-    and, for a test awaiting confirmation, a "confirm" button. The buttons are POST forms outside
-    the change form (template ``admin/campaign/abtest/change_form.html``); their views check the
-    change permission again. ``winner_delivery`` is read-only: only abTesting's services create
-    it, under the lock that keeps it from being sent twice.
+    ``campaign.ab_tests.variant_figures``) with a "pick as winner" button per variant and, for a
+    test awaiting confirmation, a "confirm" button. The buttons are POST forms outside the change
+    form (template ``admin/campaign/abtest/change_form.html``); their views check the change
+    permission again. ``winner_delivery`` is read-only: only the services of ``campaign.ab_tests``
+    create it, under the lock that keeps it from being sent twice.
     """
 
     list_display = ("label", "campaign", "status", "variant_count", "criterion", "test_duration",
@@ -274,20 +275,18 @@ class ABTestAdmin(admin.ModelAdmin):
                     extra_context: dict[str, Any] | None = None) -> Any:
         from django.contrib.admin.utils import unquote
 
-        from workflows.builtin import ab_testing
-
         extra_context = dict(extra_context or {})
         test = self.get_object(request, unquote(object_id))
         if test is not None:
             may_change = self.has_change_permission(request, test)
-            open_test = test.status in ab_testing.OPEN_STATUSES and test.winner_delivery_id is None
+            open_test = test.status in ab_tests.OPEN_STATUSES and test.winner_delivery_id is None
             site = self.admin_site.name
             extra_context["variant_figures"] = [
                 {**row,
                  "is_winner": row["variant"] == test.winner_variant,
                  "pick_url": reverse(f"{site}:campaign_abtest_pick_winner", args=[test.pk, row["variant"]])
                  if may_change and open_test else ""}
-                for row in ab_testing.variant_figures(test)
+                for row in ab_tests.variant_figures(test)
             ]
             if may_change and open_test and test.status == ABTest.Status.AWAITING_CONFIRMATION and test.winner_variant:
                 extra_context["confirm_winner_url"] = reverse(f"{site}:campaign_abtest_confirm_winner", args=[test.pk])
@@ -329,21 +328,19 @@ class ABTestAdmin(admin.ModelAdmin):
         from django.contrib import messages
         from django.http import HttpResponseNotAllowed
 
-        from workflows.builtin import ab_testing
-
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
         test = self._test_for_button(request, object_id)
         try:
-            decision = ab_testing.choose_winner(test.pk, variant=variant, user=request.user)
-        except ab_testing.WinnerRefused as refusal:
+            decision = ab_tests.choose_winner(test.pk, variant=variant, user=request.user)
+        except ab_tests.WinnerRefused as refusal:
             self.message_user(request, f"Variant {variant} not chosen: {refusal}.", messages.WARNING)
             return self._back_to(test)
         outcome = {
-            ab_testing.Outcome.CHOSEN: "it takes effect when the test period ends"
+            ab_tests.Outcome.CHOSEN: "it takes effect when the test period ends"
             + (" (sent then)" if test.winner_sending == ABTest.WinnerSending.AUTOMATIC else " (then awaits confirmation)"),
-            ab_testing.Outcome.WINNER_SENT: f"winner delivery #{decision.delivery_id} scheduled",
-            ab_testing.Outcome.AWAITING_CONFIRMATION: "confirm it to send it",
+            ab_tests.Outcome.WINNER_SENT: f"winner delivery #{decision.delivery_id} scheduled",
+            ab_tests.Outcome.AWAITING_CONFIRMATION: "confirm it to send it",
         }.get(decision.outcome, decision.outcome)
         self.message_user(request, f"Variant {variant} chosen as the winner: {outcome}.", messages.SUCCESS)
         return self._back_to(test)
@@ -360,13 +357,11 @@ class ABTestAdmin(admin.ModelAdmin):
     def _confirm(self, request: HttpRequest, tests: list[ABTest]) -> int:
         from django.contrib import messages
 
-        from workflows.builtin import ab_testing
-
         sent = 0
         for test in tests:
             try:
-                winner = ab_testing.confirm_winner(test.pk, user=request.user)
-            except ab_testing.WinnerRefused as refusal:
+                winner = ab_tests.confirm_winner(test.pk, user=request.user)
+            except ab_tests.WinnerRefused as refusal:
                 self.message_user(request, f"{test}: not confirmed: {refusal}.", messages.WARNING)
                 continue
             sent += 1

@@ -4,10 +4,12 @@ that is never created twice — plus the admin page that shows the figures and p
 
 from __future__ import annotations
 
+import ast
 import threading
 from collections.abc import Iterable
 from datetime import timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,12 +23,14 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
+from campaign import ab_tests
+from campaign.ab_tests import Outcome, WinnerRefused, choose_winner, confirm_winner, variant_figures
 from campaign.models import ABTest, Channel, Delivery, DeliveryLog, LogStatus, TrackingLog, UrlType
 from tests.factories import ABTestFactory, DeliveryFactory, SuperUserFactory, UserFactory
 from workflows import commands
 from workflows.builtin import ab_testing
-from workflows.builtin.ab_testing import Outcome, WinnerRefused, choose_winner, confirm_winner, variant_figures
-from workflows.models import LogLevel, RunStatus, WorkflowLog, WorkflowRun
+from workflows.engine import RunRequest, execute
+from workflows.models import LogLevel, RunStatus, Trigger, Workflow, WorkflowLog, WorkflowRun, WorkflowState
 
 OPEN, CLICK, OPT_OUT, MIRROR = UrlType.OPEN, UrlType.CLICK, UrlType.OPT_OUT, UrlType.MIRROR_PAGE
 SENT, FAILED, PENDING, IGNORED = LogStatus.SENT, LogStatus.FAILED, LogStatus.PENDING, LogStatus.IGNORED
@@ -167,9 +171,9 @@ def test_figures_of_a_page_of_tests_are_each_tests_own_in_two_queries(db: Any) -
     unsent, _ = make_test()
     own = {test.pk: variant_figures(test) for test in (two, three, unsent)}
 
-    pairs = [(two, two_delivery), (three, three_delivery), (unsent, ab_testing.delivery_under_test(unsent))]
+    pairs = [(two, two_delivery), (three, three_delivery), (unsent, ab_tests.delivery_under_test(unsent))]
     with CaptureQueriesContext(connection) as queries:
-        together = ab_testing.figures_of(pairs)
+        together = ab_tests.figures_of(pairs)
 
     assert together == own
     assert len(queries) == 2
@@ -466,7 +470,7 @@ def test_a_run_that_fails_half_way_is_completed_by_the_next_without_doubles(owne
         tests.append(test)
     real_decide, calls = ab_testing.decide, []
 
-    def failing_decide(test_id: int, **kwargs: Any) -> ab_testing.Decision:
+    def failing_decide(test_id: int, **kwargs: Any) -> ab_tests.Decision:
         calls.append(test_id)
         if len(calls) == 2:
             raise RuntimeError("worker lost")
@@ -483,6 +487,64 @@ def test_a_run_that_fails_half_way_is_completed_by_the_next_without_doubles(owne
         test.refresh_from_db()
         assert (test.status, test.winner_variant) == (ABTest.Status.WINNER_SENT, "A")
         assert len(winner_deliveries(test)) == 1
+
+
+def test_a_pause_between_two_tests_halts_after_the_first_and_the_resumed_run_decides_the_second(
+        owner: Any, monkeypatch: Any) -> None:
+    first, first_delivery = make_test(owner=owner)
+    add_logs(first_delivery, "A", population(10, opened=5))
+    add_logs(first_delivery, "B", population(10, opened=5))  # a tie: the owner is emailed
+    second, second_delivery = make_test(owner=owner)
+    add_logs(second_delivery, "A", population(10, opened=7))
+    add_logs(second_delivery, "B", population(10, opened=5))
+    real_decide = ab_testing.decide
+
+    def pause_after_the_first(test_id: int, **kwargs: Any) -> ab_tests.Decision:
+        decision = real_decide(test_id, **kwargs)
+        commands.pause("abTesting", actor="operator")
+        return decision
+
+    monkeypatch.setattr(ab_testing, "decide", pause_after_the_first)
+    paused = commands.run_now("abTesting", actor="test", sync=True)
+    monkeypatch.setattr(ab_testing, "decide", real_decide)
+
+    assert (paused.status, paused.halted_activity) == (RunStatus.PAUSED, "decide_winners")
+    first.refresh_from_db()
+    assert first.status == ABTest.Status.AWAITING_CHOICE
+    assert len(mail.outbox) == 1, "the first test's decision committed: its owner is told before the run halts"
+    assert winner_deliveries(second) == []
+
+    Workflow.objects.filter(pk="abTesting").update(state=WorkflowState.STARTED)  # what resume does, without the broker
+    continued = execute(RunRequest(workflow_id="abTesting", trigger=Trigger.SHELL, run_id=paused.pk))
+
+    assert (continued.pk, continued.status) == (paused.pk, RunStatus.SUCCEEDED)
+    second.refresh_from_db()
+    assert (second.status, second.winner_variant) == (ABTest.Status.WINNER_SENT, "A")
+    assert len(winner_deliveries(second)) == 1 and winner_deliveries(first) == []
+    assert len(mail.outbox) == 1
+    assert continued.counters == {"tie": 1, "winner_sent": 1}
+
+
+def test_a_hand_pick_and_a_confirmation_are_journaled_with_who_made_them(owner: Any) -> None:
+    test, delivery = make_test(owner=owner, sending=ABTest.WinnerSending.CONFIRM)
+    add_logs(delivery, "A", population(10, opened=5))
+
+    choose_winner(test.pk, variant="B", user=owner)
+    winner = confirm_winner(test.pk, user=owner)
+
+    assert journal() == [
+        f"A/B test #{test.pk} 'Subject line': variant B chosen as winner by {owner.username}.",
+        f"A/B test #{test.pk} 'Subject line': winner B confirmed by {owner.username}; delivery #{winner.pk} scheduled.",
+    ]
+
+
+def test_the_domain_services_import_nothing_of_the_workflows_app() -> None:
+    tree = ast.parse(Path(ab_tests.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+
+    assert "campaign.models" in imported
+    assert {name for name in imported if name and name.split(".")[0] == "workflows"} == set()
 
 
 @pytest.mark.postgres

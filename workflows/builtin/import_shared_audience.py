@@ -1,4 +1,4 @@
-"""importSharedAudience — Import shared audience (SPEC §5).
+"""importSharedAudience — Import shared audience.
 
 Why it exists: the audience service shares lists of people (a segment built on the web analytics
 side, a partner's list) as member ids. Every hour this workflow pages through each enabled shared
@@ -8,13 +8,17 @@ with what the service holds now, so deliveries can target the audience.
 Invariants it keeps:
 
 - **Readers see the old membership or the new one, never a mix.** Pages are staged in
-  StagedAudienceMember, one short transaction per page (ids matched with profiles as they arrive,
-  by indexed lookups over the page's ids). Only after the last page (``next_cursor`` null) are the audience's AudienceMember rows
-  replaced, in ONE transaction (delete, then insert ... select from the staging), together with its
-  ``member_count``, ``unknown_count`` and ``imported_at``. A failure mid-pagination (the service
-  unreachable after retries, a 4xx, a malformed page), a pause or a crash leaves the previous
-  membership exactly as it was; the next run starts the audience again from its first page
-  (cursors are the service's and may not outlive a listing).
+  StagedAudienceMember, one unit of work per page (one short transaction with the page's
+  counters, fenced by the run's lease; ids matched with profiles as they arrive, by indexed lookups
+  over the page's ids). Only after the last page (``next_cursor`` null) are the audience's
+  AudienceMember rows replaced, in ONE unit of work (delete, then insert ... select from the
+  staging), together with its ``member_count``, ``unknown_count`` and ``imported_at``. A failure
+  mid-pagination (the service unreachable after retries, a 4xx, a malformed page), a pause or a
+  crash leaves the previous membership exactly as it was; the next run starts the audience again
+  from its first page (cursors are the service's and may not outlive a listing).
+- **No transaction is open during an HTTP call.** A page is fetched, then staged in its unit;
+  between the unit and the request for the next page the run obeys pause and stop (a unit
+  boundary), so a halted run asks the service for nothing more.
 - **Memory is bounded by one page**, whatever the audience's size: ids go to the staging table
   page by page and every match, count and replacement is SQL over it.
 - **Matching.** ``visitor`` ids match ``Profile.visitor_id``; ``declared`` ids match
@@ -37,14 +41,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import CharField, Func, QuerySet
 from django.utils import timezone
 
-from campaign.integrations.audience import KIND, AudienceClient, Member
+from campaign.integrations.audience import KIND, AudienceClient, Member, MembersPage
 from campaign.integrations.http import ConfigurationError, ServiceError, ServiceUnavailable
 from campaign.models import AudienceMember, Profile, SharedAudience, StagedAudienceMember
-from workflows.context import ActivityContext, SkipRun
+from workflows.context import ActivityContext, Batch, SkipRun
 from workflows.definition import Schedule, WorkflowDefinition, register
 from workflows.errors import PermanentError, TransientError
 from workflows.models import LogLevel
@@ -120,7 +124,6 @@ def import_audiences(ctx: ActivityContext) -> None:
             ctx.count("audiences_failed")
             ctx.log(f"Audience {audience.name!r} not imported: {error}. Its previous membership is kept.",
                     level=LogLevel.ERROR)
-            ctx.save_counters()
             clear_staging(audience=audience)
     if failures:
         reason = (f"{len(failures)} of {len(importable)} audience{'s' if len(importable) > 1 else ''} not imported "
@@ -131,30 +134,37 @@ def import_audiences(ctx: ActivityContext) -> None:
 
 
 def import_audience(ctx: ActivityContext, *, audience: SharedAudience, client: AudienceClient) -> None:
-    """Stage every page, then replace the membership in one transaction."""
+    """Stage every page, one unit of work each, then replace the membership in one more unit."""
     hashed = audience.id_hashing == SHA256
     pages = received = not_hashes = 0
+
+    def stage(page: MembersPage) -> None:
+        stage_page(audience=audience, members=page.members, hashed=hashed)
+        ctx.count("pages")
+        ctx.count("ids_received", len(page.members))
+        ctx.advance(len(page.members))
+
+    def replace() -> tuple[int, int]:
+        member_count, unknown_count = replace_membership(audience=audience, now=timezone.now())
+        ctx.count("audiences_imported")
+        ctx.count("members", member_count)
+        ctx.count("unknown_ids", unknown_count)
+        return member_count, unknown_count
+
+    # Each page is fetched before its unit opens: no transaction is open during an HTTP call.
     for page in client.pages(external_id=audience.external_id):
-        with transaction.atomic():
-            stage_page(audience=audience, members=page.members, hashed=hashed)
-            ctx.count("pages")
-            ctx.count("ids_received", len(page.members))
-            ctx.run.progress_done += len(page.members)
-            ctx.save_counters()
+        ctx.unit(lambda page=page: stage(page))
         pages += 1
         received += len(page.members)
         if hashed:
             not_hashes += sum(1 for member in page.members
                               if member.id_type == DECLARED and not _SHA256_HEX.match(member.id.lower()))
         if page.next_cursor is not None:
-            ctx.checkpoint()  # before asking for the next page: obey pause and stop
+            # A unit boundary before asking for the next page: a pause or a stop that came while
+            # this page was staged halts the run here, without one more request.
+            ctx.unit(lambda: None)
 
-    with transaction.atomic():
-        member_count, unknown_count = replace_membership(audience=audience, now=timezone.now())
-        ctx.count("audiences_imported")
-        ctx.count("members", member_count)
-        ctx.count("unknown_ids", unknown_count)
-        ctx.save_counters()
+    member_count, unknown_count = ctx.unit(replace)
     clear_staging(audience=audience)
     ctx.log(f"Audience {audience.name!r}: {received} ids in {pages} page{'s' if pages != 1 else ''}; "
             f"{member_count} members, {unknown_count} unknown ids dropped.")
@@ -164,7 +174,7 @@ def import_audience(ctx: ActivityContext, *, audience: SharedAudience, client: A
 
 
 def stage_page(*, audience: SharedAudience, members: list[Member], hashed: bool) -> None:
-    """Match one page's ids with profiles and stage them (the caller holds the transaction).
+    """Match one page's ids with profiles and stage them (inside the page's unit of work).
 
     Matching is one indexed ``IN`` lookup per chunk of ids (``visitor_id``, ``declared_id`` or
     ``declared_id_sha256``, all indexed): a page is bounded, so is every statement, and the plan
@@ -207,7 +217,7 @@ def insert_staged(*, audience_id: int, rows: list[tuple[str, str, int | None]]) 
 
 def replace_membership(*, audience: SharedAudience, now: Any) -> tuple[int, int]:
     """Replace the audience's members with the matched staged ids; returns (members, unknown ids).
-    The caller holds the transaction: readers see the old rows until it commits."""
+    Inside one unit of work: readers see the old rows until it commits."""
     members, staged, profiles = (connection.ops.quote_name(model._meta.db_table)
                                  for model in (AudienceMember, StagedAudienceMember, Profile))
     with connection.cursor() as cursor:
@@ -228,21 +238,18 @@ def replace_membership(*, audience: SharedAudience, now: Any) -> tuple[int, int]
 
 def fill_declared_id_hashes(ctx: ActivityContext) -> None:
     """Fill ``Profile.declared_id_sha256`` where a bulk write left it empty, in the database, in
-    bounded batches of ids (one short transaction each)."""
-    last = 0
-    filled = 0
+    bounded batches of ids (one short unit of work each, until the last range)."""
     missing = Profile.objects.filter(declared_id__isnull=False, declared_id_sha256__isnull=True)
-    while True:
-        ctx.checkpoint()
-        bound = _nth_id(missing.filter(id__gt=last), HASH_FILL_BATCH)
-        batch = missing.filter(id__gt=last) if bound is None else missing.filter(id__gt=last, id__lte=bound)
-        with transaction.atomic():
-            filled += batch.update(declared_id_sha256=Sha256Hex("declared_id"))
-        if bound is None:
-            break
-        last = bound
+
+    def fill(after: int, limit: int) -> Batch:
+        bound = _nth_id(missing.filter(id__gt=after), limit)
+        batch = missing.filter(id__gt=after) if bound is None else missing.filter(id__gt=after, id__lte=bound)
+        filled = batch.update(declared_id_sha256=Sha256Hex("declared_id"))
+        return Batch(rows=filled, cursor=bound, counters={"declared_ids_hashed": filled} if filled else None,
+                     done=bound is None)
+
+    filled = ctx.batches(None, fill, start=0, batch_size=HASH_FILL_BATCH)
     if filled:
-        ctx.count("declared_ids_hashed", filled)
         ctx.log(f"Filled the SHA-256 of {filled} declared ids written in bulk.")
 
 

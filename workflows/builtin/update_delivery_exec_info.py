@@ -1,4 +1,4 @@
-"""updateDeliveryExecInfo — Update delivery execution (SPEC §5).
+"""updateDeliveryExecInfo — Update delivery execution.
 
 Why it exists: the sending and tracking sides only ever append raw rows (SendingFeedback,
 TrackingHit). Everything downstream — indicators, aggregates, reports, KPI sharing — reads the
@@ -9,10 +9,15 @@ execution states.
 Invariants it keeps:
 
 - **Exactly once.** Each raw table is read through a cursor on its id, in bounded batches; a
-  batch's effects (log updates, quarantine rows, tracking rows, blocklist flags) and the advanced
-  cursor commit in one transaction, so a crash anywhere loses nothing and counts nothing twice.
-  Each activity stops at the highest id it saw when it began, so a busy sending side cannot keep a
-  run going forever.
+  batch's effects (log updates, quarantine rows, tracking rows, blocklist flags), the advanced
+  cursor and the counters commit as one unit of work (``ctx.batches``: one transaction, fenced by
+  the run's lease), so a crash anywhere loses nothing and counts nothing twice, and a run that lost
+  its lease commits nothing. Each activity stops at the highest id it saw when it began, so a busy
+  sending side cannot keep a run going forever.
+- **Delivery states need no cursor.** Cancelling the pending logs past their validity and
+  finishing the deliveries that are done are conditional updates, idempotent by themselves: the
+  cancellation runs in bounded cursor-less batches until a short one, the finishing in one unit,
+  each committing with its counter.
 - **Batch boundaries do not matter.** For a log, the last ``delivered`` or ``bounce`` feedback
   (highest id) wins, and ``deferred`` feedback never changes a log (it *stays* pending); the
   quarantine is replayed error by error, in feedback id order, from the state stored before the
@@ -36,7 +41,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import connection, transaction
+from django.db import connection
 from django.db.models import Max
 from django.utils import timezone
 
@@ -97,7 +102,7 @@ class Qualification:
     failure_reason: int
 
 
-#: What a bounce that no rule matches becomes (SPEC §5: soft, reason "not defined").
+#: What a bounce that no rule matches becomes: soft, reason "not defined".
 UNQUALIFIED = Qualification(FailureType.SOFT, FailureReason.NONE)
 
 
@@ -137,7 +142,7 @@ class BounceRules:
 
 @dataclass(frozen=True)
 class QuarantinePolicy:
-    """SPEC §5: soft errors count only when ``error_interval`` after the last significant one; the
+    """Soft errors count only when ``error_interval`` after the last significant one; the
     address is quarantined at the ``threshold``-th; the count restarts when the last significant
     error is older than ``counter_reset``. A hard error quarantines at once."""
 
@@ -475,21 +480,23 @@ def _finish_deliveries(*, now: datetime) -> int:
 def update_delivery_states(ctx: ActivityContext) -> None:
     """Cancel pending logs past validity (bounded batches), then finish the deliveries that are done."""
     now = timezone.now()
-    limit = ctx.properties["batch_size"]
     cancelled = 0
-    while True:
-        ctx.checkpoint()
-        with transaction.atomic():
-            batch = _cancel_expired_batch(now=now, limit=limit)
-            ctx.count("logs_cancelled", batch)
-            ctx.save_counters()
+
+    def cancel(_: object, limit: int) -> Batch:
+        nonlocal cancelled
+        batch = _cancel_expired_batch(now=now, limit=limit)
         cancelled += batch
-        if batch < limit:
-            break
-    with transaction.atomic():
+        # rows=0: the run's progress counts raw rows (feedback, hits), and cancelling consumes none;
+        # a short batch is the last: nothing is left pending past its validity.
+        return Batch(rows=0, counters={"logs_cancelled": batch}, done=batch < limit)
+
+    def finish() -> int:
         finished = _finish_deliveries(now=now)
         ctx.count("deliveries_finished", finished)
-        ctx.save_counters()
+        return finished
+
+    ctx.batches(None, cancel, batch_size=ctx.properties["batch_size"])
+    finished = ctx.unit(finish)
     ctx.log(f"Cancelled {cancelled} pending logs past their validity; {finished} deliveries finished.")
 
 
