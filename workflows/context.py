@@ -128,6 +128,7 @@ class ActivityContext:
         self._started_in_state = started_in_state
         self._on_progress = on_progress
         self._progress_saved = run.progress_done
+        self._counters_saved = dict(activity.counters)
 
     # -- journal and counters -------------------------------------------------------------
     def log(self, message: str, *, level: str = LogLevel.INFO) -> None:
@@ -265,7 +266,7 @@ class ActivityContext:
         A failure rolls everything back, the in-memory counters and progress included."""
         if self._staged_cursors is not None:
             return work()  # a unit inside a unit is part of it
-        counters, progress = dict(self.activity.counters), self.run.progress_done
+        saved = (dict(self.activity.counters), self.run.progress_done, self._counters_saved, self._progress_saved)
         self._staged_cursors = {}
         try:
             with transaction.atomic():
@@ -273,7 +274,7 @@ class ActivityContext:
                 staged, self._staged_cursors = self._staged_cursors, None
                 self.commit_bookkeeping(cursors=staged)
         except BaseException:
-            self.activity.counters, self.run.progress_done = counters, progress
+            self.activity.counters, self.run.progress_done, self._counters_saved, self._progress_saved = saved
             raise
         finally:
             self._staged_cursors = None
@@ -287,7 +288,9 @@ class ActivityContext:
             self._fence.check(cursors=merged)
         elif merged is not None:  # a context without a lease (an activity called directly by a test)
             Workflow.objects.filter(pk=self.workflow_id).update(cursors=merged)
-        ActivityRun.objects.filter(pk=self.activity.pk).update(counters=self.activity.counters)
+        if self.activity.counters != self._counters_saved:
+            ActivityRun.objects.filter(pk=self.activity.pk).update(counters=self.activity.counters)
+            self._counters_saved = dict(self.activity.counters)
         self.save_progress()
 
     def _checkpoint(self, *, halting: bool = True) -> None:

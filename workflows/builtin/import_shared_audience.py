@@ -108,7 +108,7 @@ def import_audiences(ctx: ActivityContext) -> None:
         raise SkipRun(f"no enabled {KIND} account (for {len(audiences)} enabled shared "
                       f"audience{'s' if len(audiences) > 1 else ''})")
 
-    clear_staging()  # what a crashed or halted import left
+    clear_staging(ctx)  # what a crashed or halted import left
     if any(audience.id_hashing == SHA256 for audience in importable):
         fill_declared_id_hashes(ctx)
 
@@ -124,7 +124,7 @@ def import_audiences(ctx: ActivityContext) -> None:
             ctx.count("audiences_failed")
             ctx.log(f"Audience {audience.name!r} not imported: {error}. Its previous membership is kept.",
                     level=LogLevel.ERROR)
-            clear_staging(audience=audience)
+            clear_staging(ctx, audience=audience)
     if failures:
         reason = (f"{len(failures)} of {len(importable)} audience{'s' if len(importable) > 1 else ''} not imported "
                   "(previous membership kept): " + "; ".join(f"{audience.name}: {error}" for audience, error in failures))
@@ -165,7 +165,7 @@ def import_audience(ctx: ActivityContext, *, audience: SharedAudience, client: A
             ctx.unit(lambda: None)
 
     member_count, unknown_count = ctx.unit(replace)
-    clear_staging(audience=audience)
+    clear_staging(ctx, audience=audience)
     ctx.log(f"Audience {audience.name!r}: {received} ids in {pages} page{'s' if pages != 1 else ''}; "
             f"{member_count} members, {unknown_count} unknown ids dropped.")
     if not_hashes:
@@ -253,15 +253,18 @@ def fill_declared_id_hashes(ctx: ActivityContext) -> None:
         ctx.log(f"Filled the SHA-256 of {filled} declared ids written in bulk.")
 
 
-def clear_staging(*, audience: SharedAudience | None = None) -> None:
-    """Delete staged rows (one audience's, or all), at most STAGING_DELETE_BATCH per statement."""
+def clear_staging(ctx: ActivityContext, *, audience: SharedAudience | None = None) -> None:
+    """Delete staged rows (one audience's, or all), at most STAGING_DELETE_BATCH per unit of work:
+    fenced like every commit, so a run that lost its lease never deletes what the run that took
+    over has staged since."""
     rows = StagedAudienceMember.objects.all() if audience is None else StagedAudienceMember.objects.filter(audience_id=audience.pk)
-    while True:
-        bound = _nth_id(rows, STAGING_DELETE_BATCH)
-        if bound is None:
-            rows.delete()  # fewer than a batch left
-            return
-        rows.filter(id__lte=bound).delete()
+
+    def step(position: None, limit: int) -> Batch:
+        bound = _nth_id(rows, limit)
+        (rows if bound is None else rows.filter(id__lte=bound)).delete()
+        return Batch(rows=0, cursor=None, done=bound is None)
+
+    ctx.batches(None, step, start=None, batch_size=STAGING_DELETE_BATCH)
 
 
 def _nth_id(rows: QuerySet[Any], n: int) -> int | None:
