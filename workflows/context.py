@@ -103,6 +103,7 @@ class RunFence:
         if not fence(self.workflow_id, self.run_id, self.token, cursors=cursors):
             raise LeaseLost(f"{LEASE_LOST}: another run took {self.workflow_id} over")
 
+
 class ActivityContext:
     def __init__(
         self,

@@ -17,7 +17,7 @@ from workflows import commands, leases
 from workflows import definition as definition_module
 from workflows.context import Batch
 from workflows.definition import RetryPolicy
-from workflows.engine import Requeue, NOT_IMPLEMENTED, RunRequest, TransientRunError, execute
+from workflows.engine import NOT_IMPLEMENTED, Requeue, RunRequest, TransientRunError, execute
 from workflows.errors import PermanentError, TransientError, is_transient
 from workflows.housekeeping import report_long_pauses
 from workflows.models import (
