@@ -1,4 +1,4 @@
-"""The event API: ``POST /api/events/<eventType>`` creates a pending transactional Event (SPEC §4.5),
+"""The event API: ``POST /api/events/<eventType>`` creates a pending transactional Event,
 and the API keys that authenticate it.
 
 The API is the front door of real-time messages, called by the customer's own systems, so it

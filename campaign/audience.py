@@ -5,8 +5,8 @@ delivery of an A/B test, the forecast, the demo data). Push recipients are devic
 and two rules decide which devices may still be reached:
 
 - a subscription disabled by mobileAppOptOutMgt (its token was reported unregistered or invalid)
-  or by an operator is never targeted again: "deliveries created afterwards skip disabled
-  subscriptions" (SPEC §5);
+  or by an operator is never targeted again: deliveries created afterwards skip disabled
+  subscriptions;
 - a profile that opted out of push (``Profile.blocklisted_push``) is not contacted by push at all.
 
 Every selection of push recipients goes through :func:`push_targets`, so those rules live in one

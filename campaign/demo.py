@@ -822,7 +822,9 @@ class _QuarantineState:
     failure_reason: int = FailureReason.NONE
     error_text: str = ""
 
-    #: The rules of updateDeliveryExecInfo (its defaults): see SPEC section 5.
+    #: The rules of updateDeliveryExecInfo, at its defaults: an address is quarantined at the 5th
+    #: significant soft error, errors count only when at least 1 day apart, and the count resets
+    #: when the last significant error is older than 10 days.
     SOFT_ERRORS_TO_QUARANTINE = 5
     SIGNIFICANT_ERROR_GAP = timedelta(days=1)
     ERROR_COUNT_RESET_AFTER = timedelta(days=10)

@@ -1,5 +1,5 @@
 """The platform's rate convention, in one place: a percentage with two decimals, rounded half up,
-and 0 (never an error) for a zero denominator (SPEC §5)."""
+and 0 (never an error) for a zero denominator."""
 
 from __future__ import annotations
 

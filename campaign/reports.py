@@ -1,4 +1,4 @@
-"""Reports rendered to PDF with reportlab (SPEC §5 reportSendingNow and billing).
+"""Reports rendered to PDF with reportlab.
 
 Why a module of its own: the same renderer serves two workflows (reportSendingNow and billing)
 and the admin, and its input is deliberately limited to DeliveryAggregate (day x delivery x
@@ -36,7 +36,7 @@ from reportlab.platypus import PageBreak, Paragraph, SimpleDocTemplate, Spacer, 
 from campaign.models import CustomerMetrics, DeliveryAggregate, Report
 from campaign.rates import percent
 
-#: SPEC §5: rendering is limited to 4 minutes.
+#: Rendering a report is limited to 4 minutes.
 RENDER_LIMIT_S = 240
 #: Charts show at most this many points; longer periods are grouped into consecutive-day buckets.
 MAX_CHART_POINTS = 62
@@ -315,7 +315,7 @@ def render_report_pdf(report: Report, period: Period, *, figures: Figures | None
 
 def render_billing_pdf(metrics: CustomerMetrics, *, generated: datetime | None = None,
                        limit_s: float = RENDER_LIMIT_S) -> bytes:
-    """The billing activity report (SPEC §5 billing) of one CustomerMetrics row."""
+    """The billing activity report of one CustomerMetrics row."""
     deadline = time.monotonic() + limit_s
     styles = getSampleStyleSheet()
     period = Period(metrics.period_start, metrics.period_end)

@@ -1,4 +1,4 @@
-"""The commands an administrator or operator gives a workflow, with the semantics of SPEC §4.3.
+"""The commands an administrator or operator gives a workflow, with the semantics below.
 
 The admin, the CLI and the shell all call these functions, so a command means the same wherever
 it is given, and each writes a WorkflowAudit row naming who gave it.

@@ -1,9 +1,9 @@
-"""Workflows and runs as plain JSON-ready dicts, in the shape SPEC §4.5 gives the CLI.
+"""Workflows and runs as plain JSON-ready dicts, in the CLI's shape documented in docs/operations.md.
 
 One shape for every interface that speaks JSON (the ``workflow`` command today; an HTTP view or a
 report tomorrow), so a script written against one reads the others. The key sets are part of the
-contract: add a key only together with the SPEC, never rename one. Times are ISO-8601 strings with
-their UTC offset, or ``None``.
+contract: add a key only together with its entry in docs/operations.md, never rename one. Times are
+ISO-8601 strings with their UTC offset, or ``None``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Client of the audience service: the member list of a shared audience, page by page (SPEC §5).
+"""Client of the audience service: the member list of a shared audience, page by page.
 
 Why a module of its own: importSharedAudience must not write anything from an answer it has not
 understood, and it must hold one page in memory at a time, whatever the audience's size. This

@@ -1,4 +1,4 @@
-"""Client of the deliverability service: the bounce, MX and domain rules (SPEC §5).
+"""Client of the deliverability service: the bounce, MX and domain rules.
 
 Why a module of its own: deliverabilityUpdate replaces the rules that qualify every bounce of the
 instance, so an answer it has not understood completely must never reach the database. This

@@ -1,4 +1,4 @@
-"""The 'billing' user who receives the billing workflow's report (SPEC §5 billing).
+"""The 'billing' user who receives the billing workflow's report.
 
 Created only if missing, with no usable password (nobody logs in as it) and the address of
 settings.BILLING_EMAIL. Reversing leaves the user alone: it may have been edited since.

@@ -3,7 +3,7 @@ visitor / declared / hashed declared ids, unknown ids, the membership replaced i
 atomically, failures mid-pagination that leave the previous membership untouched, skips, and
 readers that see the old or the new membership, never a mix (PostgreSQL).
 
-Expected memberships are computed by ``expected_import``, a plain-Python reading of SPEC §5 over
+Expected memberships are computed by ``expected_import``, a plain-Python reading of the matching rules over
 the profiles and the pages served."""
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class Expected:
 
 
 def expected_import(pages: Sequence[Sequence[tuple[str, str]]], *, hashed: bool) -> Expected:
-    """SPEC §5 in plain Python: visitor ids match visitor_id, declared ids declared_id (or its
+    """The matching rules in plain Python: visitor ids match visitor_id, declared ids declared_id (or its
     SHA-256, case-insensitively, when hashed); distinct unknown ids are counted; a profile matched
     both ways is one member, matched by its declared id."""
     by_visitor = {profile.visitor_id: profile.pk for profile in Profile.objects.exclude(visitor_id=None)}

@@ -83,7 +83,7 @@ class Dataset:
 
 
 def expected_aggregates(dataset: Dataset) -> dict[tuple[date, int, str], dict[str, int]]:
-    """The SPEC's counters, from the database's source rows, in plain Python with zoneinfo."""
+    """The aggregate counters, from the database's source rows, in plain Python with zoneinfo."""
     rows: dict[tuple[date, int, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(COUNTERS, 0))
     channel = {delivery.pk: delivery.channel for delivery in dataset.deliveries.values()}
     for log in DeliveryLog.objects.all():

@@ -22,7 +22,7 @@ from workflows.schedule_repair import REPAIR_ACTION
 from workflows.scheduler import DatabaseScheduler
 
 #: The platform's workflows and their default schedules (None: on demand).
-SPEC_CRONTABS = {
+PLATFORM_CRONTABS = {
     "abTesting": "0 0 * * *",
     "billing": "0 1 * * *",
     "cleanup": "0 4 * * *",
@@ -42,14 +42,14 @@ SPEC_CRONTABS = {
 
 
 def test_all_15_workflows_are_declared_with_stable_task_names():
-    builtin = {d.id: d for d in all_definitions() if d.id in SPEC_CRONTABS}
-    assert set(builtin) == set(SPEC_CRONTABS)
-    assert {d.task_name for d in builtin.values()} == {f"workflows.{workflow_id}" for workflow_id in SPEC_CRONTABS}
-    assert all(f"workflows.{workflow_id}" in app.tasks for workflow_id in SPEC_CRONTABS)
+    builtin = {d.id: d for d in all_definitions() if d.id in PLATFORM_CRONTABS}
+    assert set(builtin) == set(PLATFORM_CRONTABS)
+    assert {d.task_name for d in builtin.values()} == {f"workflows.{workflow_id}" for workflow_id in PLATFORM_CRONTABS}
+    assert all(f"workflows.{workflow_id}" in app.tasks for workflow_id in PLATFORM_CRONTABS)
 
 
 def test_every_workflow_has_the_spec_schedule_after_migrate(db):
-    for workflow_id, crontab in SPEC_CRONTABS.items():
+    for workflow_id, crontab in PLATFORM_CRONTABS.items():
         workflow = Workflow.objects.select_related("periodic_task__crontab").get(pk=workflow_id)
         assert schedules.schedule_summary(workflow)["crontab"] == crontab, workflow_id
         if crontab:
@@ -115,7 +115,7 @@ def repair_audits(workflow_id: str) -> list[WorkflowAudit]:
 
 
 def test_every_scheduled_workflow_remembers_its_schedule_after_migrate(db):
-    for workflow_id, crontab in SPEC_CRONTABS.items():
+    for workflow_id, crontab in PLATFORM_CRONTABS.items():
         expected = {"crontab": crontab, "timezone": "UTC"} if crontab else None
         assert Workflow.objects.get(pk=workflow_id).last_schedule == expected, workflow_id
 
@@ -338,4 +338,4 @@ def test_a_daily_job_fires_once_on_each_daylight_saving_change_day(db, settings,
 def test_the_builtin_definitions_are_exactly_the_15_of_the_spec():
     from workflows.definition import builtin_definitions
 
-    assert [d.id for d in builtin_definitions()] == sorted(SPEC_CRONTABS, key=str.lower)
+    assert [d.id for d in builtin_definitions()] == sorted(PLATFORM_CRONTABS, key=str.lower)

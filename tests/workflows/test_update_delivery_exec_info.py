@@ -2,7 +2,7 @@
 delivery states; exactly-once under reruns and interruptions.
 
 The fixed-dataset tests compare every written field with an independent plain-Python reading of
-SPEC §5 (``reference``), which walks the raw rows one by one instead of in SQL batches.
+the rules (``reference``), which walks the raw rows one by one instead of in SQL batches.
 """
 
 from __future__ import annotations
@@ -522,7 +522,7 @@ def test_cancellation_runs_in_bounded_batches(frozen, rules):
 
 
 # ---------------------------------------------------------------------------------------------
-# A fixed dataset against an independent reading of the SPEC
+# A fixed dataset against an independent reading of the rules
 # ---------------------------------------------------------------------------------------------
 
 @dataclass
@@ -611,7 +611,7 @@ def build_dataset(rules: dict[str, BounceRule]) -> Dataset:
 
 
 def reference(*, now: datetime, threshold: int = 5, interval_days: int = 1, reset_days: int = 10) -> dict[str, Any]:
-    """What the database must hold after consolidation, read off SPEC §5 one raw row at a time."""
+    """What the database must hold after consolidation, read off the rules one raw row at a time."""
     rule_rows = sorted(BounceRule.objects.values_list("priority", "id", "pattern", "failure_type", "failure_reason"))
 
     def qualify(text: str) -> tuple[int, int]:
@@ -714,7 +714,7 @@ def test_a_run_writes_exactly_what_the_spec_says_on_a_fixed_dataset(frozen, rule
 
     assert run.status == RunStatus.SUCCEEDED
     assert_matches(observed(), expected)
-    # A few spot checks that the reference itself reads the SPEC right.
+    # A few spot checks that the reference itself reads the rules right.
     assert expected["quarantine"][("carol@example.com", Channel.EMAIL)]["status"] == QUARANTINED
     assert expected["quarantine"][("greg@example.com", Channel.EMAIL)]["error_count"] == 2
     assert expected["quarantine"][("hank@example.com", Channel.EMAIL)]["error_count"] == 1

@@ -47,7 +47,7 @@ def half_up_percentage(numerator: int, denominator: int) -> Decimal:
 
 
 def expected_indicators(delivery: Delivery) -> dict[str, Any]:
-    """SPEC §5's formulas, row by row, over the delivery's logs and tracking."""
+    """The indicator formulas, row by row, over the delivery's logs and tracking."""
     logs = list(DeliveryLog.objects.filter(delivery=delivery).values("id", "status", "failure_type", "failure_reason"))
     tracking = list(TrackingLog.objects.filter(delivery=delivery).values("delivery_log_id", "url_type"))
     failed = [log for log in logs if log["status"] == FAILED]

@@ -26,7 +26,7 @@ from workflows.models import RunStatus, Trigger, WorkflowRun
 WORKFLOW_ID = "updateEventsStatus"
 NOW = datetime(2026, 3, 14, 12, 0, tzinfo=dt_timezone.utc)
 
-#: Log status → event status, as SPEC §3 and §5 say (written out, not imported).
+#: Log status → event status, as the status rules say (written out, not imported).
 OUTCOMES = {1: "sent", 2: "delivery_failed", 0: "ignored", 7: "ignored"}
 FINAL = {"sent", "ignored", "delivery_failed", "not_taken_into_account", "too_old"}
 

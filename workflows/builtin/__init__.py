@@ -1,2 +1,2 @@
-"""The platform's technical workflows, one module each (SPEC §5). Every module here is imported at
+"""The platform's technical workflows, one module each. Every module here is imported at
 start-up and registers its definition; adding a workflow is adding a module."""

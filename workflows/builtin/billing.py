@@ -1,4 +1,4 @@
-"""billing — Billing (SPEC §5).
+"""billing — Billing.
 
 Computes the system activity report of the last full month and emails it as a PDF to the billing user.
 

@@ -1,4 +1,4 @@
-"""deliverabilityUpdate — Update for deliverability (SPEC §5).
+"""deliverabilityUpdate — Update for deliverability.
 
 Why it exists: the deliverability service maintains the rules that qualify bounces (which raw
 error text means a hard "user unknown", which a soft "mailbox full", …), the sending limits per MX

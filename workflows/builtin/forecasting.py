@@ -1,4 +1,4 @@
-"""forecasting — Forecasting (SPEC §5).
+"""forecasting — Forecasting.
 
 Why it exists: marketers schedule deliveries days ahead, and a profile that several of them target
 in the same week gets tired of the brand (and unsubscribes). Every night this workflow works out

@@ -1,4 +1,4 @@
-"""mcSynch_local — Message Center local archiving (SPEC §5).
+"""mcSynch_local — Message Center local archiving.
 
 Why it exists: the live Event table is what the event API writes and updateEventsStatus scans
 every ten minutes; it must stay small. Once an event has reached a final status

@@ -1,4 +1,4 @@
-"""mobileAppOptOutMgt — Mobile app opt-out management (SPEC §5).
+"""mobileAppOptOutMgt — Mobile app opt-out management.
 
 Why it exists: when a user uninstalls an app or the push service rotates a token, the push
 service answers the next message for that device token with "unregistered" or "invalid". Sending

@@ -1,4 +1,4 @@
-"""reportSendingNow — Instant report sharing (SPEC §5).
+"""reportSendingNow — Instant report sharing.
 
 Renders due report shares to PDF and emails them to their recipients (triggered when a share is due).
 

@@ -1,4 +1,4 @@
-"""reportingAggregates — Reporting aggregates (SPEC §5).
+"""reportingAggregates — Reporting aggregates.
 
 Why it exists: reports and KPI sharing read per-day figures; counting them from the logs at read
 time would scan millions of rows per report. This workflow keeps one DeliveryAggregate row per
@@ -47,7 +47,7 @@ Invariants:
   cursor, which records the last delivery or day done, so a crash or a pause resumes the same pass;
   the window moves on with the pass's last batch.
 - Message rows whose logs are gone (purged by cleanup) are never recomputed: the figures computed
-  earlier stay, as SPEC §5 asks of indicators.
+  earlier stay as they are, as the delivery indicators do.
 """
 
 from __future__ import annotations

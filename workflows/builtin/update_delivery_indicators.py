@@ -1,4 +1,4 @@
-"""updateDeliveryIndicators — Update delivery indicators (SPEC §5).
+"""updateDeliveryIndicators — Update delivery indicators.
 
 Recomputes the indicator fields of the deliveries whose logs or tracking changed since the last
 run, from the source rows (DeliveryLog, TrackingLog), never by adding increments: recomputing a
@@ -73,7 +73,7 @@ MAX_DELIVERIES_PER_BATCH = 1_000
 #: ids of those deliveries go into IN lists, and SQLite takes at most 32,766 parameters.
 DEFAULT_CHANGED_ROWS_PER_BATCH = 20_000
 
-#: The fields this workflow owns on Delivery (SPEC §5), all written by every recomputation.
+#: The fields this workflow owns on Delivery, all written by every recomputation.
 INDICATOR_FIELDS = (
     "to_deliver", "sent", "delivered", "bounces", "hard_bounces", "soft_bounces", "bounces_by_reason",
     "opens", "unique_opens", "clicks", "unique_clicks", "unsubscribes", "mirror_pages",

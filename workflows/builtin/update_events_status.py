@@ -1,4 +1,4 @@
-"""updateEventsStatus — Update events status (SPEC §5).
+"""updateEventsStatus — Update events status.
 
 Routes pending real-time events to their published template and copies the delivery outcome back
 to each event. Three activities, in this order:
@@ -62,7 +62,7 @@ DEFAULT_BATCH_SIZE = 5_000
 #: pending), so a batch can be larger for the same transaction time.
 DEFAULT_CHECK_BATCH_SIZE = 20_000
 
-#: Default age after which a pending event is too old to be sent (SPEC §5: one day).
+#: Default age after which a pending event is too old to be sent: one day.
 DEFAULT_EXPIRY_HOURS = 24
 
 #: The event status a final delivery log status gives.
