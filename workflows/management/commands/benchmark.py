@@ -1,4 +1,5 @@
-"""``python manage.py benchmark``: each heavy workflow against the minimal SQL doing its work (SPEC §6)."""
+"""``python manage.py benchmark``: each heavy workflow against the minimal SQL doing its work, and
+the engine's fixed cost per run (a no-op workflow against a bare Celery task)."""
 
 from __future__ import annotations
 
@@ -7,38 +8,63 @@ import json
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from workflows.benchmarks import all_cases
+from workflows.benchmarks.fixed_cost import CASE_NAME as FIXED_COST_CASE
+from workflows.benchmarks.fixed_cost import POLL_INTERVAL_S, FixedCostResult, Latency, run_fixed_cost
 from workflows.benchmarks.runner import BenchmarkError, Result, drop_scratch_database, run_case, scratch_database
 from workflows.definition import UnknownWorkflow, resolve_id
 
-#: SPEC §6 targets, printed beside the figures.
+#: Targets printed beside the figures.
 TARGET_RATIO = 1.5
 TARGET_INCREMENTAL_SHARE = 0.05
 TARGET_PEAK_RSS_MB = 300
+TARGET_ADDED_P50_MS = 20
+
+#: Runs of each kind in the fixed-cost case: enough for a stable p95 (its 10th-slowest run),
+#: few enough that the case takes under a minute on PostgreSQL + Redis.
+DEFAULT_FIXED_COST_RUNS = 200
+#: Without ``--runs``, a small ``--rows`` (a smoke run, as in CI) takes one run per this many
+#: rows, at least :data:`MIN_FIXED_COST_RUNS`: at ``--rows 2000``, 20 runs in a few seconds.
+ROWS_PER_FIXED_COST_RUN = 100
+MIN_FIXED_COST_RUNS = 20
 
 
 class Command(BaseCommand):
     help = ("Fill a scratch database at a chosen scale and time each heavy workflow against the minimal "
-            "hand-written SQL doing the same work, plus an incremental run over 1% new rows.")
+            "hand-written SQL doing the same work, plus an incremental run over 1% new rows; then time a "
+            f"no-op workflow against a bare Celery task ({FIXED_COST_CASE}).")
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--rows", type=int, default=100_000, help="Scale, in source rows (default 100,000).")
-        parser.add_argument("--only", nargs="+", metavar="ID", default=[], help="Only these workflows.")
+        parser.add_argument("--only", nargs="+", metavar="ID", default=[],
+                            help=f"Only these workflows (and/or {FIXED_COST_CASE}).")
         parser.add_argument("--seed", type=int, default=1)
+        parser.add_argument("--runs", type=int, default=None,
+                            help=f"Runs of each kind in {FIXED_COST_CASE} (default {DEFAULT_FIXED_COST_RUNS}; fewer when "
+                                 f"--rows is under {DEFAULT_FIXED_COST_RUNS * ROWS_PER_FIXED_COST_RUN:,}: one per "
+                                 f"{ROWS_PER_FIXED_COST_RUN} rows, at least {MIN_FIXED_COST_RUNS}).")
         parser.add_argument("--json", action="store_true", dest="as_json", help="Print a JSON array instead of a table.")
 
-    def handle(self, *args: object, rows: int, only: list[str], seed: int, as_json: bool, **options: object) -> None:
+    def handle(self, *args: object, rows: int, only: list[str], seed: int, runs: int | None, as_json: bool,
+               **options: object) -> None:
         if rows < 100:
             raise CommandError("--rows must be at least 100")
+        if runs is None:
+            runs = min(DEFAULT_FIXED_COST_RUNS, max(MIN_FIXED_COST_RUNS, rows // ROWS_PER_FIXED_COST_RUN))
+        if runs < 1:
+            raise CommandError("--runs must be at least 1")
         cases = all_cases()
+        with_fixed_cost = not only or any(name.lower() == FIXED_COST_CASE.lower() for name in only)
         try:
-            wanted = [resolve_id(name) for name in only] or list(cases)
+            wanted = ([resolve_id(name) for name in only if name.lower() != FIXED_COST_CASE.lower()]
+                      if only else list(cases))
         except UnknownWorkflow as error:
-            raise CommandError(str(error)) from None
+            raise CommandError(f"{error} (or {FIXED_COST_CASE})") from None
         missing = [workflow_id for workflow_id in wanted if workflow_id not in cases]
         if missing:
-            raise CommandError(f"no benchmark case for {', '.join(missing)} (cases: {', '.join(cases) or 'none'})")
+            raise CommandError(f"no benchmark case for {', '.join(missing)} "
+                               f"(cases: {', '.join([*cases, FIXED_COST_CASE])})")
 
-        old_name, scratch = scratch_database()
+        old_name, _scratch = scratch_database()
         try:
             results = []
             for workflow_id in wanted:
@@ -48,17 +74,35 @@ class Command(BaseCommand):
                     results.append(run_case(cases[workflow_id], rows=rows, seed=seed))
                 except BenchmarkError as error:
                     raise CommandError(str(error)) from None
+            fixed_cost = None
+            if with_fixed_cost:
+                if not as_json:
+                    self.stderr.write(f"{FIXED_COST_CASE}: {runs:,} runs of each kind…")
+                try:
+                    fixed_cost = run_fixed_cost(runs=runs)
+                except BenchmarkError as error:
+                    raise CommandError(str(error)) from None
         finally:
             drop_scratch_database(old_name)
-        self._report(results, as_json=as_json)
+        self._report(results, fixed_cost, as_json=as_json)
         if any(not result.same_result for result in results):
             raise CommandError("a workflow's output differs from the SQL bound's: "
                                + ", ".join(r.workflow for r in results if not r.same_result))
 
-    def _report(self, results: list[Result], *, as_json: bool) -> None:
+    def _report(self, results: list[Result], fixed_cost: FixedCostResult | None, *, as_json: bool) -> None:
         if as_json:
-            self.stdout.write(json.dumps([result.as_json() for result in results], indent=2))
+            items = [result.as_json() for result in results] + ([fixed_cost.as_json()] if fixed_cost else [])
+            self.stdout.write(json.dumps(items, indent=2))
             return
+        if results:
+            self._report_workflows(results)
+        if fixed_cost is not None:
+            if results:
+                self.stdout.write("")
+            for line in fixed_cost_lines(fixed_cost):
+                self.stdout.write(line)
+
+    def _report_workflows(self, results: list[Result]) -> None:
         header = f"{'workflow':<26}{'rows':>11}{'seconds':>9}{'rows/s':>11}{'sql s':>8}{'ratio':>7}{'incr s':>8}{'incr %':>8}{'peak MB':>9}  same"
         self.stdout.write(header)
         for r in results:
@@ -71,3 +115,34 @@ class Command(BaseCommand):
         self.stdout.write(f"targets: ratio ≤ {TARGET_RATIO}, incremental ≤ {TARGET_INCREMENTAL_SHARE:.0%} of a full run, "
                           f"peak memory < {TARGET_PEAK_RSS_MB} MB")
 
+
+def fixed_cost_lines(result: FixedCostResult) -> list[str]:
+    """The fixed-cost case as a table: p50 and p95 in ms of each measured thing and their difference."""
+
+    def row(label: str, latency: Latency, note: str = "") -> str:
+        return f"  {label:<36}{latency.p50_ms:>9.2f}{latency.p95_ms:>9.2f}{'  ' + note if note else ''}"
+
+    lines = [
+        (f"{FIXED_COST_CASE}: {result.runs:,} runs of each kind on {result.database}, broker {result.broker}, "
+         f"load average {result.load_average:.2f}"),
+        f"{'':<38}{'p50 ms':>9}{'p95 ms':>9}",
+    ]
+    if result.bare_task is not None and result.noop_workflow is not None and result.worker_added is not None:
+        period = f"{result.poll_period_ms:.2f} ms" if result.poll_period_ms is not None else "n/a"
+        lines += [
+            ("through a worker (dispatch → completion visible in the database, polled every "
+             f"{POLL_INTERVAL_S * 1000:g} ms: one look per {period} measured)"),
+            row("bare Celery task (send_task)", result.bare_task),
+            row("no-op workflow (run_now)", result.noop_workflow),
+            row("added by the engine", result.worker_added, f"target: at most {TARGET_ADDED_P50_MS} ms p50 added on PostgreSQL"),
+        ]
+    else:
+        lines.append(f"through a worker: not measured ({result.worker_skipped})")
+    lines += [
+        "in process (no broker, no worker)",
+        row("no-op activity called directly", result.activity_call),
+        row("no-op workflow (run_now, sync=True)", result.noop_run_in_process,
+            f"{result.round_trips_per_run} database round trips per run"),
+        row("added by the engine", result.in_process_added),
+    ]
+    return lines
