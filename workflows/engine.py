@@ -139,7 +139,12 @@ def execute(request: RunRequest) -> WorkflowRun:
     if refusal:
         return _finish(run, RunStatus.SKIPPED, refusal)
 
-    claim = leases.claim(definition.id, run.pk, exclusive_with=exclusive_group(definition))
+    # Bookkeeping writes are grouped in few transactions: each commit costs a disk flush, and a run
+    # with little to do (an incremental run) would otherwise spend most of its time on them.
+    with transaction.atomic():
+        claim = leases.claim(definition.id, run.pk, exclusive_with=exclusive_group(definition))
+        if claim.won:
+            _mark_running(definition, run, continuing=continuing)
     if not claim.won:
         return _wait_or_skip(definition, run, request, claim)
     if claim.abandoned_run:
@@ -149,11 +154,20 @@ def execute(request: RunRequest) -> WorkflowRun:
         with leases.LeaseKeeper(definition.id, run.pk, claim.token) as keeper:
             fence = RunFence(definition.id, run.pk, claim.token, keeper)
             try:
-                return _run_activities(definition, workflow, run, request, fence)
+                return _run_activities(definition, workflow, run, request, fence, continuing=continuing)
             except LeaseLost as error:
                 return _lease_lost(definition, run, error)
     finally:
         _release_quietly(definition.id, run.pk)
+
+
+def _mark_running(definition: WorkflowDefinition, run: WorkflowRun, *, continuing: bool) -> None:
+    run.status = RunStatus.RUNNING
+    run.started_at = run.started_at or timezone.now()
+    run.reason = ""
+    run.save(update_fields=["status", "started_at", "reason"])
+    journal(definition.id, f"Run #{run.pk} {'continues' if continuing else 'started'} ({run.trigger}"
+            f"{', by ' + run.requested_by if run.requested_by else ''}).", run=run)
 
 
 def exclusive_group(definition: WorkflowDefinition) -> list[str]:
@@ -227,20 +241,9 @@ def _refusal(workflow: Workflow, run: WorkflowRun, request: RunRequest, continui
 
 
 def _run_activities(
-    definition: WorkflowDefinition, workflow: Workflow, run: WorkflowRun, request: RunRequest, fence: RunFence
+    definition: WorkflowDefinition, workflow: Workflow, run: WorkflowRun, request: RunRequest, fence: RunFence, *,
+    continuing: bool,
 ) -> WorkflowRun:
-    now = timezone.now()
-    continuing = run.status == RunStatus.PAUSED
-    run.status = RunStatus.RUNNING
-    run.started_at = run.started_at or now
-    run.reason = ""
-    # Bookkeeping writes are grouped in few transactions: each commit costs a disk flush, and a run
-    # with little to do (an incremental run) would otherwise spend most of its time on them.
-    with transaction.atomic():
-        run.save(update_fields=["status", "started_at", "reason"])
-        journal(definition.id, f"Run #{run.pk} {'continues' if continuing else 'started'} ({run.trigger}"
-                f"{', by ' + run.requested_by if run.requested_by else ''}).", run=run)
-
     if not definition.implemented:
         return _fail(definition, workflow, run, NOT_IMPLEMENTED, final=True)
     try:
@@ -313,20 +316,21 @@ def _run_activities(
             raise TransientRunError(run, error) from error
         return run
 
-    with _fenced(fence):
+    with _fenced(fence, release=True):
         Workflow.objects.filter(pk=workflow.pk, consecutive_errors__gt=0).update(consecutive_errors=0)
-        run = _finish(run, RunStatus.SUCCEEDED, "")
-    leases.release(definition.id, run.pk)
-    return run
+        return _finish(run, RunStatus.SUCCEEDED, "")
 
 
 @contextmanager
-def _fenced(fence: RunFence) -> Iterator[None]:
+def _fenced(fence: RunFence, *, release: bool = False) -> Iterator[None]:
     """A transaction of the run's own records (an activity's or the run's end) that commits only
-    while the run holds its lease: a run taken over reports nothing as done."""
+    while the run holds its lease: a run taken over reports nothing as done. ``release`` lets the
+    lease go in the same commit (the run's end)."""
     with transaction.atomic():
         yield
         fence.check()
+        if release:
+            leases.release(fence.workflow_id, fence.run_id)
 
 
 def _still_holds(fence: RunFence) -> bool:

@@ -10,6 +10,8 @@ import random
 from typing import Any
 
 from celery import Task
+from celery.signals import task_prerun
+from django.db import close_old_connections
 
 from campaign.celery import app
 from workflows.definition import RetryPolicy, WorkflowDefinition
@@ -37,6 +39,13 @@ def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None
         return {"queue": get_definition(name.removeprefix("workflows.")).queue}
     except UnknownWorkflow:
         return None
+
+
+@task_prerun.connect(dispatch_uid="workflows.fresh_connections")
+def replace_old_connections(**kwargs: Any) -> None:
+    """Before every task: replace a database connection that outlived CONN_MAX_AGE or broke (the
+    database restarted). The worker keeps connections between tasks (CELERY_DB_REUSE_MAX)."""
+    close_old_connections()
 
 
 def make_task(definition: WorkflowDefinition) -> Task:

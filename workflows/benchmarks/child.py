@@ -1,5 +1,5 @@
 """``python -m workflows.benchmarks.child ID '{"property": value}'``: run one workflow in this fresh
-process, as a worker would, and print its run (SPEC §4.5 JSON) with this process's peak memory.
+process, as a worker would, and print its run (the CLI's JSON of a run) with this process's peak memory.
 
 The peak is read from /proc (VmHWM), which starts afresh at exec: the parent's memory, large after
 filling a database, does not leak into the figure as it does in the child's ``ru_maxrss``.

@@ -36,7 +36,7 @@ class Result:
     same_result: bool
 
     def as_json(self) -> dict[str, Any]:
-        """The SPEC §6 keys, plus ``same_result`` (the workflow's output matched the SQL's)."""
+        """The keys every benchmark case reports, plus ``same_result`` (the workflow's output matched the SQL's)."""
         return asdict(self)
 
 
