@@ -252,3 +252,35 @@ def test_an_exclusive_claim_waits_for_a_live_partner_and_takes_an_expired_partne
     quick = Workflow.objects.get(pk=QUICK_ID)
     assert (quick.lease_holder, quick.lease_token) == (None, token + 1), "the frozen partner's commits are fenced out"
     assert status_of(partner.pk) == (RunStatus.FAILED, leases.ABANDONED)
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_a_report_share_waiting_for_a_sending_run_leaves_the_worker_slot_to_other_runs(sample, settings):
+    from campaign import report_shares
+    from campaign.models import Channel, ReportSend, ReportShare
+    from tests.factories import DeliveryAggregateFactory, DeliveryFactory, ReportFactory, UserFactory
+
+    delivery = DeliveryFactory(label="Newsletter", channel=Channel.EMAIL)
+    DeliveryAggregateFactory(delivery=delivery, day=timezone.localdate() - timezone.timedelta(days=1), sent=10, delivered=9)
+    share = ReportShare.objects.create(report=ReportFactory(label="Daily KPIs", period_days=7),
+                                       recurrence=ReportShare.Recurrence.DAILY, send_time=timezone.now().time())
+    share.recipients.set([UserFactory(email="erin@example.com")])
+    # Another reportSendingNow run holds the lease for a minute.
+    sending = WorkflowRun.objects.create(workflow_id="reportSendingNow", trigger=Trigger.SHELL, status=RunStatus.RUNNING)
+    settings.WORKFLOW_LEASE_SECONDS = 60
+    assert leases.claim("reportSendingNow", sending.pk).won
+
+    with WorkerProcess(queues=["celery", sample_workflow.SAMPLE_QUEUE], env=worker_env(settings), concurrency=1):
+        report_shares.trigger_send(share_id=share.pk, due_at=timezone.now())
+        waiting = WorkflowRun.objects.filter(workflow_id="reportSendingNow").exclude(pk=sending.pk).get()
+        wait_for(lambda: "waiting for" in status_of(waiting.pk)[1], what="the share's run waiting", timeout=20)
+        quick = commands.run_now(QUICK_ID, actor="test")
+        wait_for(lambda: status_of(quick.pk)[0] == RunStatus.SUCCEEDED, what="another workflow's run", timeout=20)
+        assert status_of(waiting.pk)[0] == RunStatus.QUEUED, "the share's run was still waiting meanwhile"
+
+        leases.release("reportSendingNow", sending.pk)
+        WorkflowRun.objects.filter(pk=sending.pk).update(status=RunStatus.SUCCEEDED)
+        wait_for(lambda: status_of(waiting.pk)[0] == RunStatus.SUCCEEDED, what="the share's run", timeout=60)
+
+    assert ReportSend.objects.get(share=share).status == ReportSend.Status.SENT
