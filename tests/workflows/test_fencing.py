@@ -17,7 +17,9 @@ import pytest
 from django.db.models import F, Max
 from django.utils import timezone
 
-from campaign.models import SendingFeedback
+from campaign import report_shares
+from campaign.models import Channel, ReportSend, ReportShare, SendingFeedback
+from tests.factories import DeliveryAggregateFactory, DeliveryFactory, ReportFactory, UserFactory
 from tests.workflows import freeze_hook, sample_workflow
 from tests.workflows.conftest import TEST_LEASE_SECONDS, effects, wait_for
 from tests.workflows.sample_workflow import QUICK_ID, SAMPLE_ID
@@ -257,10 +259,6 @@ def test_an_exclusive_claim_waits_for_a_live_partner_and_takes_an_expired_partne
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_a_report_share_waiting_for_a_sending_run_leaves_the_worker_slot_to_other_runs(sample, settings):
-    from campaign import report_shares
-    from campaign.models import Channel, ReportSend, ReportShare
-    from tests.factories import DeliveryAggregateFactory, DeliveryFactory, ReportFactory, UserFactory
-
     delivery = DeliveryFactory(label="Newsletter", channel=Channel.EMAIL)
     DeliveryAggregateFactory(delivery=delivery, day=timezone.localdate() - timezone.timedelta(days=1), sent=10, delivered=9)
     share = ReportShare.objects.create(report=ReportFactory(label="Daily KPIs", period_days=7),
