@@ -54,7 +54,6 @@ class Claim:
     blocked_by: str = ""  # the workflow whose live lease refused the claim (itself or an exclusive one)
     token: int = 0  # the lease token of a won claim: every commit of the run checks it
     abandoned_run: int | None = None  # the dead run taken over, if any
-    until: datetime | None = None  # when the refusing lease expires, unless renewed
 
 
 def claim(workflow_id: str, run_id: int, *, exclusive_with: Iterable[str] = ()) -> Claim:
@@ -70,7 +69,7 @@ def claim(workflow_id: str, run_id: int, *, exclusive_with: Iterable[str] = ()) 
         for other in group:
             row = rows[other]
             if row["lease_holder"] is not None and row["lease_until"] is not None and row["lease_until"] > now:
-                return Claim(won=False, holder=row["lease_holder"], blocked_by=other, until=row["lease_until"])
+                return Claim(won=False, holder=row["lease_holder"], blocked_by=other)
         for other in group:
             row = rows[other]
             if other != workflow_id and row["lease_holder"] is not None:
