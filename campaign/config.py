@@ -29,6 +29,12 @@ REDIS_VISIBILITY_TIMEOUT = WORKFLOW_MAX_HARD_TIME_LIMIT + 3600
 
 SQLITE_BUSY_TIMEOUT_MS = 20_000
 
+#: Django's deployment check wants at least 50 characters (and 5 different ones) in production.
+PRODUCTION_SECRET_KEY_LENGTH = 50
+
+#: Default ``Strict-Transport-Security`` max-age in production: one year.
+HSTS_SECONDS = 365 * 24 * 3600
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -79,6 +85,8 @@ class Config:
     lease_seconds: int
     extra_workflow_modules: list[str]
     event_max_body_bytes: int
+    integrations_allow_loopback_http: bool
+    security: dict[str, Any]
 
 
 def load_config(env: Mapping[str, str], *, base_dir: Path) -> Config:
@@ -111,6 +119,8 @@ def load_config(env: Mapping[str, str], *, base_dir: Path) -> Config:
         lease_seconds=lease_seconds,
         extra_workflow_modules=parse_list(env, "WORKFLOW_EXTRA_MODULES", default=[]),
         event_max_body_bytes=parse_int(env, "EVENT_MAX_BODY_BYTES", default=64 * 1024, minimum=1024),
+        integrations_allow_loopback_http=parse_bool(env, "INTEGRATIONS_ALLOW_LOOPBACK_HTTP", default=False),
+        security=parse_security(env, production=not (embedded or debug)),
     )
 
 
@@ -161,11 +171,16 @@ def parse_time_zone(env: Mapping[str, str]) -> str:
 def parse_secret_key(env: Mapping[str, str], *, var_dir: Path, embedded: bool, debug: bool) -> str:
     """The embedded default keeps a generated key in ``var/``; production must set one."""
     key = env.get("SECRET_KEY")
+    production = not (embedded or debug)
     if key is not None:
-        if len(key) < 32:
-            raise ConfigError("SECRET_KEY", "must be at least 32 characters long")
+        minimum = PRODUCTION_SECRET_KEY_LENGTH if production else 32
+        if len(key) < minimum:
+            where = " in production (DATABASE_URL set, DEBUG false)" if production else ""
+            raise ConfigError("SECRET_KEY", f"must be at least {minimum} characters long{where}, got {len(key)}")
+        if production and len(set(key)) < 5:
+            raise ConfigError("SECRET_KEY", "must use at least 5 different characters")
         return key
-    if not (embedded or debug):
+    if production:
         raise ConfigError("SECRET_KEY", "is required when DATABASE_URL is set (production)")
     key_file = var_dir / "secret_key"
     if not key_file.exists():
@@ -173,6 +188,28 @@ def parse_secret_key(env: Mapping[str, str], *, var_dir: Path, embedded: bool, d
         key_file.write_text(secrets.token_urlsafe(50))
         key_file.chmod(0o600)
     return key_file.read_text().strip()
+
+
+def parse_security(env: Mapping[str, str], *, production: bool) -> dict[str, Any]:
+    """HTTPS hardening, as Django settings. Production (``DATABASE_URL`` set, ``DEBUG`` false)
+    defaults to the safe values, which assume the documented deployment: a reverse proxy that
+    terminates TLS and sets ``X-Forwarded-Proto``. The embedded default serves plain HTTP on
+    loopback, so everything is off there. Each value can be set either way by its variable."""
+    hsts_seconds = parse_int(env, "SECURE_HSTS_SECONDS", default=HSTS_SECONDS if production else 0, minimum=0)
+    proxy_header = env.get("SECURE_PROXY_SSL_HEADER", "X-Forwarded-Proto" if production else "").strip()
+    if proxy_header and not re.fullmatch(r"[A-Za-z0-9-]+", proxy_header):
+        raise ConfigError("SECURE_PROXY_SSL_HEADER", f"expected a header name such as X-Forwarded-Proto, got {proxy_header!r}")
+    return {
+        "SECURE_SSL_REDIRECT": parse_bool(env, "SECURE_SSL_REDIRECT", default=production),
+        "SECURE_HSTS_SECONDS": hsts_seconds,
+        "SECURE_HSTS_INCLUDE_SUBDOMAINS": parse_bool(env, "SECURE_HSTS_INCLUDE_SUBDOMAINS", default=production),
+        "SECURE_HSTS_PRELOAD": parse_bool(env, "SECURE_HSTS_PRELOAD", default=False),
+        "SESSION_COOKIE_SECURE": parse_bool(env, "SESSION_COOKIE_SECURE", default=production),
+        "CSRF_COOKIE_SECURE": parse_bool(env, "CSRF_COOKIE_SECURE", default=production),
+        # Django reads the scheme from this header only when it is set: the proxy must overwrite
+        # whatever a client sent in it.
+        "SECURE_PROXY_SSL_HEADER": (f"HTTP_{proxy_header.upper().replace('-', '_')}", "https") if proxy_header else None,
+    }
 
 
 def parse_database(env: Mapping[str, str], *, var_dir: Path) -> dict[str, Any]:

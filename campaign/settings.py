@@ -128,6 +128,19 @@ REDIS_VISIBILITY_TIMEOUT = REDIS_VISIBILITY_TIMEOUT
 # Event API: larger bodies are refused with 413 before they are read.
 EVENT_MAX_BODY_BYTES = CONFIG.event_max_body_bytes
 
+# External accounts send their bearer token over HTTPS only; this development switch also allows
+# plain http:// to a loopback address (a local fake of the service). Off by default.
+INTEGRATIONS_ALLOW_LOOPBACK_HTTP = CONFIG.integrations_allow_loopback_http
+
+# HTTPS hardening (SECURE_SSL_REDIRECT, SECURE_HSTS_*, *_COOKIE_SECURE, SECURE_PROXY_SSL_HEADER):
+# on by default in production, off on the embedded default; see docs/configuration.md.
+globals().update(CONFIG.security)
+# Load balancers and Prometheus probe over plain HTTP inside the private network.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
+# Preloading is a one-way commitment to browsers' HSTS lists that an operator opts into with
+# SECURE_HSTS_PRELOAD=true; the deployment check would otherwise warn whenever it is off.
+SILENCED_SYSTEM_CHECKS = [] if CONFIG.security["SECURE_HSTS_PRELOAD"] else ["security.W021"]
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

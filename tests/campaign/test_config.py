@@ -24,7 +24,7 @@ from campaign.config import (
 )
 
 BASE_DIR = Path(__file__).resolve().parents[2]
-SECRET_KEY = "test-only-secret-key-0123456789abcdefghijklmnop"
+SECRET_KEY = "test-only-secret-key-0123456789abcdefghijklmnopqrstuvwxyz"
 POSTGRES_URL = "postgres://campaign:pw@db.internal:5433/campaign"
 
 
@@ -115,6 +115,44 @@ def test_postgres_url_selects_the_postgresql_engine(tmp_path: Path) -> None:
     assert config.secret_key == SECRET_KEY
 
 
+def test_production_defaults_to_https_hardening(tmp_path: Path) -> None:
+    """Production assumes a TLS-terminating proxy that sets X-Forwarded-Proto: every HTTPS
+    protection Django's deployment check asks for is on unless a variable turns it off."""
+    config = load(tmp_path, DATABASE_URL=POSTGRES_URL, SECRET_KEY=SECRET_KEY)
+
+    assert config.security == {
+        "SECURE_SSL_REDIRECT": True,
+        "SECURE_HSTS_SECONDS": 365 * 24 * 3600,
+        "SECURE_HSTS_INCLUDE_SUBDOMAINS": True,
+        "SECURE_HSTS_PRELOAD": False,
+        "SESSION_COOKIE_SECURE": True,
+        "CSRF_COOKIE_SECURE": True,
+        "SECURE_PROXY_SSL_HEADER": ("HTTP_X_FORWARDED_PROTO", "https"),
+    }
+    assert config.integrations_allow_loopback_http is False
+
+
+def test_each_https_protection_can_be_turned_off_by_its_variable(tmp_path: Path) -> None:
+    config = load(
+        tmp_path, DATABASE_URL=POSTGRES_URL, SECRET_KEY=SECRET_KEY, SECURE_SSL_REDIRECT="false", SECURE_HSTS_SECONDS="0",
+        SESSION_COOKIE_SECURE="no", CSRF_COOKIE_SECURE="off", SECURE_PROXY_SSL_HEADER="",
+    )
+
+    assert config.security["SECURE_SSL_REDIRECT"] is False
+    assert config.security["SECURE_HSTS_SECONDS"] == 0
+    assert (config.security["SESSION_COOKIE_SECURE"], config.security["CSRF_COOKIE_SECURE"]) == (False, False)
+    assert config.security["SECURE_PROXY_SSL_HEADER"] is None
+
+
+@pytest.mark.parametrize("env", [{}, {"DATABASE_URL": POSTGRES_URL, "DEBUG": "true"}], ids=["embedded", "debug"])
+def test_plain_http_on_the_embedded_default_and_in_debug(tmp_path: Path, env: dict[str, str]) -> None:
+    """``make run`` serves plain HTTP on loopback; a 32-character key is enough off production."""
+    config = load(tmp_path, SECRET_KEY="k" * 16 + "0123456789abcdef", **env)
+
+    assert not any(config.security[name] for name in ("SECURE_SSL_REDIRECT", "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE"))
+    assert config.security["SECURE_HSTS_SECONDS"] == 0
+
+
 def test_redis_visibility_timeout_outlives_the_longest_workflow(tmp_path: Path) -> None:
     """Redis redelivers an unacknowledged message after the visibility timeout: a message whose
     workflow is still running (acks are late) must not be handed to a second worker."""
@@ -147,6 +185,12 @@ MALFORMED = [
     ("EMAIL_URL", {"EMAIL_URL": "ftp://x"}, "'ftp'"),
     ("SECRET_KEY", {"SECRET_KEY": "too-short"}, "at least 32 characters"),
     ("SECRET_KEY", {"DATABASE_URL": POSTGRES_URL}, "required when DATABASE_URL is set"),
+    ("SECRET_KEY", {"DATABASE_URL": POSTGRES_URL, "SECRET_KEY": "k" * 49}, "at least 50 characters long in production"),
+    ("SECRET_KEY", {"DATABASE_URL": POSTGRES_URL, "SECRET_KEY": "ab" * 30}, "at least 5 different characters"),
+    ("SECURE_SSL_REDIRECT", {"SECURE_SSL_REDIRECT": "sometimes"}, "'sometimes'"),
+    ("SECURE_HSTS_SECONDS", {"SECURE_HSTS_SECONDS": "-1"}, "must be at least 0"),
+    ("SECURE_PROXY_SSL_HEADER", {"SECURE_PROXY_SSL_HEADER": "X-Forwarded-Proto: https"}, "header name"),
+    ("INTEGRATIONS_ALLOW_LOOPBACK_HTTP", {"INTEGRATIONS_ALLOW_LOOPBACK_HTTP": "perhaps"}, "'perhaps'"),
     ("ALLOWED_HOSTS", {"ALLOWED_HOSTS": "a,,b"}, "'a,,b'"),
     ("BILLING_EMAIL", {"BILLING_EMAIL": "not-an-address"}, "'not-an-address'"),
 ]
@@ -183,3 +227,19 @@ def test_manage_py_exits_with_an_error_naming_a_malformed_variable(tmp_path: Pat
     assert result.returncode != 0
     assert "TIME_ZONE: unknown time zone 'Nowhere/City'" in result.stderr
     assert "System check identified" not in result.stdout
+
+
+def test_deployment_check_is_clean_under_the_production_defaults(tmp_path: Path) -> None:
+    """Django's own deployment check, with nothing but the required production variables."""
+    env = {
+        "PATH": os.environ["PATH"], "DJANGO_SETTINGS_MODULE": "campaign.settings", "VAR_DIR": str(tmp_path / "var"),
+        "DATABASE_URL": POSTGRES_URL, "SECRET_KEY": SECRET_KEY, "ALLOWED_HOSTS": "campaign.example.com",
+    }
+
+    result = subprocess.run(
+        [sys.executable, str(BASE_DIR / "manage.py"), "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "System check identified no issues" in result.stdout

@@ -1,0 +1,15 @@
+"""Settings of the test suite: the instance's settings, served over plain HTTP.
+
+Production (``DATABASE_URL`` set) defaults to HTTPS hardening, which assumes a TLS-terminating
+proxy in front. The tests talk to Django's test client, a live server and gunicorn directly over
+plain HTTP, so they turn the HTTPS-only parts off here; the production values themselves are
+checked by the configuration tests and by ``check --deploy`` in CI. Processes the tests start
+(workers, beat, gunicorn) inherit ``DJANGO_SETTINGS_MODULE`` and so these settings too.
+"""
+
+from campaign.settings import *  # noqa: F403 - this module is the instance's settings, amended
+
+SECURE_SSL_REDIRECT = False
+SECURE_HSTS_SECONDS = 0
+SESSION_COOKIE_SECURE = False
+CSRF_COOKIE_SECURE = False
