@@ -83,6 +83,7 @@ class Config:
     default_from_email: str
     billing_email: str
     lease_seconds: int
+    beat_lease_seconds: int
     extra_workflow_modules: list[str]
     event_max_body_bytes: int
     integrations_allow_loopback_http: bool
@@ -117,6 +118,7 @@ def load_config(env: Mapping[str, str], *, base_dir: Path) -> Config:
         default_from_email=parse_email_address(env, "DEFAULT_FROM_EMAIL", default="workflows@localhost"),
         billing_email=parse_email_address(env, "BILLING_EMAIL", default="billing@localhost"),
         lease_seconds=lease_seconds,
+        beat_lease_seconds=parse_int(env, "BEAT_LEASE_SECONDS", default=15, minimum=3),
         extra_workflow_modules=parse_list(env, "WORKFLOW_EXTRA_MODULES", default=[]),
         event_max_body_bytes=parse_int(env, "EVENT_MAX_BODY_BYTES", default=64 * 1024, minimum=1024),
         integrations_allow_loopback_http=parse_bool(env, "INTEGRATIONS_ALLOW_LOOPBACK_HTTP", default=False),

@@ -120,6 +120,8 @@ CELERY_BEAT_SCHEDULER = "workflows.scheduler:DatabaseScheduler"
 DJANGO_CELERY_BEAT_TZ_AWARE = True
 
 WORKFLOW_LEASE_SECONDS = CONFIG.lease_seconds
+# Any number of beat processes may run; the one holding this lease dispatches (workflows.beat_leader).
+BEAT_LEASE_SECONDS = CONFIG.beat_lease_seconds
 # Modules declaring workflows beyond workflows/builtin/ (the test suite adds its sample workflow).
 WORKFLOW_EXTRA_MODULES = CONFIG.extra_workflow_modules
 WORKFLOW_MAX_HARD_TIME_LIMIT = WORKFLOW_MAX_HARD_TIME_LIMIT

@@ -22,7 +22,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 
-from workflows import schedules
+from workflows import beat_leader, schedules
 from workflows.admin import RUN_STATUS_COLOURS, definition_of, run_status_badge, state_badge
 from workflows.models import RunStatus, Workflow, WorkflowRun
 from workflows.serializers import with_last_runs
@@ -120,5 +120,6 @@ def dashboard_view(request: HttpRequest) -> HttpResponse:
         "days": HEAT_MAP_DAYS,
         "legend": [(RunStatus(status).label, RUN_STATUS_COLOURS[status]) for status in SEVERITY],
         "now": now,
+        "beats": beat_leader.cluster(),
     }
     return TemplateResponse(request, "admin/workflows/dashboard.html", context)

@@ -8,9 +8,9 @@ password masked). Five things must hold:
 - the database answers ``SELECT 1``;
 - the Celery broker accepts a connection (for the embedded filesystem broker: its folders exist and
   are writable);
-- beat is alive: :class:`workflows.scheduler.DatabaseScheduler` writes the ``SchedulerHeartbeat`` row
-  every ``HEARTBEAT_INTERVAL_S`` seconds, and the row must be younger than
-  ``WORKFLOW_BEAT_STALE_SECONDS``;
+- beat is alive: the leading beat process (:class:`workflows.scheduler.DatabaseScheduler`) writes
+  the ``SchedulerHeartbeat`` row every ``HEARTBEAT_INTERVAL_S`` seconds, and the row must be
+  younger than ``WORKFLOW_BEAT_STALE_SECONDS``; the details name the leader and its standbys;
 - every scheduled workflow has the schedule it should (:func:`workflows.schedules.drift_of`): a
   PeriodicTask sending ``workflows.<id>`` on a crontab, enabled exactly when the workflow is started
   (``manage.py workflow repair`` puts a drifted one back);
@@ -40,7 +40,7 @@ from kombu import Connection
 from kombu.exceptions import OperationalError as BrokerOperationalError
 
 from campaign.config import ConfigError, parse_int
-from workflows import schedules
+from workflows import beat_leader, schedules
 from workflows.models import SchedulerHeartbeat, Workflow, WorkflowState
 from workflows.scheduler import HEARTBEAT_INTERVAL_S
 
@@ -204,15 +204,29 @@ def check_beat(*, stale_after_s: int | None = None) -> CheckResult:
                 "last_tick_at": None, "age_s": None, "limit_s": limit,
             }
         age_s = max(0.0, (timezone.now() - heartbeat.beat_at).total_seconds())
-        details = {"last_tick_at": heartbeat.beat_at.isoformat(), "age_s": round(age_s, 1), "limit_s": limit}
+        beats = beat_leader.cluster()
+        details = {
+            "last_tick_at": heartbeat.beat_at.isoformat(), "age_s": round(age_s, 1), "limit_s": limit,
+            "leader": beats.leader, "leader_since": _iso(beats.leader_since), "lease_until": _iso(beats.lease_until),
+            "leadership_changes": beats.leadership_changes,
+            "standbys": [{"name": member.name, "heartbeat_at": member.heartbeat_at.isoformat()} for member in beats.standbys],
+        }
         if age_s > limit:
             return False, (
                 f"beat last ticked at {heartbeat.beat_at.isoformat()}, {_duration(age_s)} ago "
                 f"(limit {limit} s): is `celery -A campaign beat` running?"
             ), details
-        return True, f"beat ticked {_duration(age_s)} ago", details
+        standbys = len(beats.standbys)
+        return True, (
+            f"beat ticked {_duration(age_s)} ago; leader {beats.leader or '(none: the lease just expired)'}, "
+            f"{standbys} standby{'' if standbys == 1 else 's'}"
+        ), details
 
     return _timed(body)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
 
 
 def _duration(seconds: float) -> str:

@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from workflows import beat_leader
 from workflows.models import RunStatus, RunTally, SchedulerHeartbeat, Workflow, WorkflowRun, WorkflowState
 
 #: Upper bounds (seconds) of the run-duration histogram: from the every-10-minutes workflows that
@@ -44,7 +45,7 @@ class WorkflowCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         families = self._families()
-        runs, duration, last_success, rows, state, errors, beat = families
+        runs, duration, last_success, rows, state, errors, beat, leadership_changes, beat_processes = families
         workflows = list(Workflow.objects.order_by("id").values_list("id", "state", "consecutive_errors"))
         tallies = dict(RunTally.objects.values_list("workflow_id", "totals"))
         aggregates = {row["workflow_id"]: _added(tallies.pop(row["workflow_id"], {}), row)
@@ -66,6 +67,11 @@ class WorkflowCollector(Collector):
         heartbeat = SchedulerHeartbeat.objects.filter(pk=1).values_list("beat_at", flat=True).first()
         if heartbeat is not None:
             beat.add_metric([], heartbeat.timestamp())
+        beats = beat_leader.cluster()
+        leadership_changes.add_metric([], beats.leadership_changes)
+        for member in beats.members:
+            role = "leader" if member.name == beats.leader else "standby"
+            beat_processes.add_metric([member.name, role], member.heartbeat_at.timestamp())
         return families
 
     @staticmethod
@@ -81,6 +87,10 @@ class WorkflowCollector(Collector):
                               labels=["workflow", "state"]),
             GaugeMetricFamily("workflow_consecutive_errors", "Failed runs in a row since the last success.", labels=["workflow"]),
             GaugeMetricFamily("workflow_beat_last_tick_timestamp_seconds", "Last heartbeat written by celery beat (Unix time)."),
+            CounterMetricFamily("workflow_beat_leadership_changes",
+                                "Times another beat process became the one that dispatches."),
+            GaugeMetricFamily("workflow_beat_process_heartbeat_timestamp_seconds",
+                              "Last heartbeat of each beat process (Unix time), leader or standby.", labels=["process", "role"]),
         ]
 
 

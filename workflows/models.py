@@ -231,3 +231,33 @@ class SchedulerHeartbeat(models.Model):
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
     beat_at = models.DateTimeField("last tick")
     hostname = models.CharField("host", max_length=200, blank=True)
+
+
+class BeatLease(models.Model):
+    """Which beat process dispatches: any number may run, the holder of this lease alone sends the
+    scheduled messages (see :mod:`workflows.beat_leader`). One row."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    holder = models.CharField("leader", max_length=200, blank=True, help_text="The leading beat process, as host:pid.")
+    token = models.PositiveBigIntegerField(
+        "token", default=0, help_text="Grows by one each time another process becomes leader: the number of leadership changes.",
+    )
+    lease_until = models.DateTimeField("lease until", null=True, blank=True)
+    acquired_at = models.DateTimeField("leader since", null=True, blank=True)
+
+    class Meta:
+        verbose_name = "beat lease"
+
+
+class BeatProcess(models.Model):
+    """A beat process seen recently, leader or standby, with its last heartbeat."""
+
+    name = models.CharField("process", max_length=200, primary_key=True, help_text="host:pid")
+    hostname = models.CharField("host", max_length=200)
+    started_at = models.DateTimeField("started")
+    heartbeat_at = models.DateTimeField("last heartbeat")
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "beat process"
+        verbose_name_plural = "beat processes"
