@@ -505,10 +505,37 @@ class EventFields(models.Model):
         return f"{self.event_type} #{self.pk} ({self.status})"
 
 
+#: Longest ``Idempotency-Key`` accepted by the event API (characters, printable ASCII).
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
+
+
 class Event(EventFields):
-    """A real-time transactional event received by the event API."""
+    """A real-time transactional event received by the event API.
+
+    ``api_key`` and ``idempotency_key`` make a retried request return the event its first attempt
+    created: the pair is unique while the event is live (a conditional unique constraint, so
+    events sent without a key cost no index entry). The archive does not keep them: once
+    mcSynch_local moves an event to EventHistory, its idempotency key can be used again.
+    """
 
     updated_at = models.DateTimeField("updated", default=timezone.now, db_index=True)
+    # Not a database foreign key: every accepted request inserts an event referencing the same few
+    # key rows, and PostgreSQL would take a share lock on the key row per insert (contended
+    # multixacts under concurrent clients) for a reference that keys, never deleted, do not need.
+    api_key = models.ForeignKey(
+        "APIKey", on_delete=models.SET_NULL, db_constraint=False, db_index=False, null=True, blank=True,
+        related_name="+", verbose_name="API key", editable=False,
+        help_text="The key the event was sent with; the scope of its idempotency key.",
+    )
+    idempotency_key = models.CharField(
+        "idempotency key", max_length=IDEMPOTENCY_KEY_MAX_LENGTH, null=True, blank=True, editable=False,
+        help_text="The request's Idempotency-Key (or the batch item's idempotency_key), unique per API key.",
+    )
+    request_fingerprint = models.CharField(
+        "request fingerprint", max_length=64, null=True, blank=True, editable=False,
+        help_text="SHA-256 of the event type and the canonical fields, in hexadecimal: a retry with the same "
+                  "idempotency key must match it.",
+    )
 
     class Meta:
         ordering = ["-id"]
@@ -516,6 +543,12 @@ class Event(EventFields):
             models.Index(fields=["status", "created_at"], name="event_status_created_idx"),
             models.Index(fields=["status", "processed_at"], name="event_status_proc_idx"),
             models.Index(fields=["created_at"], name="event_created_idx"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["api_key", "idempotency_key"], condition=models.Q(idempotency_key__isnull=False),
+                name="event_api_key_idempotency_uniq",
+            ),
         ]
 
 

@@ -6,6 +6,7 @@ Every refusal is checked for its status, its reason and that nothing was stored.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -19,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
+from typing import IO, Any
 
 import pytest
 import requests
@@ -446,16 +447,17 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture
-def server(transactional_db) -> Iterator[str]:  # noqa: ANN001 - pytest fixture
-    """gunicorn from the venv on a free loopback port, on the test database."""
+@contextlib.contextmanager
+def gunicorn(*, workers: int = 2, threads: int = 4) -> Iterator[tuple[str, IO[bytes]]]:
+    """gunicorn from the venv on a free loopback port, on the test database: its base URL and its
+    log (standard output and error), readable while it runs."""
     port = free_port()
     env = {**os.environ, "DATABASE_URL": current_database_url(), "SECRET_KEY": django_settings.SECRET_KEY,
            "ALLOWED_HOSTS": "127.0.0.1", "VAR_DIR": str(django_settings.VAR_DIR)}
     log = tempfile.TemporaryFile()
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "campaign.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2",
-         "--threads", "4", "--worker-class", "gthread"],
+        [sys.executable, "-m", "gunicorn", "campaign.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+         "--threads", str(threads), "--worker-class", "gthread"],
         cwd=django_settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
@@ -470,7 +472,7 @@ def server(transactional_db) -> Iterator[str]:  # noqa: ANN001 - pytest fixture
                     log.seek(0)
                     raise RuntimeError(f"gunicorn did not start:\n{log.read().decode(errors='replace')}") from None
                 time.sleep(0.2)
-        yield base
+        yield base, log
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -479,6 +481,13 @@ def server(transactional_db) -> Iterator[str]:  # noqa: ANN001 - pytest fixture
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
         log.close()
+
+
+@pytest.fixture
+def server(transactional_db) -> Iterator[str]:  # noqa: ANN001 - pytest fixture
+    """gunicorn (2 workers × 4 threads) on the test database; its base URL."""
+    with gunicorn() as (base, _log):
+        yield base
 
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
