@@ -1,13 +1,17 @@
-"""``python manage.py benchmark``: each heavy workflow against the minimal SQL doing its work, and
-the engine's fixed cost per run (a no-op workflow against a bare Celery task)."""
+"""``python manage.py benchmark``: each heavy workflow against the minimal SQL doing its work, the
+engine's fixed cost per run (a no-op workflow against a bare Celery task), and the event API under
+load through real gunicorn."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from workflows.benchmarks import all_cases
+from workflows.benchmarks.event_ingestion import CASE_NAME as INGESTION_CASE
+from workflows.benchmarks.event_ingestion import EventIngestionResult, Load, requests_for_rows, run_event_ingestion
 from workflows.benchmarks.fixed_cost import CASE_NAME as FIXED_COST_CASE
 from workflows.benchmarks.fixed_cost import POLL_INTERVAL_S, FixedCostResult, Latency, run_fixed_cost
 from workflows.benchmarks.runner import BenchmarkError, Result, drop_scratch_database, run_case, scratch_database
@@ -18,6 +22,10 @@ TARGET_RATIO = 1.5
 TARGET_INCREMENTAL_SHARE = 0.05
 TARGET_PEAK_RSS_MB = 300
 TARGET_ADDED_P50_MS = 20
+#: The event API on PostgreSQL, this project's 2-core machine, 8 clients.
+TARGET_SINGLE_REQUESTS_PER_S = 400
+TARGET_SINGLE_P95_MS = 50
+TARGET_BATCH_EVENTS_PER_S = 10_000
 
 #: Runs of each kind in the fixed-cost case: enough for a stable p95 (its 10th-slowest run),
 #: few enough that the case takes under a minute on PostgreSQL + Redis.
@@ -31,38 +39,53 @@ MIN_FIXED_COST_RUNS = 20
 class Command(BaseCommand):
     help = ("Fill a scratch database at a chosen scale and time each heavy workflow against the minimal "
             "hand-written SQL doing the same work, plus an incremental run over 1% new rows; then time a "
-            f"no-op workflow against a bare Celery task ({FIXED_COST_CASE}).")
+            f"no-op workflow against a bare Celery task ({FIXED_COST_CASE}); then load the event API through "
+            f"real gunicorn ({INGESTION_CASE}).")
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--rows", type=int, default=100_000, help="Scale, in source rows (default 100,000).")
         parser.add_argument("--only", nargs="+", metavar="ID", default=[],
-                            help=f"Only these workflows (and/or {FIXED_COST_CASE}).")
+                            help=f"Only these workflows (and/or {FIXED_COST_CASE}, {INGESTION_CASE}).")
         parser.add_argument("--seed", type=int, default=1)
         parser.add_argument("--runs", type=int, default=None,
                             help=f"Runs of each kind in {FIXED_COST_CASE} (default {DEFAULT_FIXED_COST_RUNS}; fewer when "
                                  f"--rows is under {DEFAULT_FIXED_COST_RUNS * ROWS_PER_FIXED_COST_RUN:,}: one per "
                                  f"{ROWS_PER_FIXED_COST_RUN} rows, at least {MIN_FIXED_COST_RUNS}).")
+        parser.add_argument("--requests", type=int, default=None,
+                            help=f"Single-event requests per client count in {INGESTION_CASE} (default: one per "
+                                 "20 rows, at least 100); it also sends as many batched events as --rows.")
+        parser.add_argument("--gunicorn-config", type=Path, default=None, metavar="PATH",
+                            help=f"gunicorn configuration file for {INGESTION_CASE} (default: the project's "
+                                 "gunicorn.conf.py), to compare configurations.")
         parser.add_argument("--json", action="store_true", dest="as_json", help="Print a JSON array instead of a table.")
 
     def handle(self, *args: object, rows: int, only: list[str], seed: int, runs: int | None, as_json: bool,
-               **options: object) -> None:
+               requests: int | None, gunicorn_config: Path | None, **options: object) -> None:
         if rows < 100:
             raise CommandError("--rows must be at least 100")
         if runs is None:
             runs = min(DEFAULT_FIXED_COST_RUNS, max(MIN_FIXED_COST_RUNS, rows // ROWS_PER_FIXED_COST_RUN))
         if runs < 1:
             raise CommandError("--runs must be at least 1")
+        if requests is None:
+            requests = requests_for_rows(rows)
+        if requests < 1:
+            raise CommandError("--requests must be at least 1")
+        if gunicorn_config is not None and not gunicorn_config.is_file():
+            raise CommandError(f"--gunicorn-config: no such file: {gunicorn_config}")
         cases = all_cases()
-        with_fixed_cost = not only or any(name.lower() == FIXED_COST_CASE.lower() for name in only)
+        named = {name.lower() for name in only}
+        with_fixed_cost = not only or FIXED_COST_CASE.lower() in named
+        with_ingestion = not only or INGESTION_CASE.lower() in named
         try:
-            wanted = ([resolve_id(name) for name in only if name.lower() != FIXED_COST_CASE.lower()]
+            wanted = ([resolve_id(name) for name in only if name.lower() not in {FIXED_COST_CASE.lower(), INGESTION_CASE.lower()}]
                       if only else list(cases))
         except UnknownWorkflow as error:
-            raise CommandError(f"{error} (or {FIXED_COST_CASE})") from None
+            raise CommandError(f"{error} (or {FIXED_COST_CASE}, {INGESTION_CASE})") from None
         missing = [workflow_id for workflow_id in wanted if workflow_id not in cases]
         if missing:
             raise CommandError(f"no benchmark case for {', '.join(missing)} "
-                               f"(cases: {', '.join([*cases, FIXED_COST_CASE])})")
+                               f"(cases: {', '.join([*cases, FIXED_COST_CASE, INGESTION_CASE])})")
 
         old_name, _scratch = scratch_database()
         try:
@@ -82,16 +105,28 @@ class Command(BaseCommand):
                     fixed_cost = run_fixed_cost(runs=runs)
                 except BenchmarkError as error:
                     raise CommandError(str(error)) from None
+            ingestion = None
+            if with_ingestion:
+                if not as_json:
+                    self.stderr.write(f"{INGESTION_CASE}: {requests:,} requests per client count, {rows:,} batched events…")
+                try:
+                    ingestion = run_event_ingestion(requests=requests, batch_events=rows, config=gunicorn_config)
+                except BenchmarkError as error:
+                    raise CommandError(str(error)) from None
         finally:
             drop_scratch_database(old_name)
-        self._report(results, fixed_cost, as_json=as_json)
+        self._report(results, fixed_cost, ingestion, as_json=as_json)
         if any(not result.same_result for result in results):
             raise CommandError("a workflow's output differs from the SQL bound's: "
                                + ", ".join(r.workflow for r in results if not r.same_result))
+        if ingestion is not None and not ingestion.intact:
+            raise CommandError(f"{INGESTION_CASE}: events refused, lost or duplicated (see the report)")
 
-    def _report(self, results: list[Result], fixed_cost: FixedCostResult | None, *, as_json: bool) -> None:
+    def _report(self, results: list[Result], fixed_cost: FixedCostResult | None,
+                ingestion: EventIngestionResult | None, *, as_json: bool) -> None:
         if as_json:
-            items = [result.as_json() for result in results] + ([fixed_cost.as_json()] if fixed_cost else [])
+            items = ([result.as_json() for result in results] + ([fixed_cost.as_json()] if fixed_cost else [])
+                     + ([ingestion.as_json()] if ingestion else []))
             self.stdout.write(json.dumps(items, indent=2))
             return
         if results:
@@ -100,6 +135,11 @@ class Command(BaseCommand):
             if results:
                 self.stdout.write("")
             for line in fixed_cost_lines(fixed_cost):
+                self.stdout.write(line)
+        if ingestion is not None:
+            if results or fixed_cost is not None:
+                self.stdout.write("")
+            for line in ingestion_lines(ingestion):
                 self.stdout.write(line)
 
     def _report_workflows(self, results: list[Result]) -> None:
@@ -145,4 +185,34 @@ def fixed_cost_lines(result: FixedCostResult) -> list[str]:
             f"{result.round_trips_per_run} database round trips per run"),
         row("added by the engine", result.in_process_added),
     ]
+    return lines
+
+
+def ingestion_lines(result: EventIngestionResult) -> list[str]:
+    """The event ingestion case as a table: throughput, latency percentiles, CPU shares, integrity."""
+
+    def row(load: Load) -> str:
+        server = f"{load.server_cpu_share:.2f}" if load.server_cpu_share is not None else "n/a"
+        integrity = ("none" if load.intact else
+                     f"{load.refused} refused, {load.lost} lost, {load.duplicated} duplicated")
+        return (f"  {load.endpoint:<40}{load.clients:>8}{load.requests:>9,}{load.events / load.seconds if load.seconds else 0:>10,.0f}"
+                f"{load.requests_per_s:>8,.0f}{load.p50_ms:>8.1f}{load.p95_ms:>8.1f}{load.p99_ms:>8.1f}"
+                f"{load.client_cpu_share:>7.2f}{server:>7}  {integrity}")
+
+    lines = [
+        (f"{INGESTION_CASE}: gunicorn {result.workers} workers x {result.threads} threads ({result.config}) "
+         f"on {result.database}, load average {result.load_average:.2f}"),
+        (f"  {'endpoint':<40}{'clients':>8}{'requests':>9}{'events/s':>10}{'req/s':>8}{'p50 ms':>8}{'p95 ms':>8}"
+         f"{'p99 ms':>8}{'client':>7}{'server':>7}  lost or duplicated"),
+        *[row(load) for load in result.single],
+    ]
+    if result.batch is not None:
+        lines.append(row(result.batch))
+    else:
+        lines.append(f"  batch: not measured ({result.batch_skipped})")
+    for load in [*result.single, *([result.batch] if result.batch else [])]:
+        lines += [f"  problem: {problem}" for problem in load.problems]
+    lines.append(f"  client/server: CPU time over wall time (1.00 = one core). Targets on PostgreSQL, 8 clients: "
+                 f"≥ {TARGET_SINGLE_REQUESTS_PER_S} requests/s at p95 ≤ {TARGET_SINGLE_P95_MS} ms; "
+                 f"batches ≥ {TARGET_BATCH_EVENTS_PER_S:,} events/s; nothing lost or duplicated")
     return lines
