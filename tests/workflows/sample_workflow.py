@@ -15,7 +15,7 @@ from campaign.models import Delivery, SendingFeedback, TrackingLog, UrlType
 from workflows.context import ActivityContext, Batch
 from workflows.definition import RetryPolicy, WorkflowDefinition, register
 from workflows.models import RunStatus, WorkflowRun
-from workflows.properties import BooleanProperty, IntegerProperty
+from workflows.properties import BooleanProperty, DurationProperty, IntegerProperty
 
 SAMPLE_ID = "engineSample"
 SAMPLE_QUEUE = "engine-tests"
@@ -66,10 +66,11 @@ definition = register(WorkflowDefinition(
     schedule=None,
     activities=(prepare, consume, finish),
     properties=(
-        IntegerProperty("batch_size", 10, minimum=1, help="Rows per batch."),
-        IntegerProperty("sleep_ms", 0, minimum=0, help="Pause inside each batch, to catch a run mid-way."),
+        IntegerProperty("batch_size", 10, minimum=1, maximum=10_000, help="Rows per batch."),
+        DurationProperty("sleep_ms", 0, minimum=0, maximum=10_000, unit="ms",
+                         help="Pause inside each batch, to catch a run mid-way."),
         BooleanProperty("fail", False, help="Make the first activity fail."),
-        IntegerProperty("wait_for_skips", 0, minimum=0, help="Hold the first activity until this many runs were skipped."),
+        IntegerProperty("wait_for_skips", 0, minimum=0, maximum=1_000, help="Hold the first activity until this many runs were skipped."),
     ),
     soft_time_limit_s=120,
     hard_time_limit_s=150,

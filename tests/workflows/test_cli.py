@@ -55,7 +55,7 @@ SAMPLE = register(WorkflowDefinition(
     description="Test-only workflow of the CLI tests: counts the rows it is told to.",
     schedule=None,
     activities=(count_rows,),
-    properties=(IntegerProperty("rows", 3, minimum=0, help="How many rows to count."),),
+    properties=(IntegerProperty("rows", 3, minimum=0, maximum=1_000, help="How many rows to count."),),
 ))
 
 

@@ -43,7 +43,7 @@ from campaign import reports
 from campaign.models import Channel, CustomerMetrics, Delivery, DeliveryLog, LogStatus, Profile, SendingFeedback
 from workflows.context import ActivityContext, SkipRun
 from workflows.definition import Schedule, WorkflowDefinition, register
-from workflows.properties import BooleanProperty, TextProperty
+from workflows.properties import BooleanProperty, MonthProperty
 
 BILLING_USERNAME = "billing"
 SMALL_DELIVERY = 100
@@ -189,7 +189,7 @@ definition = register(WorkflowDefinition(
     schedule=Schedule("0 1 * * *"),
     activities=(compute, send),
     properties=(
-        TextProperty("month", "", max_length=7, help="YYYY-MM; empty: the last full month."),
+        MonthProperty("month", "", help="The month to report, YYYY-MM; empty: the last full month."),
         BooleanProperty("resend", False, help="Email the report even if this period was already emailed."),
     ),
 ))

@@ -68,7 +68,7 @@ from workflows.context import ActivityContext, Batch, LeaseLost, RunHalted, curs
 from workflows.definition import Activity, Schedule, WorkflowDefinition, register
 from workflows.errors import PermanentError, describe
 from workflows.models import ActivityMode, ActivityRun, LogLevel, RunStatus, Workflow, WorkflowLog, WorkflowRun
-from workflows.properties import BooleanProperty, ChoiceProperty, IntegerProperty
+from workflows.properties import BooleanProperty, ChoiceProperty, DurationProperty, IntegerProperty
 
 WORKFLOW_ID = "cleanup"
 
@@ -606,14 +606,14 @@ definition = register(WorkflowDefinition(
         update_statistics,
     )),
     properties=(
-        *(IntegerProperty(rule.retention, rule.default_days, help=rule.help, minimum=MINIMUM_AGE.days,
-                          maximum=MAXIMUM_RETENTION_DAYS, unit="days") for rule in RETENTIONS),
-        IntegerProperty("soft_error_release_days", 10, minimum=MINIMUM_AGE.days, maximum=MAXIMUM_RETENTION_DAYS, unit="days",
-                        help="An erroneous address whose last soft error (other than mailbox full) is older than this "
-                             "is released."),
-        IntegerProperty("mailbox_full_release_days", 30, minimum=MINIMUM_AGE.days, maximum=MAXIMUM_RETENTION_DAYS,
-                        unit="days", help="An erroneous address whose mailbox was full more than this many days ago "
-                                          "is released."),
+        *(DurationProperty(rule.retention, rule.default_days, help=rule.help, minimum=MINIMUM_AGE.days,
+                           maximum=MAXIMUM_RETENTION_DAYS, unit="days") for rule in RETENTIONS),
+        DurationProperty("soft_error_release_days", 10, minimum=MINIMUM_AGE.days, maximum=MAXIMUM_RETENTION_DAYS, unit="days",
+                         help="An erroneous address whose last soft error (other than mailbox full) is older than this "
+                              "is released."),
+        DurationProperty("mailbox_full_release_days", 30, minimum=MINIMUM_AGE.days, maximum=MAXIMUM_RETENTION_DAYS,
+                         unit="days", help="An erroneous address whose mailbox was full more than this many days ago "
+                                           "is released."),
         IntegerProperty("log_batch_size", DEFAULT_LOG_BATCH_SIZE, minimum=1, maximum=1_000_000, unit="rows",
                         help="Rows deleted per transaction in the log tables (delivery, tracking, forecast logs, raw "
                              "feedback and hits)."),

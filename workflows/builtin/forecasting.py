@@ -63,7 +63,7 @@ from campaign.audience import push_targets
 from campaign.models import Channel, Delivery, DeliveryLog, ForecastLog, LogStatus, Profile, Quarantine
 from workflows.context import ActivityContext, Batch
 from workflows.definition import Schedule, WorkflowDefinition, register
-from workflows.properties import IntegerProperty
+from workflows.properties import DurationProperty, IntegerProperty
 
 WORKFLOW_ID = "forecasting"
 
@@ -347,9 +347,9 @@ definition = register(WorkflowDefinition(
     schedule=Schedule("0 1 * * *"),
     activities=(compute_forecast,),
     properties=(
-        IntegerProperty("horizon_days", DEFAULT_HORIZON_DAYS, minimum=1, maximum=366, unit="days",
-                        help="The forecast covers deliveries scheduled this many days before and after the run, "
-                             "and counts the messages sent over the days before."),
+        DurationProperty("horizon_days", DEFAULT_HORIZON_DAYS, minimum=1, maximum=366, unit="days",
+                         help="The forecast covers deliveries scheduled this many days before and after the run, "
+                              "and counts the messages sent over the days before."),
         IntegerProperty("fatigue_threshold", DEFAULT_FATIGUE_THRESHOLD, minimum=1, maximum=1_000, unit="messages",
                         help="Most messages a profile gets over the period (past and planned); the planned "
                              "contacts beyond it, lowest priority first, are excluded."),

@@ -48,7 +48,7 @@ from workflows.builtin.kpi_sharing import SHARING_ID, Key
 from workflows.context import ActivityContext
 from workflows.definition import Schedule, WorkflowDefinition, register
 from workflows.errors import TransientError
-from workflows.properties import IntegerProperty
+from workflows.properties import DurationProperty, IntegerProperty
 
 #: Days fetched per GET: a week of rows of a large instance is a few thousand rows, one modest
 #: answer, compared in memory.
@@ -198,10 +198,10 @@ definition = register(WorkflowDefinition(
     exclusive_with=(SHARING_ID,),
     wait_for_exclusive_s=SHARING_WAIT_S,
     properties=(
-        IntegerProperty("lookback_days", kpi_sharing.DEFAULT_LOOKBACK_DAYS, minimum=1, maximum=366, unit="days",
-                        help="Days reconciled: today and this many before (as kpiSharing's look-back)."),
-        IntegerProperty("days_per_request", DEFAULT_DAYS_PER_REQUEST, minimum=1, maximum=366, unit="days",
-                        help="Days fetched per GET /kpis; each chunk is compared and corrected on its own."),
+        DurationProperty("lookback_days", kpi_sharing.DEFAULT_LOOKBACK_DAYS, minimum=1, maximum=366, unit="days",
+                         help="Days reconciled: today and this many before (as kpiSharing's look-back)."),
+        DurationProperty("days_per_request", DEFAULT_DAYS_PER_REQUEST, minimum=1, maximum=366, unit="days",
+                         help="Days fetched per GET /kpis; each chunk is compared and corrected on its own."),
         IntegerProperty("batch_size", kpi_sharing.DEFAULT_BATCH_SIZE, minimum=1, maximum=kpi_sharing.MAX_BATCH_SIZE,
                         unit="rows", help="Corrected rows per push."),
     ),

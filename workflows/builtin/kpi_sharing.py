@@ -55,7 +55,7 @@ from campaign.models import Channel, Delivery, DeliveryAggregate, KpiShareState,
 from workflows.context import ActivityContext, SkipRun
 from workflows.definition import Schedule, WorkflowDefinition, register
 from workflows.models import LogLevel, WorkflowLog
-from workflows.properties import IntegerProperty
+from workflows.properties import DurationProperty, IntegerProperty
 
 SHARING_ID = "kpiSharing"
 
@@ -355,8 +355,8 @@ definition = register(WorkflowDefinition(
     schedule=Schedule("*/15 * * * *"),
     activities=(share_changed_days,),
     properties=(
-        IntegerProperty("lookback_days", DEFAULT_LOOKBACK_DAYS, minimum=1, maximum=366, unit="days",
-                        help="Days shared: today and this many before. Older days are never pushed, even when they change."),
+        DurationProperty("lookback_days", DEFAULT_LOOKBACK_DAYS, minimum=1, maximum=366, unit="days",
+                         help="Days shared: today and this many before. Older days are never pushed, even when they change."),
         IntegerProperty("batch_size", DEFAULT_BATCH_SIZE, minimum=1, maximum=MAX_BATCH_SIZE, unit="rows",
                         help="Aggregate rows read per batch; each batch is one push."),
     ),

@@ -50,12 +50,16 @@ from campaign.models import FINAL_EVENT_STATUSES, Event, EventHistory
 from workflows.context import ActivityContext, Batch, savepoint
 from workflows.definition import Schedule, WorkflowDefinition, register
 from workflows.models import LogLevel
-from workflows.properties import IntegerProperty
+from workflows.properties import DurationProperty, IntegerProperty
 
 #: Events moved per batch (one transaction): on PostgreSQL 5,000 events take a few tens of
 #: milliseconds to copy and delete, so row locks are short, while the per-batch cost (cursor,
 #: counters, lease check, commit) stays a small share of the run.
 DEFAULT_BATCH_SIZE = 5_000
+
+#: The longest delay accepted, in minutes (30 days): the live table must stay small, and cleanup
+#: purges live events after ``events_days`` (30 by default) whether archived or not.
+MAXIMUM_DELAY_MINUTES = 30 * 24 * 60
 
 #: Cursor name in ``Workflow.cursors``: the highest Event id done by the run in progress.
 CURSOR = "event_id"
@@ -187,12 +191,12 @@ definition = register(WorkflowDefinition(
     schedule=Schedule("0 * * * *"),
     activities=(archive_events,),
     properties=(
-        IntegerProperty("delay_minutes", 60, minimum=0, unit="minutes",
-                        help="Archive final events processed (else created) more than this many minutes ago."),
+        DurationProperty("delay_minutes", 60, minimum=0, maximum=MAXIMUM_DELAY_MINUTES, unit="minutes",
+                         help="Archive final events processed (else created) more than this many minutes ago."),
         IntegerProperty("batch_size", DEFAULT_BATCH_SIZE, minimum=1, maximum=100_000,
                         help="Events moved per transaction."),
-        IntegerProperty("throttle_ms", 0, minimum=0, maximum=60_000, unit="ms",
-                        help="Pause between batches, to leave the database to other writers."),
+        DurationProperty("throttle_ms", 0, minimum=0, maximum=60_000, unit="ms",
+                         help="Pause between batches, to leave the database to other writers."),
     ),
     batch_size=DEFAULT_BATCH_SIZE,
     expire_s=3600,  # a late message is dropped: the next slot does the same work

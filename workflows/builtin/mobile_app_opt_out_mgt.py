@@ -50,7 +50,7 @@ from django.utils import timezone
 from campaign.models import AppSubscription, Channel, DeliveryLog, FailureReason, FailureType, LogStatus
 from workflows.context import ActivityContext, Batch
 from workflows.definition import Schedule, WorkflowDefinition, register
-from workflows.properties import IntegerProperty
+from workflows.properties import DurationProperty, IntegerProperty
 
 #: The failure reasons a push service gives for a token that will never work again.
 INVALID_TOKEN_REASONS = (FailureReason.USER_UNKNOWN, FailureReason.REFUSED)
@@ -147,9 +147,9 @@ definition = register(WorkflowDefinition(
     properties=(
         IntegerProperty("batch_size", DEFAULT_BATCH_SIZE, minimum=1, maximum=200_000,
                         help="Delivery logs examined per transaction."),
-        IntegerProperty("margin_minutes", DEFAULT_MARGIN_MINUTES, minimum=0, maximum=24 * 60, unit="minutes",
-                        help="Logs updated more recently than this wait for the next run (their transaction may "
-                             "still be committing)."),
+        DurationProperty("margin_minutes", DEFAULT_MARGIN_MINUTES, minimum=0, maximum=24 * 60, unit="minutes",
+                         help="Logs updated more recently than this wait for the next run (their transaction may "
+                              "still be committing)."),
     ),
     batch_size=DEFAULT_BATCH_SIZE,
 ))

@@ -22,7 +22,7 @@ from campaign.report_shares import Recurrence, is_due_on, latest_due, send_share
 from workflows.context import ActivityContext
 from workflows.definition import WorkflowDefinition, register
 from workflows.models import LogLevel
-from workflows.properties import IntegerProperty, TextProperty
+from workflows.properties import MAXIMUM_INTEGER, DateTimeProperty, IntegerProperty
 
 #: A bound on the catch-up pass (no share_id): the rest waits for the next run.
 MAX_CATCH_UP = 200
@@ -90,8 +90,10 @@ definition = register(WorkflowDefinition(
     schedule=None,
     activities=(send_due_shares,),
     properties=(
-        IntegerProperty("share_id", 0, minimum=0, help="The share to send; 0 sends every pending \"send now\" share."),
-        TextProperty("due_at", "", max_length=40, help="ISO date-time of the due slot (default: the share's current slot)."),
+        IntegerProperty("share_id", 0, minimum=0, maximum=MAXIMUM_INTEGER,  # an id: the id column's range
+                        help="The share to send; 0 sends every pending \"send now\" share."),
+        DateTimeProperty("due_at", "", help="ISO date-time of the due slot, with its UTC offset (default: the share's "
+                                            "current slot)."),
     ),
     soft_time_limit_s=300,
     hard_time_limit_s=360,

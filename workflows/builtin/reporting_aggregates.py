@@ -64,7 +64,7 @@ from django.utils import timezone
 from campaign.models import Delivery, DeliveryAggregate, DeliveryLog, LogStatus, TrackingLog, UrlType
 from workflows.context import ActivityContext, Batch
 from workflows.definition import Schedule, WorkflowDefinition, register
-from workflows.properties import IntegerProperty
+from workflows.properties import DurationProperty, IntegerProperty
 
 #: How far behind the start of the previous pass the next one looks for updated logs. A writer
 #: stamps ``updated_at`` before its transaction commits; any transaction shorter than this is seen.
@@ -435,7 +435,7 @@ definition = register(WorkflowDefinition(
             help="Deliveries whose message counters are recomputed per batch (one transaction). A batch reads "
                  "every sent or bounced log of its deliveries: lower it if deliveries are very large.",
         ),
-        IntegerProperty(
+        DurationProperty(
             "days_per_batch", DEFAULT_DAYS_PER_BATCH, minimum=1, maximum=366, unit="days",
             help="Days whose tracking counters are recomputed per batch (one transaction). A batch reads every "
                  "tracking row of its days.",

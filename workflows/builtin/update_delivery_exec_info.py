@@ -63,7 +63,7 @@ from campaign.models import (
 from workflows.context import ActivityContext, Batch
 from workflows.definition import Schedule, WorkflowDefinition, register
 from workflows.errors import PermanentError
-from workflows.properties import IntegerProperty
+from workflows.properties import DurationProperty, IntegerProperty
 
 WORKFLOW_ID = "updateDeliveryExecInfo"
 
@@ -509,12 +509,12 @@ definition = register(WorkflowDefinition(
     properties=(
         IntegerProperty("batch_size", DEFAULT_BATCH_SIZE, minimum=1, maximum=1_000_000, unit="rows",
                         help="Raw rows consolidated per transaction."),
-        IntegerProperty("error_interval_days", 1, minimum=0, maximum=365, unit="days",
-                        help="A soft error counts toward the quarantine only this long after the last counted one."),
+        DurationProperty("error_interval_days", 1, minimum=0, maximum=365, unit="days",
+                         help="A soft error counts toward the quarantine only this long after the last counted one."),
         IntegerProperty("quarantine_threshold", 5, minimum=1, maximum=1000,
                         help="Counted soft errors after which an address is quarantined."),
-        IntegerProperty("counter_reset_days", 10, minimum=1, maximum=3650, unit="days",
-                        help="The error count starts again when the last counted error is older than this."),
+        DurationProperty("counter_reset_days", 10, minimum=1, maximum=3650, unit="days",
+                         help="The error count starts again when the last counted error is older than this."),
     ),
     batch_size=DEFAULT_BATCH_SIZE,
     expire_s=600,  # a late message is dropped: the next slot does the same work

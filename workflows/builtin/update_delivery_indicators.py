@@ -63,6 +63,9 @@ LOG_TIMESTAMP_SAFETY_MARGIN = timedelta(minutes=5)
 #: is about half a second of aggregation: few enough commits that they are noise, short enough a
 #: transaction for the writers of those tables.
 DEFAULT_SOURCE_ROWS_PER_BATCH = 500_000
+#: The most a full-pass batch may be set to read: about ten seconds of aggregation, already a long
+#: transaction for the writers of the log tables.
+MAX_SOURCE_ROWS_PER_BATCH = 10_000_000
 #: The size assumed for a delivery before any was measured (sizes the pass's first batch).
 ASSUMED_ROWS_PER_DELIVERY = 5_000
 #: At most this many deliveries per batch (the length of the IN lists), however small they are.
@@ -448,7 +451,7 @@ definition = register(WorkflowDefinition(
     activities=(recompute_changed_deliveries,),
     properties=(
         IntegerProperty(
-            "source_rows_per_batch", DEFAULT_SOURCE_ROWS_PER_BATCH, minimum=1, maximum=100_000_000, unit="rows",
+            "source_rows_per_batch", DEFAULT_SOURCE_ROWS_PER_BATCH, minimum=1, maximum=MAX_SOURCE_ROWS_PER_BATCH, unit="rows",
             help="Full pass (first run, or recompute_all): logs and tracking rows read per transaction; "
                  "the number of deliveries per batch adapts to their size (at least one).",
         ),

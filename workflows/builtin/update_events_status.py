@@ -50,7 +50,7 @@ from django.utils.dateparse import parse_datetime
 from campaign.models import Channel, Delivery, DeliveryLog, Event, EventStatus, LogStatus, MessageTemplate
 from workflows.context import ActivityContext, Batch
 from workflows.definition import Schedule, WorkflowDefinition, register
-from workflows.properties import IntegerProperty
+from workflows.properties import DurationProperty, IntegerProperty
 
 #: Events routed or expired per batch. Each routed event costs a log insert and an event update:
 #: 5,000 keeps a batch's transaction under a second (its row locks never block the event API,
@@ -436,8 +436,8 @@ definition = register(WorkflowDefinition(
     schedule=Schedule("*/10 * * * *"),
     activities=(expire_events, copy_delivery_outcomes, route_events),
     properties=(
-        IntegerProperty("expiry_hours", DEFAULT_EXPIRY_HOURS, minimum=1, maximum=24 * 30, unit="hours",
-                        help="A pending event older than this is not sent: it becomes too_old."),
+        DurationProperty("expiry_hours", DEFAULT_EXPIRY_HOURS, minimum=1, maximum=24 * 30, unit="hours",
+                         help="A pending event older than this is not sent: it becomes too_old."),
         IntegerProperty("batch_size", DEFAULT_BATCH_SIZE, minimum=1, maximum=100_000,
                         help="Events expired or routed per batch (one transaction each)."),
         IntegerProperty("check_batch_size", DEFAULT_CHECK_BATCH_SIZE, minimum=1, maximum=200_000,
