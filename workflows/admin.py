@@ -15,6 +15,9 @@
   :mod:`workflows.schedule_repair`. A workflow's own PeriodicTask is read-only in
   django-celery-beat's admin, which links to the workflow's page: schedule edits go through the
   workflow's form, validated and audited.
+- A stored property value that does not validate (saved before its range existed, or written by
+  hand) is named above the workflow's form and marked in its read-only properties: the engine fails
+  every run on it (without pausing the workflow) until it is fixed here.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ from workflows.models import (
     WorkflowRun,
     WorkflowState,
 )
+from workflows.properties import invalid_values
 
 #: How many runs the workflow page shows; the run list (filtered by workflow) has the rest.
 RECENT_RUNS = 10
@@ -149,6 +153,12 @@ def drift_warning(workflow: Workflow) -> SafeString | str:
         f"Repair it with the workflow page's Repair schedule button, or: manage.py workflow repair {workflow.pk}",
         "; ".join(problems),
     )
+
+
+def invalid_properties(workflow: Workflow) -> list[str]:
+    """Why each stored property value is refused ("delay_minutes: must be at most …, got …"), as
+    the engine refuses a run on it; [] when every stored value validates."""
+    return list(invalid_values(definition_of(workflow).properties, workflow.properties or {}).values())
 
 
 def run_url(run_id: int) -> str:
@@ -348,10 +358,14 @@ class WorkflowAdmin(admin.ModelAdmin):
         definition = definition_of(workflow)
         if not definition.properties:
             return EMPTY
+        invalid = invalid_values(definition.properties, workflow.properties or {})
         return format_html_join(
-            "", "<div><code>{}</code> = {}{}</div>",
+            "", "<div><code>{}</code> = {}{}{}</div>",
             ((prop.name, display_value(workflow.properties.get(prop.name, prop.default)),
-              "" if prop.name in workflow.properties else " (default)") for prop in definition.properties),
+              "" if prop.name in workflow.properties else " (default)",
+              format_html(' <strong class="invalid-property" style="color:#c62828">⚠ invalid: {}</strong>',
+                          invalid[prop.name]) if prop.name in invalid else "")
+             for prop in definition.properties),
         )
 
     @admin.display(description="activities")
@@ -424,6 +438,7 @@ class WorkflowAdmin(admin.ModelAdmin):
             ]
         workflow = self.get_object(request, unquote(object_id))
         if workflow is not None:
+            extra_context["invalid_properties"] = invalid_properties(workflow)
             extra_context["schedule_drift"] = schedules.drift_of(workflow, definition_of(workflow))
             if extra_context["schedule_drift"] and self.has_operate_permission(request):
                 extra_context["repair_schedule_url"] = reverse(

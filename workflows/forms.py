@@ -9,7 +9,9 @@ will read the values.
 Three invariants:
 
 - A property is validated by the property itself (:meth:`Property.validate`), so the admin refuses
-  a bad value with the same message as the CLI's ``--set`` and the engine.
+  a bad value with the same message as the CLI's ``--set`` and the engine, on the field, and saves
+  nothing. A stored value that no longer validates (written before a range existed, or by hand) is
+  shown in the field as it is, so submitting the form without fixing it is refused too.
 - ``Workflow.properties`` keeps only the values that differ from the definition's defaults (a
   changed default in code then reaches every workflow still on it), and ``activity_modes`` only the
   activities that are not ``normal``.
@@ -31,7 +33,15 @@ from django_celery_beat.models import PeriodicTask
 from workflows import commands, schedules
 from workflows.definition import Activity, WorkflowDefinition
 from workflows.models import ActivityMode, Workflow
-from workflows.properties import BooleanProperty, ChoiceProperty, IntegerProperty, Property, TextProperty
+from workflows.properties import (
+    BooleanProperty,
+    ChoiceProperty,
+    DateTimeProperty,
+    IntegerProperty,
+    MonthProperty,
+    Property,
+    TextProperty,
+)
 
 #: Form field names of the generated fields: a prefix, then the property's or activity's name.
 PROPERTY_PREFIX = "property__"
@@ -68,10 +78,13 @@ def _property_validator(prop: Property) -> Any:
 
 
 def property_form_field(prop: Property) -> forms.Field:
-    """The form field of one property: its type, its help text with the default, and the
-    property's own validation. (The form's initial value is the stored one: see WorkflowForm.)"""
+    """The form field of one property: its type, its help text with the default and the accepted
+    values, and the property's own validation. (The form's initial value is the stored one: see
+    WorkflowForm.)"""
     unit = f" {prop.unit}" if isinstance(prop, IntegerProperty) and prop.unit else ""
     default = f"Default: {display_value(prop.default)}{unit}."
+    if isinstance(prop, (IntegerProperty, MonthProperty, DateTimeProperty)):
+        default = f"{default} Accepted: {prop.range_text}."
     help_text = f"{prop.help.rstrip('.')}. {default}" if prop.help else default
     common: dict[str, Any] = {"label": prop.name, "help_text": help_text, "initial": prop.default}
     field: forms.Field

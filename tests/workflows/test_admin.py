@@ -35,7 +35,7 @@ from workflows.models import (
     WorkflowRun,
     WorkflowState,
 )
-from workflows.properties import BooleanProperty, ChoiceProperty, IntegerProperty, TextProperty
+from workflows.properties import BooleanProperty, ChoiceProperty, DurationProperty, TextProperty
 
 pytestmark = pytest.mark.django_db
 
@@ -63,7 +63,7 @@ SAMPLE = register(WorkflowDefinition(
     schedule=None,
     activities=(count_rows, send_summary),
     properties=(
-        IntegerProperty("window_days", 7, minimum=1, maximum=90, unit="days", help="How far back to count."),
+        DurationProperty("window_days", 7, minimum=1, maximum=90, unit="days", help="How far back to count."),
         BooleanProperty("dry_run", False, help="Count but send nothing."),
         ChoiceProperty("channel", "email", choices=("email", "sms"), help="Where the summary goes."),
         TextProperty("subject", "Daily summary", max_length=40, help="Subject of the summary."),
@@ -482,7 +482,7 @@ def test_change_page_shows_a_field_per_property_and_activity_with_help_and_defau
     form = response.context["adminform"].form
     assert form["property__window_days"].value() == 30  # stored
     assert form["property__channel"].value() == "email"  # default
-    assert form.fields["property__window_days"].help_text == "How far back to count. Default: 7 days."
+    assert form.fields["property__window_days"].help_text == "How far back to count. Default: 7 days. Accepted: 1 to 90 days."
     assert form.fields["property__dry_run"].help_text == "Count but send nothing. Default: no."
     assert [choice for choice, _ in form.fields["property__channel"].choices] == ["email", "sms"]
     assert form.fields["activity__send_summary"].help_text == "Send the summary to the supervisors."

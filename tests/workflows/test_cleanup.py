@@ -647,7 +647,8 @@ def test_the_admin_refuses_a_retention_below_one_day_and_shows_the_default(admin
 
     page = admin_client.get(change_url("cleanup"))
     field = page.context["adminform"].form.fields["property__tracking_logs_days"]
-    assert field.help_text == "Tracking logs older than this many days are removed. Default: 360 days."
+    assert field.help_text == ("Tracking logs older than this many days are removed. Default: 360 days. "
+                               "Accepted: 1 to 36,500 days.")
 
     response = edit(admin_client, "cleanup", property__tracking_logs_days="0")
 
