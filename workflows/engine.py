@@ -38,6 +38,7 @@ from workflows.models import (
     WorkflowRun,
     WorkflowState,
 )
+from workflows.properties import invalid_values
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +139,12 @@ def execute(request: RunRequest) -> WorkflowRun:
     refusal = _refusal(workflow, run, request, continuing)
     if refusal:
         return _finish(run, RunStatus.SKIPPED, refusal)
+    # Validated before the claim: a run whose values do not validate does no work at all.
+    values = properties_in_force(workflow, run)
+    problem = configuration_problem(definition, workflow, run)
+    if problem:
+        return _fail_on_configuration(definition, workflow, run, problem)
+    properties = definition.resolve_properties(values)
 
     # Bookkeeping writes are grouped in few transactions: each commit costs a disk flush, and a run
     # with little to do (an incremental run) would otherwise spend most of its time on them.
@@ -154,7 +161,7 @@ def execute(request: RunRequest) -> WorkflowRun:
         with leases.LeaseKeeper(definition.id, run.pk, claim.token) as keeper:
             fence = RunFence(definition.id, run.pk, claim.token, keeper)
             try:
-                return _run_activities(definition, workflow, run, request, fence, continuing=continuing)
+                return _run_activities(definition, workflow, run, request, fence, properties, continuing=continuing)
             except LeaseLost as error:
                 return _lease_lost(definition, run, error)
     finally:
@@ -240,16 +247,62 @@ def _refusal(workflow: Workflow, run: WorkflowRun, request: RunRequest, continui
     return ""
 
 
+def properties_in_force(workflow: Workflow, run: WorkflowRun) -> dict[str, Any]:
+    """The values a run reads besides the defaults: the stored ones, each replaced by the run's
+    override when it has one (so an override may stand in for a stored value that no longer validates)."""
+    return {**(workflow.properties or {}), **(run.overrides or {})}
+
+
+def configuration_problem(definition: WorkflowDefinition, workflow: Workflow, run: WorkflowRun) -> str:
+    """Why the run cannot use its properties, naming each bad value and where to fix it; "" when
+    every value in force validates."""
+    overrides = run.overrides or {}
+    stored = {name: value for name, value in (workflow.properties or {}).items() if name not in overrides}
+    parts = []
+    stored_problems = list(invalid_values(definition.properties, stored).values())
+    if stored_problems:
+        fix = "fix it" if len(stored_problems) == 1 else "fix them"
+        parts.append("; ".join(f"property {problem}" for problem in stored_problems) + f"; {fix} on the workflow page")
+    override_problems = list(invalid_values(definition.properties, overrides).values())
+    if override_problems:
+        parts.append("; ".join(f"override {problem}" for problem in override_problems)
+                     + "; run again without it or with a valid value")
+    return "; ".join(parts)
+
+
+def _fail_on_configuration(definition: WorkflowDefinition, workflow: Workflow, run: WorkflowRun, reason: str) -> WorkflowRun:
+    """Fail a run whose properties do not validate, before it claims the workflow or does any work.
+
+    Such a failure does **not** count toward the consecutive-error threshold, and leaves the count
+    as it was. The threshold pauses a workflow whose runs keep failing on something that may do
+    harm or may pass by itself (a service down, bad data, a bug), so that someone looks. Here the
+    run did nothing, every later run fails the same way until the value is fixed, and pausing would
+    not fix it: it would only replace the reason on the next runs by "workflow is paused" and need
+    a resume on top of the fix. So each run fails once with the reason (no retry), the workflow's
+    page shows the bad value, and the supervisors are emailed when the reason first appears (not
+    at every scheduled run).
+    """
+    previous = (WorkflowRun.objects.filter(workflow_id=definition.id, finished_at__isnull=False).exclude(pk=run.pk)
+                .order_by("-pk").values_list("status", "reason").first())
+    # A paused run that continues has its halted activity's row: it will never continue now.
+    ActivityRun.objects.filter(run=run, status=ActivityStatus.PAUSED).update(
+        status=ActivityStatus.FAILED, message="invalid properties", finished_at=timezone.now())
+    run = _fail(definition, workflow, run, reason, final=True, counted=False)
+    if previous != (RunStatus.FAILED, reason):
+        notifications.notify_supervisors(
+            workflow, subject=f"Workflow {definition.id}: runs refused, invalid properties",
+            body=f"Run #{run.pk} of {definition.id} was refused before it started: {reason}\n\n"
+                 "Every run fails the same way until the value is fixed; the workflow is not paused.",
+        )
+    return run
+
+
 def _run_activities(
-    definition: WorkflowDefinition, workflow: Workflow, run: WorkflowRun, request: RunRequest, fence: RunFence, *,
-    continuing: bool,
+    definition: WorkflowDefinition, workflow: Workflow, run: WorkflowRun, request: RunRequest, fence: RunFence,
+    properties: dict[str, Any], *, continuing: bool,
 ) -> WorkflowRun:
     if not definition.implemented:
         return _fail(definition, workflow, run, NOT_IMPLEMENTED, final=True)
-    try:
-        properties = definition.resolve_properties(workflow.properties, run.overrides)
-    except Exception as error:  # a stored value no longer valid for the definition
-        return _fail(definition, workflow, run, f"invalid properties: {describe(error)}", final=True)
 
     # Only a paused run that continues has activity rows already (a run taken over after its
     # worker died is a new run): a fresh run creates them without looking.
@@ -364,11 +417,13 @@ def _halt(definition: WorkflowDefinition, run: WorkflowRun, current: ActivityRun
     return _finish(run, RunStatus.PAUSED, reason, final=False)
 
 
-def _fail(definition: WorkflowDefinition, workflow: Workflow, run: WorkflowRun, reason: str, *, final: bool) -> WorkflowRun:
-    """Record the failure; a final failure counts toward the consecutive-error threshold."""
+def _fail(definition: WorkflowDefinition, workflow: Workflow, run: WorkflowRun, reason: str, *, final: bool,
+          counted: bool = True) -> WorkflowRun:
+    """Record the failure; a final failure counts toward the consecutive-error threshold unless
+    ``counted`` is false (see :func:`_fail_on_configuration`)."""
     run = _finish(run, RunStatus.FAILED, reason)
     journal(definition.id, f"Run #{run.pk} failed: {reason}", run=run, level=LogLevel.ERROR)
-    if final and reason != NOT_IMPLEMENTED:
+    if final and counted and reason != NOT_IMPLEMENTED:
         _count_consecutive_error(workflow, run)
     return run
 
