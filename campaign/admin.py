@@ -34,6 +34,7 @@ from django.utils.http import urlencode
 
 from campaign import ab_tests
 from campaign.api import revoke_api_keys, set_new_key
+from campaign.integrations.accounts import token_env_error
 from campaign.models import (
     ABTest,
     APIKey,
@@ -888,14 +889,21 @@ class CustomerMetricsAdmin(ReadOnlyAdmin):
 class ExternalAccountForm(forms.ModelForm):
     """The token is named, never entered: it lives in the environment of the processes."""
 
-    base_url = forms.URLField(label="base URL", max_length=300, assume_scheme="https")
+    base_url = forms.URLField(
+        label="base URL", max_length=300, assume_scheme="https",
+        help_text=("The service's root, https:// only: the token is sent with every request. Plain http:// is "
+                   "accepted only to a loopback address with INTEGRATIONS_ALLOW_LOOPBACK_HTTP on (development); "
+                   "no user:password@ in the URL."),
+    )
 
     class Meta:
         model = ExternalAccount
         fields = ("name", "kind", "base_url", "token_env", "timeout_s", "enabled")
         help_texts = {
             "token_env": (
-                "Name of the environment variable holding the bearer token, e.g. ANALYTICS_TOKEN. "
+                "Name of the environment variable holding the bearer token: CAMPAIGN_TOKEN_ followed by "
+                "capitals, digits and underscores, e.g. CAMPAIGN_TOKEN_ANALYTICS (no other variable, such as "
+                "SECRET_KEY, can be sent to a service). "
                 "The token itself is never stored in the database: set the variable in the environment "
                 "of the web and worker processes, then restart them."
             ),
@@ -917,13 +925,16 @@ class ExternalAccountAdmin(admin.ModelAdmin):
 
     @admin.display(description="token set", boolean=True)
     def token_is_set(self, obj: ExternalAccount) -> bool:
-        return bool(obj.token_env and os.environ.get(obj.token_env))
+        # A variable the rules refuse is never read, not even to say whether it is set.
+        return token_env_error(obj.token_env) is None and bool(os.environ.get(obj.token_env))
 
     @admin.display(description="token variable set?")
     def token_status(self, obj: ExternalAccount | None) -> str:
         # Only ever whether the variable is set: its value must not reach a page or a log.
         if obj is None or not obj.pk or not obj.token_env:
             return "Shown once the account is saved."
+        if refusal := token_env_error(obj.token_env):
+            return f"{refusal[0].upper()}{refusal[1:]}: rename the variable, or no request is made."
         if self.token_is_set(obj):
             return f"Yes: {obj.token_env} is set in the environment of this web process."
         return f"No: {obj.token_env} is not set (or empty) in the environment of this web process."

@@ -973,7 +973,7 @@ class _DemoGenerator:
                 # Disabled until an operator sets the URL and the token variable for real.
                 self.writer.add(ExternalAccount(
                     name=kind.value, kind=kind, base_url=f"https://{kind.value}.example.invalid",
-                    token_env=f"{kind.value.upper()}_TOKEN", timeout_s=10.0, enabled=False,
+                    token_env=f"CAMPAIGN_TOKEN_{kind.value.upper()}", timeout_s=10.0, enabled=False,
                 ))
         self.writer.flush_all()
         # bulk_create stamps auto_now fields with the wall clock: pin them to the data's time line.

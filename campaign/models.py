@@ -25,6 +25,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
+from campaign.integrations.accounts import destination_error, token_env_error
+
 
 class Channel(models.TextChoices):
     EMAIL = "email", "Email"
@@ -870,9 +872,6 @@ class CustomerMetrics(models.Model):
         constraints = [models.UniqueConstraint(fields=["period_start", "period_end"], name="customermetrics_period_uniq")]
 
 
-_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
-
-
 class ExternalAccount(models.Model):
     """Connection to an external service. The bearer token is read from the environment variable
     named by ``token_env``: secrets never go in the database."""
@@ -901,8 +900,15 @@ class ExternalAccount(models.Model):
         return self.name
 
     def clean(self) -> None:
-        if not _ENV_NAME.match(self.token_env or ""):
-            raise ValidationError({"token_env": "Use an environment variable name: capitals, digits and underscores."})
+        # Where the token may come from and go to (see campaign.integrations.accounts): the
+        # worker's environment holds every secret of the instance.
+        errors: dict[str, str] = {}
+        if refusal := token_env_error(self.token_env):
+            errors["token_env"] = f"{refusal[0].upper()}{refusal[1:]}."
+        if self.base_url and (refusal := destination_error(self.base_url)):
+            errors["base_url"] = f"Refused: {refusal}."
+        if errors:
+            raise ValidationError(errors)
 
 
 class SharedAudience(models.Model):

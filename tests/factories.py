@@ -293,7 +293,7 @@ class ExternalAccountFactory(factory.django.DjangoModelFactory):
     name = factory.Sequence(lambda n: f"account-{n}")
     kind = ExternalAccount.Kind.ANALYTICS
     base_url = "https://analytics.example.com/api/"
-    token_env = factory.Sequence(lambda n: f"TEST_ACCOUNT_{n}_TOKEN")
+    token_env = factory.Sequence(lambda n: f"CAMPAIGN_TOKEN_TEST_ACCOUNT_{n}")
     enabled = False
 
 

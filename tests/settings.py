@@ -13,3 +13,7 @@ SECURE_SSL_REDIRECT = False
 SECURE_HSTS_SECONDS = 0
 SESSION_COOKIE_SECURE = False
 CSRF_COOKIE_SECURE = False
+
+# The loopback fakes of the external services (pytest-httpserver, tests/workflows/fake_analytics.py)
+# listen on plain http://127.0.0.1; tests of the refusal turn this off again with the settings fixture.
+INTEGRATIONS_ALLOW_LOOPBACK_HTTP = True

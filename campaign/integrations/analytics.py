@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -110,8 +109,8 @@ class AnalyticsClient:
     """The two calls of the protocol, on one HTTP session of the account."""
 
     def __init__(self, account: ExternalAccount, *, sleep: Callable[[float], None] | None = None) -> None:
-        self._secret = os.environ.get(account.token_env, "")
-        self._http = self._guarded(lambda: ServiceClient(account, sleep=sleep or (lambda seconds: wait(seconds))))
+        self._http = ServiceClient(account, sleep=sleep or (lambda seconds: wait(seconds)))
+        self._secret = self._http.token
         self.account_name = account.name
 
     def push_kpis(self, *, batch_id: str, rows: Sequence[KpiRow]) -> int:

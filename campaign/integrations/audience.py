@@ -20,7 +20,6 @@ returned. Retries, timeouts and the bearer token are the shared HTTP layer's
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -65,10 +64,9 @@ class AudienceClient:
     """The member list of shared audiences, on one HTTP session of the account."""
 
     def __init__(self, account: ExternalAccount, *, sleep: Callable[[float], None] | None = None) -> None:
-        self._secret = os.environ.get(account.token_env, "")
         self.account_name = account.name
-        self._http: ServiceClient = self._guarded(
-            lambda: ServiceClient(account, sleep=sleep or (lambda seconds: wait(seconds))))
+        self._http = ServiceClient(account, sleep=sleep or (lambda seconds: wait(seconds)))
+        self._secret = self._http.token
 
     def members_page(self, *, external_id: str, cursor: str | None = None) -> MembersPage:
         """One validated page of the audience's members (the first one without ``cursor``)."""

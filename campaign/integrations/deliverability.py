@@ -24,7 +24,6 @@ offending rule. Retries, timeouts and the bearer token are the shared HTTP layer
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Callable
@@ -90,10 +89,9 @@ class DeliverabilityClient:
     """``GET /rules`` on an HTTPS session of the account."""
 
     def __init__(self, account: ExternalAccount, *, sleep: Callable[[float], None] | None = None) -> None:
-        self._secret = os.environ.get(account.token_env, "")
         self.account_name = account.name
-        self._http: ServiceClient = self._guarded(
-            lambda: ServiceClient(account, require_https=True, sleep=sleep or (lambda seconds: wait(seconds))))
+        self._http = ServiceClient(account, require_https=True, sleep=sleep or (lambda seconds: wait(seconds)))
+        self._secret = self._http.token
 
     def fetch_rules(self) -> Rules:
         answer = self._guarded(lambda: self._http.get("rules"))

@@ -7,6 +7,11 @@
   errors and timeouts, 429 (honouring ``Retry-After``) and 5xx. A 4xx or a malformed body is a
   permanent failure with a reason that names the call; the caller writes nothing.
 - Answers are JSON validated by the caller against the documented shape (:func:`expect`).
+- The token goes only where :mod:`campaign.integrations.accounts` allows: it is read only from a
+  ``CAMPAIGN_TOKEN_*`` variable, and every request URL is checked (HTTPS, or loopback HTTP in
+  development) before the request is made, so a row saved before those rules is refused, not
+  obeyed. Redirects are not followed: a 3xx is a permanent failure, and the token never goes to
+  the address it points to.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
+from campaign.integrations.accounts import destination_error, token_env_error, without_credentials
 from campaign.models import ExternalAccount
 from workflows.errors import PermanentError, TransientError
 
@@ -47,7 +53,8 @@ class ServiceError(PermanentError):
 
 
 class ConfigurationError(PermanentError):
-    """The account is set up so that no call can succeed (no token, an http:// URL where HTTPS is due)."""
+    """The account is set up so that no call can succeed or may be made (no token, a token variable
+    or URL the rules refuse, an http:// URL where HTTPS is due)."""
 
 
 @dataclass
@@ -56,16 +63,22 @@ class ServiceClient:
     require_https: bool = False
     sleep: Callable[[float], None] = time.sleep
     session: requests.Session = field(default_factory=requests.Session)
+    #: The bearer token, for the clients to scrub it from their errors.
+    token: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        scheme = urlsplit(self.account.base_url).scheme
-        if self.require_https and scheme != "https":
-            raise ConfigurationError(
-                f"{self.account.name}: the base URL must use https:// (got {self.account.base_url!r})")
+        # The errors raised here never carry the token: it is read last.
+        if self.require_https and urlsplit(self.account.base_url).scheme != "https":
+            raise ConfigurationError(f"{self.account.name}: the base URL must use https:// "
+                                     f"(got {without_credentials(self.account.base_url)!r})")
+        if refusal := token_env_error(self.account.token_env):
+            raise ConfigurationError(f"{self.account.name}: {refusal}; nothing was sent")
+        self._refuse_unsafe_destination(self.account.base_url, what="the base URL")
         token = os.environ.get(self.account.token_env, "")
         if not token:
             raise ConfigurationError(
                 f"{self.account.name}: the environment variable {self.account.token_env} (its token) is not set")
+        self.token = token
         self.session.headers.update({"Authorization": f"Bearer {token}", "Accept": "application/json"})
 
     def url(self, path: str) -> str:
@@ -81,9 +94,12 @@ class ServiceClient:
         """One call, retried on transient failures; returns the decoded JSON body."""
         what = f"{method} {path}"
         timeout = (self.account.timeout_s, self.account.timeout_s)
+        url = self.url(path)
+        self._refuse_unsafe_destination(url, what=what)
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                response = self.session.request(method, self.url(path), timeout=timeout, **kwargs)
+                # A redirect is not followed: it would take the token to an address nobody checked.
+                response = self.session.request(method, url, timeout=timeout, allow_redirects=False, **kwargs)
             except requests.exceptions.SSLError as error:  # a ConnectionError, but retrying cannot fix it
                 raise ConfigurationError(f"{self.account.name}: {what}: the TLS certificate is not trusted "
                                          f"({type(error).__name__})") from None
@@ -95,6 +111,12 @@ class ServiceClient:
                     reason = f"{self.account.name}: {what} answered {response.status_code}"
                     delay = self._retry_after(response) if response.status_code == 429 else None
                     delay = self._backoff(attempt) if delay is None else delay
+                elif 300 <= response.status_code < 400:
+                    location = response.headers.get("Location")
+                    target = repr(without_credentials(location)[:200]) if location else "nowhere (no Location)"
+                    raise ServiceError(f"{self.account.name}: {what} answered {response.status_code}, a redirect to "
+                                       f"{target}, not followed (the token would go with it): set the base URL "
+                                       "to the service's own address")
                 elif response.status_code >= 400:
                     raise ServiceError(f"{self.account.name}: {what} answered {response.status_code}: "
                                        f"{response.text[:200].strip()}")
@@ -105,6 +127,11 @@ class ServiceClient:
             logger.info("%s; retry %s in %.1fs", reason, attempt, delay)
             self.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _refuse_unsafe_destination(self, url: str, *, what: str) -> None:
+        if refusal := destination_error(url):
+            raise ConfigurationError(f"{self.account.name}: {what}: {without_credentials(url)!r} refused: "
+                                     f"{refusal}; nothing was sent")
 
     def _decode(self, response: requests.Response, what: str) -> Any:
         try:

@@ -437,16 +437,16 @@ def test_delivery_log_status_filter_keeps_only_that_status(superuser_client: Cli
 def test_external_account_form_says_whether_the_token_variable_is_set_without_its_value(
     superuser_client: Client, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    account = factories.ExternalAccountFactory(token_env="ADMIN_TEST_ANALYTICS_TOKEN")
-    monkeypatch.setenv("ADMIN_TEST_ANALYTICS_TOKEN", "s3cr3t-bearer-value")
+    account = factories.ExternalAccountFactory(token_env="CAMPAIGN_TOKEN_ADMIN_TEST_ANALYTICS")
+    monkeypatch.setenv("CAMPAIGN_TOKEN_ADMIN_TEST_ANALYTICS", "s3cr3t-bearer-value")
 
     with_token = superuser_client.get(admin_url(ExternalAccount, "change", account.pk))
     listed = superuser_client.get(admin_url(ExternalAccount, "changelist"))
-    monkeypatch.delenv("ADMIN_TEST_ANALYTICS_TOKEN")
+    monkeypatch.delenv("CAMPAIGN_TOKEN_ADMIN_TEST_ANALYTICS")
     without_token = superuser_client.get(admin_url(ExternalAccount, "change", account.pk))
 
-    assert b"ADMIN_TEST_ANALYTICS_TOKEN is set" in with_token.content
-    assert b"ADMIN_TEST_ANALYTICS_TOKEN is not set" in without_token.content
+    assert b"CAMPAIGN_TOKEN_ADMIN_TEST_ANALYTICS is set" in with_token.content
+    assert b"CAMPAIGN_TOKEN_ADMIN_TEST_ANALYTICS is not set" in without_token.content
     for response in (with_token, listed, without_token):
         assert b"s3cr3t-bearer-value" not in response.content
     assert b"never stored in the database" in with_token.content

@@ -18,7 +18,7 @@ from campaign.integrations.http import ConfigurationError, ServiceError, Service
 from campaign.models import ExternalAccount
 
 TOKEN = "client-token-8d2e4b6a0c"  # noqa: S105 - a test value, checked never to leak
-TOKEN_ENV = "TEST_ANALYTICS_CLIENT_TOKEN"
+TOKEN_ENV = "CAMPAIGN_TOKEN_TEST_ANALYTICS_CLIENT"
 MAY_1, MAY_2 = date(2024, 5, 1), date(2024, 5, 2)
 
 

@@ -169,8 +169,9 @@ def test_bounce_rule_with_a_valid_regular_expression_is_accepted() -> None:
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("token_env", ["analytics_token", "ANALYTICS-TOKEN", "1TOKEN", "Bearer abc123", ""])
-def test_external_account_token_variable_must_be_an_environment_variable_name(token_env: str) -> None:
+@pytest.mark.parametrize("token_env", ["analytics_token", "ANALYTICS-TOKEN", "1TOKEN", "Bearer abc123", "",
+                                       "ANALYTICS_TOKEN", "SECRET_KEY", "CAMPAIGN_TOKEN_", "campaign_token_analytics"])
+def test_external_account_token_variable_must_carry_the_token_prefix(token_env: str) -> None:
     account = factories.ExternalAccountFactory.build(token_env=token_env)
 
     with pytest.raises(ValidationError) as refused:
@@ -181,7 +182,7 @@ def test_external_account_token_variable_must_be_an_environment_variable_name(to
 
 @pytest.mark.django_db
 def test_external_account_token_variable_name_is_accepted() -> None:
-    factories.ExternalAccountFactory.build(token_env="ANALYTICS_TOKEN_2").full_clean()
+    factories.ExternalAccountFactory.build(token_env="CAMPAIGN_TOKEN_ANALYTICS_2").full_clean()
 
 
 @pytest.mark.django_db

@@ -253,7 +253,7 @@ def test_reports_accounts_and_audience_are_set_up(seeded: str) -> None:
     accounts = {account.kind: account for account in ExternalAccount.objects.all()}
     assert set(accounts) == set(ExternalAccount.Kind.values)
     assert not any(account.enabled for account in accounts.values())
-    assert accounts["analytics"].token_env == "ANALYTICS_TOKEN"
+    assert accounts["analytics"].token_env == "CAMPAIGN_TOKEN_ANALYTICS"
     assert all(account.base_url.startswith("https://") for account in accounts.values())
     audience = SharedAudience.objects.get()
     assert audience.members.count() == audience.member_count > 0

@@ -26,7 +26,7 @@ from campaign.models import Channel, Delivery, DeliveryAggregate, ExternalAccoun
 from tests.factories import CampaignFactory, DeliveryFactory, ExternalAccountFactory
 
 TOKEN = "analytics-token-3f9c1a7e5b"  # noqa: S105 - a test value, checked never to leak
-TOKEN_ENV = "TEST_KPI_ANALYTICS_TOKEN"
+TOKEN_ENV = "CAMPAIGN_TOKEN_TEST_KPI_ANALYTICS"
 COUNTERS = ("sent", "delivered", "opened", "unique_opens", "clicked", "unique_clicks", "unsubscribed", "bounces")
 # protocol name → DeliveryAggregate column, written out again here rather than imported
 COLUMN = {"sent": "sent", "delivered": "delivered", "opened": "opens", "unique_opens": "unique_opens",

@@ -43,7 +43,7 @@ from workflows.models import ActivityRun, RunStatus, WorkflowLog, WorkflowRun
 
 ID = module.WORKFLOW_ID
 TOKEN = "deliverability-token-7c2a9e41b8"  # noqa: S105 - a test value, checked never to leak
-TOKEN_ENV = "TEST_DELIVERABILITY_UPDATE_TOKEN"
+TOKEN_ENV = "CAMPAIGN_TOKEN_TEST_DELIVERABILITY_UPDATE"
 LOCAL, SERVICE = RuleSource.LOCAL, RuleSource.SERVICE
 HARD, SOFT, IGNORED = FailureType.HARD, FailureType.SOFT, FailureType.IGNORED
 

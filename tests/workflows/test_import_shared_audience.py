@@ -40,7 +40,7 @@ from workflows.models import ActivityRun, RunStatus, Trigger, Workflow, Workflow
 
 ID = module.WORKFLOW_ID
 TOKEN = "audience-token-1e6b3f9d2a"  # noqa: S105 - a test value, checked never to leak
-TOKEN_ENV = "TEST_IMPORT_AUDIENCE_TOKEN"
+TOKEN_ENV = "CAMPAIGN_TOKEN_TEST_IMPORT_AUDIENCE"
 VISITOR, DECLARED = "visitor", "declared"
 SHA256 = SharedAudience.IdHashing.SHA256
 

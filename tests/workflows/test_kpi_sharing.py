@@ -464,6 +464,21 @@ def test_an_unset_token_variable_fails_naming_the_variable(service, rows, monkey
     assert httpserver.log == []
 
 
+def test_an_account_saved_before_the_token_rules_fails_permanently_before_any_request(service, rows, monkeypatch,
+                                                                                        httpserver):
+    monkeypatch.setenv("SECRET_KEY", "instance-secret-never-sent-91c3")
+    # As a row saved before the rules: update() does not call clean().
+    ExternalAccount.objects.filter(name="analytics").update(token_env="SECRET_KEY")
+
+    result = execute(RunRequest(workflow_id=WORKFLOW_ID, trigger=Trigger.SCHEDULE, retry_allowed=True))
+
+    assert result.status == RunStatus.FAILED and not result.reason.endswith("(transient; will retry)")
+    assert result.reason.startswith("analytics: token variable SECRET_KEY refused: the token variable must be named "
+                                    "CAMPAIGN_TOKEN_<NAME>")
+    assert "instance-secret" not in result.reason
+    assert httpserver.log == []
+
+
 def test_the_token_never_appears_in_the_reason_or_the_journal(service, rows):
     service.script("POST", lambda request: Response(f"bad credentials: {request.headers['Authorization']}", status=401))
 
