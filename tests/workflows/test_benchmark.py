@@ -1,5 +1,6 @@
-"""``manage.py benchmark``'s engine fixed-cost case: its figures, their table, and a real run of the
-case at a small count in its own process (scratch database, worker, broker of this test run)."""
+"""``manage.py benchmark``'s engine fixed-cost and event ingestion cases: their figures, their tables,
+and a real run of each at a small count in its own process (scratch database, worker or gunicorn,
+broker of this test run)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
 
+from workflows.benchmarks.event_ingestion import CASE_NAME as INGESTION_CASE
+from workflows.benchmarks.event_ingestion import EventIngestionResult, Load, requests_for_rows
 from workflows.benchmarks.fixed_cost import CASE_NAME, POLL_INTERVAL_S, FixedCostResult, Latency, percentile
-from workflows.management.commands.benchmark import TARGET_ADDED_P50_MS, fixed_cost_lines
+from workflows.management.commands.benchmark import TARGET_ADDED_P50_MS, fixed_cost_lines, ingestion_lines
 from workflows.worker_process import current_database_url
 
 RUNS = 5
@@ -113,3 +116,56 @@ def test_the_fixed_cost_case_measures_a_noop_workflow_against_a_bare_task(db: No
         assert case["poll_period_ms"] >= case["poll_interval_ms"]
     if connection.vendor == "sqlite":
         assert not (tmp_path / "benchmark.sqlite3").exists(), "the scratch database is dropped afterwards"
+
+
+# --- eventIngestion ------------------------------------------------------------------------------
+
+
+def load(*, endpoint: str = "POST /api/events/benchmark.single.8", clients: int = 8, requests: int = 400,
+         events: int = 400, lost: int = 0, duplicated: int = 0, refused: int = 0) -> Load:
+    return Load(endpoint=endpoint, clients=clients, requests=requests, events=events, seconds=1.0, p50_ms=12.0,
+                p95_ms=30.0, p99_ms=45.0, client_cpu_share=0.1, server_cpu_share=1.2, refused=refused, lost=lost,
+                duplicated=duplicated)
+
+
+def test_the_ingestion_table_gives_throughput_percentiles_cpu_and_integrity() -> None:
+    result = EventIngestionResult(
+        database="postgresql", config="gunicorn.conf.py", workers=2, threads=8,
+        single=[load(), load(endpoint="POST /api/events/benchmark.single.32", clients=32, lost=1)],
+        batch=None, batch_skipped="the batch endpoint is not deployed", load_average=1.0)
+
+    lines = ingestion_lines(result)
+
+    assert lines[0].startswith(f"{INGESTION_CASE}: gunicorn 2 workers x 8 threads")
+    assert lines[2].split()[-9:] == ["400", "400", "400", "12.0", "30.0", "45.0", "0.10", "1.20", "none"]
+    assert lines[3].endswith("0 refused, 1 lost, 0 duplicated")
+    assert "  batch: not measured (the batch endpoint is not deployed)" in lines
+    assert not result.intact
+
+
+def test_ingestion_requests_scale_with_rows_and_keep_a_floor() -> None:
+    assert requests_for_rows(100_000) == 5_000
+    assert requests_for_rows(2_000) == 100
+
+
+def test_the_ingestion_case_loads_real_gunicorn_and_loses_nothing(db: None, tmp_path: Path) -> None:
+    """As CI runs it: its own process, a scratch database, gunicorn with the project's configuration."""
+    url = f"sqlite:///{tmp_path / 'campaign.sqlite3'}" if connection.vendor == "sqlite" else current_database_url()
+    env = {**os.environ, "DATABASE_URL": url, "VAR_DIR": str(tmp_path), "SECRET_KEY": settings.SECRET_KEY}
+    completed = subprocess.run(
+        [sys.executable, "manage.py", "benchmark", "--only", INGESTION_CASE, "--rows", "1000", "--requests", "60",
+         "--json"],
+        cwd=settings.BASE_DIR, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    [case] = json.loads(completed.stdout)
+    assert (case["case"], case["database"]) == (INGESTION_CASE, connection.vendor)
+    assert [single["clients"] for single in case["single"]] == [8, 32]
+    measured = [*case["single"], case["batch"]]
+    for figures in measured:
+        assert (figures["refused"], figures["lost"], figures["duplicated"]) == (0, 0, 0), figures["problems"]
+        assert 0 < figures["p50_ms"] <= figures["p95_ms"] <= figures["p99_ms"]
+        assert figures["requests_per_s"] > 0
+    assert case["single"][0]["requests"] == 60
+    assert case["batch"]["events"] == 8 * 500, "at least one full batch per client"
