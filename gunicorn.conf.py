@@ -72,4 +72,12 @@ accesslog = None if _access_log.lower() in {"off", "none", "false", "0"} else _a
 #: Client, request line, status, bytes, time taken in microseconds, user agent.
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(D)sus "%(a)s"'
 errorlog = "-"
+
+#: gunicorn's control socket (for ``gunicornc``: worker status, scaling, reloads), only where
+#: ``WEB_CONTROL_SOCKET`` names a path: its default path is one per user, which every gunicorn of
+#: that user (tests, benchmarks, a second instance) would take over from the others.
+_control_socket = os.environ.get("WEB_CONTROL_SOCKET", "").strip()
+control_socket_disable = not _control_socket
+if _control_socket:
+    control_socket = _control_socket
 loglevel = os.environ.get("WEB_LOG_LEVEL", "info")
