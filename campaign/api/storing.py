@@ -16,9 +16,9 @@ Invariants:
   fingerprint (:meth:`CheckedEvent.fingerprint`); a different request under a used key is refused
   with 409 and nothing is stored.
 - **A batch is all or nothing**: one transaction reads the keys already used, then inserts the
-  new events with one ``COPY`` (PostgreSQL) or multi-row ``INSERT``. A concurrent request taking one of its keys in between
-  makes the insert fail on the unique index; the transaction rolls back and the batch is redone,
-  finding that key used.
+  new events with one ``COPY`` (PostgreSQL) or multi-row ``INSERT``. A concurrent request taking
+  one of its keys in between makes the insert fail on the unique index; the transaction rolls
+  back and the batch is redone, finding that key used.
 - An event without an idempotency key is one plain ``INSERT`` (no fingerprint computed).
 """
 
