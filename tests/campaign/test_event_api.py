@@ -39,7 +39,7 @@ URL = "/api/events/order_confirmation"
 
 
 @pytest.fixture
-def key(db) -> str:  # noqa: ANN001 - pytest fixture
+def key(db) -> str:
     return api.create_api_key(name="crm")[1]
 
 
@@ -448,43 +448,47 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def gunicorn(*, workers: int = 2, threads: int = 4) -> Iterator[tuple[str, IO[bytes]]]:
+def gunicorn(*, workers: int = 2, threads: int = 4, production: bool = False) -> Iterator[tuple[str, IO[bytes]]]:
     """gunicorn from the venv on a free loopback port, on the test database: its base URL and its
-    log (standard output and error), readable while it runs."""
+    log (standard output and error), readable while it runs. The WSGI application on gthread
+    workers, or with ``production`` the Procfile's ``gunicorn.conf.py`` (its asyncio worker)."""
     port = free_port()
     env = {**os.environ, "DATABASE_URL": current_database_url(), "SECRET_KEY": django_settings.SECRET_KEY,
            "ALLOWED_HOSTS": "127.0.0.1", "VAR_DIR": str(django_settings.VAR_DIR)}
-    log = tempfile.TemporaryFile()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "campaign.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
-         "--threads", str(threads), "--worker-class", "gthread"],
-        cwd=django_settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                requests.get(f"{base}/api/events/x", timeout=10)
-                break
-            except (requests.ConnectionError, requests.Timeout):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    raise RuntimeError(f"gunicorn did not start:\n{log.read().decode(errors='replace')}") from None
-                time.sleep(0.2)
-        yield base, log
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
+    if production:
+        env.update(WEB_BIND=f"127.0.0.1:{port}", WEB_WORKERS=str(workers), WEB_THREADS=str(threads), WEB_ACCESS_LOG="off")
+        command = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py"]
+    else:
+        command = [sys.executable, "-m", "gunicorn", "campaign.wsgi", "--bind", f"127.0.0.1:{port}", "--workers",
+                   str(workers), "--threads", str(threads), "--worker-class", "gthread"]
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            command, cwd=django_settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        base = f"http://127.0.0.1:{port}"
         try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-        log.close()
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    requests.get(f"{base}/api/events/x", timeout=10)
+                    break
+                except (requests.ConnectionError, requests.Timeout):
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        log.seek(0)
+                        raise RuntimeError(f"gunicorn did not start:\n{log.read().decode(errors='replace')}") from None
+                    time.sleep(0.2)
+            yield base, log
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
 
 
 @pytest.fixture
-def server(transactional_db) -> Iterator[str]:  # noqa: ANN001 - pytest fixture
+def server(transactional_db) -> Iterator[str]:
     """gunicorn (2 workers × 4 threads) on the test database; its base URL."""
     with gunicorn() as (base, _log):
         yield base

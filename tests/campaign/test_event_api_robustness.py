@@ -180,10 +180,11 @@ def chunked(path: str, key: str, body: bytes, *, chunk_size: int = 7) -> bytes:
         + chunks + b"0\r\n\r\n"
 
 
+@pytest.mark.parametrize("production", [False, True], ids=["gthread", "gunicorn.conf.py"])
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
-def test_under_gunicorn_chunked_bodies_are_read_within_the_limit_and_bad_bytes_get_400_without_traceback():
+def test_under_gunicorn_chunked_bodies_are_read_within_the_limit_and_bad_bytes_get_400_without_traceback(production):
     key = api.create_api_key(name="crm")[1]
-    with gunicorn(workers=1, threads=2) as (base, log):
+    with gunicorn(workers=1, threads=2, production=production) as (base, log):
         accepted = raw_http(base, chunked(URL, key, json.dumps({"email": "ann@example.com", "context": {"n": 1}}).encode()))
         over = raw_http(base, chunked(URL, key, json.dumps({"email": "ann@example.com", "context": {"pad": "x" * 70_000}}).encode(),
                                       chunk_size=4096))
