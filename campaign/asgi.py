@@ -98,8 +98,11 @@ class BufferedWSGI:
         response = await loop.run_in_executor(self.pool, self._run_wsgi, environ, loop, send)
         if response is not None:
             status, headers, content = response
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": content})
+            try:
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": content})
+            except OSError:
+                pass  # the client went away meanwhile: nobody left to answer
 
     async def _read_body(self, receive: Receive) -> bytes | int | None:
         """The whole body; None if the client disconnected, its size so far if over the limit."""
@@ -130,13 +133,18 @@ class BufferedWSGI:
             start["headers"] = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
 
         def send_from_thread(message: Message) -> None:
-            asyncio.run_coroutine_threadsafe(send(message), loop).result()
+            try:
+                asyncio.run_coroutine_threadsafe(send(message), loop).result()
+            except OSError:
+                start["gone"] = True  # the client went away: stop producing the response
 
         result = self.wsgi(environ, start_response)
         try:
             chunks: list[bytes] = []
             size = 0
             for chunk in result:
+                if start.get("gone"):
+                    return None
                 if not chunk:
                     continue
                 if not start.get("sent") and size + len(chunk) <= BUFFERED_RESPONSE_BYTES:
@@ -150,7 +158,8 @@ class BufferedWSGI:
                         send_from_thread({"type": "http.response.body", "body": buffered, "more_body": True})
                 send_from_thread({"type": "http.response.body", "body": chunk, "more_body": True})
             if start.get("sent"):
-                send_from_thread({"type": "http.response.body", "body": b""})
+                if not start.get("gone"):
+                    send_from_thread({"type": "http.response.body", "body": b""})
                 return None
             return start["status"], start["headers"], b"".join(chunks)
         finally:
@@ -212,6 +221,10 @@ def wsgi_environ(scope: Scope, body: bytes) -> dict[str, Any]:
     if scope.get("client"):
         environ["REMOTE_ADDR"] = scope["client"][0]
     for raw_name, raw_value in scope.get("headers", []):
+        if b"_" in raw_name:
+            # X_Forwarded_Proto would become HTTP_X_FORWARDED_PROTO, the header the proxy alone may
+            # set: dropped, as gunicorn's WSGI workers and nginx do.
+            continue
         name = raw_name.decode("latin-1").upper().replace("-", "_")
         key = name if name in ("CONTENT_TYPE", "CONTENT_LENGTH") else f"HTTP_{name}"
         value = raw_value.decode("latin-1")

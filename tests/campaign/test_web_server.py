@@ -19,6 +19,7 @@ import pytest
 from django.conf import settings as django_settings
 
 from campaign import api
+from campaign.asgi import wsgi_environ
 from campaign.models import Event
 from workflows.benchmarks.event_ingestion import GUNICORN_CONFIG, Server, web_server
 
@@ -135,3 +136,18 @@ def test_a_chunked_body_reaches_the_api_whole(web: Server) -> None:
 
     assert status == 202, content
     assert Event.objects.get(pk=json.loads(content)["id"]).email == "bob@example.com"
+
+
+def test_the_environ_drops_headers_with_underscores_which_could_pose_as_the_proxys() -> None:
+    scope = {"type": "http", "method": "POST", "path": "/api/events/signup", "query_string": b"a=1",
+             "http_version": "1.1", "scheme": "http", "server": ("127.0.0.1", 8000), "client": ("10.0.0.9", 50000),
+             "headers": [(b"x_forwarded_proto", b"https"), (b"x-forwarded-for", b"10.0.0.1"),
+                         (b"x-forwarded-for", b"10.0.0.2"), (b"content-type", b"application/json")]}
+
+    environ = wsgi_environ(scope, b'{"email": "ann@example.com"}')
+
+    assert "HTTP_X_FORWARDED_PROTO" not in environ
+    assert environ["HTTP_X_FORWARDED_FOR"] == "10.0.0.1,10.0.0.2"
+    assert (environ["CONTENT_TYPE"], environ["CONTENT_LENGTH"]) == ("application/json", "28")
+    assert (environ["PATH_INFO"], environ["QUERY_STRING"], environ["REMOTE_ADDR"]) == ("/api/events/signup", "a=1", "10.0.0.9")
+    assert environ["wsgi.input"].read() == b'{"email": "ann@example.com"}'
