@@ -14,7 +14,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from django.core.exceptions import ValidationError
+from django.core.validators import EmailValidator
 from django.test import Client, RequestFactory
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from campaign import api
 from campaign.api import parsing
@@ -216,3 +221,18 @@ def test_a_client_without_a_key_gets_401_even_for_unstorable_bytes(db):
 def test_limits_are_named_constants():
     assert (parsing.MAX_NESTING_DEPTH, parsing.DEFAULT_MAX_BODY_BYTES, parsing.DEFAULT_MAX_BATCH_BODY_BYTES,
             parsing.DEFAULT_MAX_BATCH) == (32, 65_536, 4 * 1024 * 1024, 500)
+
+
+@hypothesis_settings(max_examples=2000, deadline=None, database=None)
+@given(st.one_of(st.emails(), st.text(max_size=40), st.from_regex(r"[a-zA-Z0-9.!#%+_-]{1,8}@[a-z0-9.-]{1,12}", fullmatch=True)))
+def test_the_fast_email_check_agrees_with_djangos_validator(address):
+    """The precompiled pattern only short-cuts addresses Django's EmailValidator accepts."""
+    try:
+        EmailValidator()(address)
+        valid = True
+    except ValidationError:
+        valid = False
+
+    assert parsing.is_email(address) == valid
+    if parsing.SIMPLE_EMAIL.fullmatch(address):
+        assert valid
