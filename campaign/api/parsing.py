@@ -75,6 +75,7 @@ UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 FIELDS = ("email", "phone", "context", "channel")
 BATCH_ITEM_FIELDS = (*FIELDS, "idempotency_key")
 CHANNELS = frozenset(Channel.values)
+FIELD_SETS = {fields: frozenset(fields) for fields in (FIELDS, BATCH_ITEM_FIELDS)}
 
 _validate_email = EmailValidator()
 
@@ -209,7 +210,17 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def parse_json(body: bytes) -> Any:
+@dataclass(frozen=True, slots=True)
+class JsonBody:
+    """A parsed body, and whether its text has a ``\\u`` escape: without one no string in it can
+    hold NUL or a lone surrogate (strict JSON refuses raw control characters, and UTF-8 cannot
+    encode a surrogate), so the per-string check can be skipped."""
+
+    value: Any
+    escaped: bool
+
+
+def parse_json(body: bytes) -> JsonBody:
     """The JSON value of ``body`` (UTF-8), its numbers finite; refused when empty or malformed."""
     if not body.strip():
         raise Refused(400, "empty body: send a JSON object")
@@ -218,16 +229,17 @@ def parse_json(body: bytes) -> Any:
     except UnicodeDecodeError:
         raise Refused(400, "malformed JSON: the body is not UTF-8") from None
     try:
-        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError:
         raise Refused(400, f"nesting too deep: at most {MAX_NESTING_DEPTH} levels of objects and arrays") from None
     except ValueError as problem:  # JSONDecodeError, or an integer of more than 4,300 digits
         raise Refused(400, f"malformed JSON: {problem}") from None
+    return JsonBody(value, escaped="\\u" in text)
 
 
-def check_storable(value: Any, *, where: str) -> None:
-    """Refuse nesting deeper than MAX_NESTING_DEPTH (``value`` being level 1) and strings (keys
-    included) holding NUL or a lone surrogate. Iterative: the depth is the client's."""
+def check_storable(value: Any, *, where: str, strings: bool = True) -> None:
+    """Refuse nesting deeper than MAX_NESTING_DEPTH (``value`` being level 1) and, with ``strings``,
+    strings (keys included) holding NUL or a lone surrogate. Iterative: the depth is the client's."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
@@ -235,20 +247,19 @@ def check_storable(value: Any, *, where: str) -> None:
             raise Refused(400, f"{where}nesting too deep: at most {MAX_NESTING_DEPTH} levels of objects and arrays")
         if isinstance(node, dict):
             for key, item in node.items():
-                if UNSTORABLE.search(key):
-                    raise Refused(400, f"{where}key {key!r}: {unstorable_reason()}")
-                if isinstance(item, str):
-                    if UNSTORABLE.search(item):
-                        raise Refused(400, f"{where}value of {key!r}: {unstorable_reason()}")
-                elif isinstance(item, (dict, list)):
+                if isinstance(item, (dict, list)):
                     stack.append((item, depth + 1))
+                if strings:
+                    if UNSTORABLE.search(key):
+                        raise Refused(400, f"{where}key {key!r}: {unstorable_reason()}")
+                    if isinstance(item, str) and UNSTORABLE.search(item):
+                        raise Refused(400, f"{where}value of {key!r}: {unstorable_reason()}")
         else:
             for item in node:
-                if isinstance(item, str):
-                    if UNSTORABLE.search(item):
-                        raise Refused(400, f"{where}array item: {unstorable_reason()}")
-                elif isinstance(item, (dict, list)):
+                if isinstance(item, (dict, list)):
                     stack.append((item, depth + 1))
+                elif strings and isinstance(item, str) and UNSTORABLE.search(item):
+                    raise Refused(400, f"{where}array item: {unstorable_reason()}")
 
 
 def unstorable_reason() -> str:
@@ -284,24 +295,27 @@ def is_email(value: str) -> bool:
     return True
 
 
-def check_event(data: Any, *, at: str = "", fields: tuple[str, ...] = FIELDS) -> CheckedEvent:
+def check_event(data: Any, *, at: str = "", fields: tuple[str, ...] = FIELDS, escaped: bool = True) -> CheckedEvent:
     """Validate one event object; ``at`` names it in reasons (``events[3]``, or empty for a whole
-    body). Returns the Event's fields or raises :class:`Refused` naming the first problem found."""
-    where = f"{at}." if at else ""
-    whole = f"{at}: " if at else ""
+    body), ``escaped`` is :attr:`JsonBody.escaped`. Returns the Event's fields or raises
+    :class:`Refused` naming the first problem found."""
     if not isinstance(data, dict):
         raise Refused(400, f"{at or 'the body'} must be a JSON object, not {json_type(data)}")
-    if not data.keys() <= set(fields):
+    where = f"{at}." if at else ""
+    if not data.keys() <= FIELD_SETS[fields]:
         unknown = sorted(set(data) - set(fields))
-        raise Refused(400, f"{whole}unknown field(s): {field_names(unknown)} (accepted: {', '.join(fields)})")
-    for name in fields:
-        expected = dict if name == "context" else str
-        if name in data and not isinstance(data[name], expected):
+        raise Refused(400, f"{at}{': ' if at else ''}unknown field(s): {field_names(unknown)} "
+                           f"(accepted: {', '.join(fields)})")
+    email, phone, context = data.get("email"), data.get("phone"), data.get("context", {})
+    channel, key = data.get("channel"), data.get("idempotency_key")
+    for name, value, expected in (("email", email, str), ("phone", phone, str), ("context", context, dict),
+                                  ("channel", channel, str), ("idempotency_key", key, str)):
+        if value is not None and not isinstance(value, expected) or value is None and name in data:
             wanted = "an object" if expected is dict else "a string"
-            raise Refused(400, f"{where}{name}: expected {wanted}, got {json_type(data[name])}")
-    check_storable(data, where=where)
+            raise Refused(400, f"{where}{name}: expected {wanted}, got {json_type(value)}")
+    check_storable(data, where=where, strings=escaped)
 
-    email, phone = data.get("email"), data.get("phone")
+    whole = f"{at}: " if at else ""
     if email is None and phone is None:
         raise Refused(400, f"{whole}missing recipient: give an email or a phone (or both)")
     if email is not None:
@@ -312,21 +326,20 @@ def check_event(data: Any, *, at: str = "", fields: tuple[str, ...] = FIELDS) ->
     if phone is not None and not PHONE.fullmatch(phone):
         raise Refused(400, f"{where}phone: expected 6 to 15 digits with an optional leading '+', got {phone!r}")
 
-    channel = data.get("channel", Channel.EMAIL if email is not None else Channel.SMS)
-    if channel not in CHANNELS:
+    if channel is None:
+        channel = Channel.EMAIL.value if email is not None else Channel.SMS.value
+    elif channel not in CHANNELS:
         raise Refused(400, f"{where}channel: expected one of {', '.join(Channel.values)}, got {channel!r}")
     if channel == Channel.EMAIL and email is None:
         raise Refused(400, f"{whole}channel email needs an email")
     if channel == Channel.SMS and phone is None:
         raise Refused(400, f"{whole}channel sms needs a phone")
-    key = data.get("idempotency_key")
     if key is not None:
         check_idempotency_key(key, where=f"{where}idempotency_key")
-    return CheckedEvent(email=email or "", phone=phone or "", channel=str(channel),
-                       payload=data.get("context", {}), idempotency_key=key)
+    return CheckedEvent(email=email or "", phone=phone or "", channel=channel, payload=context, idempotency_key=key)
 
 
-def check_batch(data: Any) -> list[CheckedEvent]:
+def check_batch(data: Any, *, escaped: bool = True) -> list[CheckedEvent]:
     """Validate a batch body ``{"events": [...]}``; all events or a refusal naming the first bad one."""
     if not isinstance(data, dict):
         raise Refused(400, f"the body must be a JSON object, not {json_type(data)}")
@@ -341,7 +354,8 @@ def check_batch(data: Any) -> list[CheckedEvent]:
     limit = max_batch()
     if len(events) > limit:
         raise Refused(400, f"events: at most {limit} events per request, got {len(events)}")
-    checked = [check_event(item, at=f"events[{index}]", fields=BATCH_ITEM_FIELDS) for index, item in enumerate(events)]
+    checked = [check_event(item, at=f"events[{index}]", fields=BATCH_ITEM_FIELDS, escaped=escaped)
+               for index, item in enumerate(events)]
     first_with: dict[str, int] = {}
     for index, event in enumerate(checked):
         if event.idempotency_key is not None:

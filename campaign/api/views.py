@@ -55,7 +55,8 @@ def post_event(request: HttpRequest, event_type: str) -> JsonResponse:
         api_key = authenticated(request, event_type)
         idempotency_key = parsing.idempotency_key_header(request)
         body = parsing.read_body(request, limit=parsing.max_body_bytes())
-        event = parsing.check_event(parsing.parse_json(body))
+        parsed = parsing.parse_json(body)
+        event = parsing.check_event(parsed.value, escaped=parsed.escaped)
         if idempotency_key is not None:
             event = replace(event, idempotency_key=idempotency_key)
         stored = storing.store_event(event_type=event_type, event=event, api_key=api_key)
@@ -79,7 +80,8 @@ def post_event_batch(request: HttpRequest, event_type: str) -> JsonResponse:
             raise Refused(400, "Idempotency-Key header: not used by the batch endpoint; give each event "
                                "its own idempotency_key")
         body = parsing.read_body(request, limit=parsing.max_batch_body_bytes())
-        events = parsing.check_batch(parsing.parse_json(body))
+        parsed = parsing.parse_json(body)
+        events = parsing.check_batch(parsed.value, escaped=parsed.escaped)
         stored = storing.store_batch(event_type=event_type, events=events, api_key=api_key)
     except Refused as refused:
         return error(refused.status, refused.reason)
