@@ -6,7 +6,7 @@ A workflow is one module that builds a :class:`WorkflowDefinition` and registers
         id="cleanup", label="Database cleanup", description="...",
         schedule=Schedule("0 4 * * *"),
         activities=(purge_delivery_logs, purge_tracking_logs, ...),
-        properties=(IntegerProperty("delivery_logs_days", 180, minimum=1), ...),
+        properties=(IntegerProperty("batch_size", 5000, minimum=1, maximum=100_000), ...),
     ))
 
 Activities are plain functions taking an :class:`workflows.context.ActivityContext`; they run in
