@@ -666,12 +666,12 @@ class WorkflowRunAdmin(ReadOnlyAdminMixin, RunDisplayMixin, admin.ModelAdmin):
     inlines = (ActivityRunInline, JournalInline)
     fieldsets = (
         (None, {"fields": ("workflow_link", "status_badge", "reason", "halted_activity", "trigger", "requested_by",
-                           "attempt", "celery_task_id")}),
+                           "attempt", "slot", "celery_task_id")}),
         ("Timing", {"fields": ("created_at", "started_at", "finished_at", "duration")}),
         ("Work", {"fields": ("counters_display", "progress", "overrides_display")}),
     )
     readonly_fields = ("workflow_link", "status_badge", "reason", "halted_activity", "trigger", "requested_by",
-                       "attempt", "celery_task_id", "created_at", "started_at", "finished_at", "duration",
+                       "attempt", "slot", "celery_task_id", "created_at", "started_at", "finished_at", "duration",
                        "counters_display", "progress", "overrides_display")
 
     @admin.display(description="workflow", ordering="workflow_id")

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from django.db import DatabaseError, close_old_connections, connection, transaction
+from django.db import DatabaseError, IntegrityError, close_old_connections, connection, transaction
 from django.utils import timezone
 
 from workflows import leases, notifications
@@ -89,6 +89,8 @@ class RunRequest:
     #: A redelivered message of a running run, sent again once that run's lease had to expire:
     #: a run still alive now is a genuine duplicate.
     recheck: bool = False
+    #: The scheduled time a beat message was sent for (None for other triggers): one run per slot.
+    slot: datetime | None = None
     #: Called after each committed batch (in-process runs: the CLI's progress bar).
     on_progress: Callable[[WorkflowRun], None] | None = None
 
@@ -115,7 +117,10 @@ def execute(request: RunRequest) -> WorkflowRun:
     with a countdown) and :class:`TransientRunError` when it may be retried."""
     definition = get_definition(request.workflow_id)
     workflow = Workflow.objects.get(pk=definition.id)
-    run = _load_or_create_run(request, definition)
+    run, sent_before = _load_or_create_run(request, definition)
+    if sent_before is not None:
+        return _finish(run, RunStatus.SKIPPED, f"slot {timezone.localtime(request.slot):%Y-%m-%d %H:%M} already "
+                                               f"sent (run #{sent_before.pk})")
     if run.status in FINAL_RUN_STATUSES:
         logger.warning("message for run #%s of %s ignored: the run is already %s", run.pk, definition.id, run.status)
         return run
@@ -209,27 +214,35 @@ def _wait_or_skip(definition: WorkflowDefinition, run: WorkflowRun, request: Run
     raise Requeue(run, countdown=min(WAIT_POLL_S, wait_until - now), wait_until=wait_until)
 
 
-def _load_or_create_run(request: RunRequest, definition: WorkflowDefinition) -> WorkflowRun:
+def _load_or_create_run(request: RunRequest, definition: WorkflowDefinition) -> tuple[WorkflowRun, WorkflowRun | None]:
+    """The run this message is for, and the run that already serves its slot when the slot was sent
+    twice (the run returned is then a new one, to be recorded as skipped)."""
     if request.run_id is not None:
         run = WorkflowRun.objects.get(pk=request.run_id, workflow_id=definition.id)
         if request.task_id and run.celery_task_id != request.task_id and run.status == RunStatus.QUEUED:
             run.celery_task_id = request.task_id
             run.save(update_fields=["celery_task_id"])
-        return run
+        return run, None
     if request.trigger != Trigger.SCHEDULE:
         # Sent from outside the commands (``celery -A campaign call workflows.<id>``): audit it too.
         from workflows.commands import audit
 
         audit(definition.id, "run now", actor=request.requested_by or f"{request.trigger} (Celery message)",
               note=f"task {request.task_id}" if request.task_id else "")
-    return WorkflowRun.objects.create(
-        workflow_id=definition.id,
-        trigger=request.trigger,
-        requested_by=request.requested_by,
-        celery_task_id=request.task_id,
-        overrides=request.overrides or {},
-        attempt=request.attempt,
-    )
+    fields = {"workflow_id": definition.id, "trigger": request.trigger, "requested_by": request.requested_by,
+              "celery_task_id": request.task_id, "overrides": request.overrides or {}, "attempt": request.attempt}
+    if request.slot is None or request.attempt > 1:
+        return WorkflowRun.objects.create(**fields), None
+    first = WorkflowRun.objects.filter(workflow_id=definition.id, slot=request.slot).first()
+    if first is None:
+        try:
+            with transaction.atomic():
+                return WorkflowRun.objects.create(**fields, slot=request.slot), None
+        except IntegrityError:  # another beat's message for this slot won the race
+            first = WorkflowRun.objects.get(workflow_id=definition.id, slot=request.slot)
+    if first.celery_task_id == request.task_id:
+        return first, None  # the same message delivered again (its worker died): carry on with its run
+    return WorkflowRun.objects.create(**fields), first
 
 
 def _refusal(workflow: Workflow, run: WorkflowRun, request: RunRequest, continuing: bool) -> str:

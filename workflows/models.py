@@ -142,11 +142,18 @@ class WorkflowRun(models.Model):
     started_at = models.DateTimeField("started", null=True, blank=True)
     finished_at = models.DateTimeField("finished", null=True, blank=True, db_index=True)
     duration_s = models.FloatField("duration (s)", null=True, blank=True)
+    slot = models.DateTimeField(
+        "schedule slot", null=True, blank=True,
+        help_text="The scheduled time beat sent this run for. A workflow has at most one run per slot, so a slot "
+                  "sent twice (by a beat that lost its lease in the middle of sending) runs once.",
+    )
 
     class Meta:
         ordering = ["-id"]
         indexes = [models.Index(fields=["workflow", "-id"], name="run_workflow_idx"),
                    models.Index(fields=["workflow", "status"], name="run_workflow_status_idx")]
+        constraints = [models.UniqueConstraint(fields=["workflow", "slot"], condition=models.Q(slot__isnull=False),
+                                               name="run_one_per_slot")]
 
     def __str__(self) -> str:
         return f"{self.workflow_id} run #{self.pk} ({self.status})"

@@ -1,14 +1,18 @@
 """django-celery-beat's database scheduler, made safe to run in several processes at once.
 
 Only the leader of :mod:`workflows.beat_leader` dispatches; the others stand by and take over
-when its lease expires. Three additions to the scheduler make a change of leader exact:
+when its lease expires. Four additions to the scheduler make a change of leader exact:
 
 - the leader confirms its lease right before each dispatch (one UPDATE), so a former leader
   woken from a freeze sends nothing;
 - it writes an entry's ``last_run_at`` to the database right after sending it (django-celery-beat
   batches these writes every few minutes), so its successor does not send that slot again;
 - a process that becomes leader re-reads the schedule, ``last_run_at`` included, from the
-  database, and one that stops leading forgets what it had not written.
+  database, and one that stops leading forgets what it had not written;
+- each message names its slot, the scheduled time it is sent for (a header), and the engine runs
+  a workflow at most once per slot. A leader frozen between its last lease check and the send
+  (milliseconds, but a freeze can land there) then sends a slot its successor sent too: the second
+  message is recorded as a skipped run instead of running again.
 
 The leader also writes the :class:`~workflows.models.SchedulerHeartbeat` row, which /healthz reads
 to tell that scheduling is alive.
@@ -18,14 +22,17 @@ from __future__ import annotations
 
 import logging
 import socket
+from datetime import datetime
 from typing import Any
 
+from celery.schedules import crontab, schedule
 from django.db import DatabaseError
 from django.utils import timezone
 from django_celery_beat.schedulers import DatabaseScheduler as BeatDatabaseScheduler
 
 from workflows.beat_leader import Leadership
 from workflows.models import SchedulerHeartbeat
+from workflows.tasks import SLOT_HEADER
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +71,12 @@ class DatabaseScheduler(BeatDatabaseScheduler):
         super().apply_entry(entry, producer=producer)
         self.sync()  # last_run_at now, not in a few minutes: a successor must not resend this slot
 
+    def apply_async(self, entry: Any, producer: Any = None, advance: bool = True, **kwargs: Any) -> Any:
+        slot = scheduled_slot(entry)
+        if slot is not None:  # the options are rebuilt from the row for the next slot
+            entry.options = {**entry.options, "headers": {**entry.options.get("headers", {}), SLOT_HEADER: slot.isoformat()}}
+        return super().apply_async(entry, producer=producer, advance=advance, **kwargs)
+
     def close(self) -> None:
         try:
             super().close()
@@ -94,3 +107,20 @@ class DatabaseScheduler(BeatDatabaseScheduler):
             self._last_heartbeat = now.timestamp()
         except DatabaseError:
             pass  # the schedule itself will report the database; beat must keep ticking
+
+
+def scheduled_slot(entry: Any) -> datetime | None:
+    """The time ``entry`` is due at: the schedule's next time after its ``last_run_at``. Every beat
+    reading the same ``last_run_at`` names the same slot. None for other kinds of schedule (clocked,
+    solar), which are not deduplicated."""
+    last_run_at = entry.last_run_at
+    if last_run_at is None:
+        return None
+    if isinstance(entry.schedule, crontab):
+        start, delta, _now = entry.schedule.remaining_delta(last_run_at)
+        due = start + delta
+    elif isinstance(entry.schedule, schedule):
+        due = entry.schedule.maybe_make_aware(last_run_at) + entry.schedule.run_every
+    else:
+        return None
+    return due.replace(microsecond=0) if isinstance(due, datetime) else None

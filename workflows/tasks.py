@@ -6,7 +6,9 @@ Task names are stable: they live in broker messages and in beat's rows. Argument
 
 from __future__ import annotations
 
+import logging
 import random
+from datetime import datetime
 from typing import Any
 
 from celery import Task
@@ -15,6 +17,11 @@ from django.db import close_old_connections
 
 from campaign.celery import app
 from workflows.definition import RetryPolicy, WorkflowDefinition
+
+logger = logging.getLogger(__name__)
+
+#: The message header in which beat names the scheduled time it sends a workflow for.
+SLOT_HEADER = "workflow_slot"
 
 
 def backoff_seconds(policy: RetryPolicy, attempt: int) -> float:
@@ -48,6 +55,18 @@ def replace_old_connections(**kwargs: Any) -> None:
     close_old_connections()
 
 
+def slot_of(task: Task) -> datetime | None:
+    """The scheduled time the current message was sent for by beat, or None."""
+    value = task.request.get(SLOT_HEADER)
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        logger.warning("ignoring the malformed %s header %r of task %s", SLOT_HEADER, value, task.request.id)
+        return None
+
+
 def make_task(definition: WorkflowDefinition) -> Task:
     @app.task(
         name=definition.task_name,
@@ -76,7 +95,7 @@ def make_task(definition: WorkflowDefinition) -> Task:
             workflow_id=definition.id, trigger=trigger, run_id=run_id, requested_by=requested_by,
             task_id=self.request.id or "", force=force, overrides=overrides, attempt=attempt,
             retry_allowed=attempt <= definition.retry.max_retries, wait_for_lease_s=wait_for_lease_s,
-            wait_until=wait_until, recheck=recheck,
+            wait_until=wait_until, recheck=recheck, slot=slot_of(self),
         )
         try:
             run = execute(request)

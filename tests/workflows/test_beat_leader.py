@@ -20,13 +20,15 @@ from celery.beat import Scheduler
 from django.conf import settings
 from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
+from django_celery_beat.schedulers import ModelEntry
 from kombu import Exchange, Queue
 
 from campaign.celery import app as celery_app
 from workflows import beat_leader, health
 from workflows.beat_leader import Leadership
 from workflows.models import BeatLease, BeatProcess, SchedulerHeartbeat
-from workflows.scheduler import DatabaseScheduler
+from workflows.scheduler import DatabaseScheduler, scheduled_slot
+from workflows.tasks import SLOT_HEADER
 from workflows.worker_process import current_database_url
 
 START = datetime.datetime(2030, 3, 4, 8, 0, 10, tzinfo=datetime.UTC)
@@ -193,6 +195,33 @@ def test_a_leader_frozen_between_deciding_and_sending_sends_nothing(every_minute
 
     assert sent == []
     assert PeriodicTask.objects.get(pk=every_minute.pk).last_run_at == START.replace(minute=59, hour=7, second=0)
+
+
+def test_every_beat_names_the_same_slot_for_a_due_entry(every_minute, monkeypatch) -> None:
+    """The slot comes from the schedule and ``last_run_at`` alone, so a frozen leader and its
+    successor, both reading 07:59, send the 08:00 slot under one name and the engine runs it once."""
+    slots: list[tuple[str, str]] = []
+    monkeypatch.setattr(Scheduler, "apply_async", lambda scheduler, entry, producer=None, advance=True, **kwargs:
+                        slots.append((scheduler.leadership.name, entry.options["headers"][SLOT_HEADER])))
+    every_minute.last_run_at = START.replace(minute=58, hour=7, second=0)  # beat was down at 07:59
+    every_minute.save()
+    first = scheduler_named("beat-a:1")
+    with time_machine.travel(START, tick=False):
+        tick_until_idle(first)
+    PeriodicTask.objects.filter(pk=every_minute.pk).update(last_run_at=every_minute.last_run_at)  # as if unsent
+    second = scheduler_named("beat-b:2")
+    with time_machine.travel(START + first.leadership.lease + datetime.timedelta(seconds=1), tick=False):
+        tick_until_idle(second)
+
+    assert slots == [("beat-a:1", "2030-03-04T07:59:00+00:00"), ("beat-b:2", "2030-03-04T07:59:00+00:00")]
+
+
+def test_an_interval_entry_is_due_one_period_after_its_last_run(db) -> None:
+    task = PeriodicTask.objects.create(
+        name="every-ten-seconds", task="beat.test", last_run_at=START,
+        interval=IntervalSchedule.objects.create(every=10, period=IntervalSchedule.SECONDS))
+
+    assert scheduled_slot(ModelEntry(task, app=celery_app)) == START.replace(second=20)
 
 
 # --- real beat processes --------------------------------------------------------------------------

@@ -144,6 +144,41 @@ def test_scheduled_trigger_of_a_paused_workflow_is_skipped(sample):
     assert (run.status, run.reason) == (RunStatus.SKIPPED, "workflow is paused")
 
 
+SLOT = timezone.make_aware(timezone.datetime(2030, 3, 4, 8, 0), timezone.get_fixed_timezone(0))
+
+
+def test_a_slot_sent_twice_runs_once_and_the_second_message_is_recorded_as_skipped(sample):
+    first = execute(RunRequest(workflow_id=SAMPLE_ID, trigger=Trigger.SCHEDULE, task_id="beat-a", slot=SLOT))
+    second = execute(RunRequest(workflow_id=SAMPLE_ID, trigger=Trigger.SCHEDULE, task_id="beat-b", slot=SLOT))
+
+    assert (first.status, first.slot) == (RunStatus.SUCCEEDED, SLOT)
+    assert (second.status, second.slot) == (RunStatus.SKIPPED, None)
+    assert second.reason == f"slot {timezone.localtime(SLOT):%Y-%m-%d %H:%M} already sent (run #{first.pk})"
+    assert effects() == (50, 50)
+    later = execute(RunRequest(workflow_id=SAMPLE_ID, trigger=Trigger.SCHEDULE, task_id="beat-a2",
+                               slot=SLOT + timezone.timedelta(minutes=1)))
+    assert later.status == RunStatus.SUCCEEDED
+
+
+def test_a_slot_message_delivered_again_carries_on_with_its_own_run(sample):
+    """A worker died before it could record anything: the broker delivers the same message again."""
+    queued = WorkflowRun.objects.create(workflow_id=SAMPLE_ID, trigger=Trigger.SCHEDULE, celery_task_id="beat-a", slot=SLOT)
+
+    run = execute(RunRequest(workflow_id=SAMPLE_ID, trigger=Trigger.SCHEDULE, task_id="beat-a", slot=SLOT))
+
+    assert (run.pk, run.status) == (queued.pk, RunStatus.SUCCEEDED)
+    assert WorkflowRun.objects.filter(workflow_id=SAMPLE_ID).count() == 1
+
+
+def test_a_retry_of_a_scheduled_run_is_not_taken_for_a_second_send(sample):
+    failed = WorkflowRun.objects.create(workflow_id=SAMPLE_ID, trigger=Trigger.SCHEDULE, celery_task_id="beat-a",
+                                        slot=SLOT, status=RunStatus.FAILED)
+
+    retry = execute(RunRequest(workflow_id=SAMPLE_ID, trigger=Trigger.SCHEDULE, task_id="beat-a", slot=SLOT, attempt=2))
+
+    assert retry.pk != failed.pk and retry.status == RunStatus.SUCCEEDED
+
+
 def test_run_now_is_refused_when_paused_unless_forced(sample):
     commands.pause(SAMPLE_ID, actor="test")
     with pytest.raises(commands.CommandRefused, match="paused"):

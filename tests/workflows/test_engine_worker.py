@@ -9,11 +9,13 @@ import time
 import pytest
 from django.conf import settings
 
+from campaign.celery import app as celery_app
 from tests.workflows.conftest import TEST_LEASE_SECONDS, effects, wait_for
 from tests.workflows.sample_workflow import SAMPLE_ID
 from workflows import commands
 from workflows.leases import ABANDONED
-from workflows.models import ActivityRun, RunStatus, Workflow, WorkflowLog, WorkflowRun
+from workflows.models import ActivityRun, RunStatus, Trigger, Workflow, WorkflowLog, WorkflowRun
+from workflows.tasks import SLOT_HEADER
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
@@ -118,4 +120,20 @@ def test_restart_halts_the_running_run_and_starts_a_fresh_one(sample, worker):
     wait_for(lambda: run_status(fresh.pk) == RunStatus.SUCCEEDED, what="the fresh run")
     assert run_status(first.pk) == RunStatus.STOPPED
     assert Workflow.objects.get(pk=SAMPLE_ID).state == "started"
+    assert effects() == (50, 50)
+
+
+def test_a_slot_beat_sent_twice_runs_once_on_the_worker(sample, worker):
+    """Two messages for one slot, as a leader frozen mid-send and its successor would send them:
+    the slot header crosses the broker and the second message is recorded as a skip."""
+    slot = "2030-03-04T08:00:00+00:00"
+    for _ in range(2):
+        celery_app.send_task(f"workflows.{SAMPLE_ID}", kwargs={"trigger": Trigger.SCHEDULE}, headers={SLOT_HEADER: slot})
+
+    wait_for(lambda: WorkflowRun.objects.filter(status__in=[RunStatus.SUCCEEDED, RunStatus.SKIPPED]).count() == 2,
+             what="both messages to be handled")
+    ran = WorkflowRun.objects.get(status=RunStatus.SUCCEEDED)
+    skipped = WorkflowRun.objects.get(status=RunStatus.SKIPPED)
+    assert ran.slot.isoformat() == slot
+    assert skipped.reason.endswith(f"already sent (run #{ran.pk})")
     assert effects() == (50, 50)
