@@ -98,6 +98,7 @@ def node_env(host: Host, **extra: str) -> dict[str, str]:
         "BEAT_LEASE_SECONDS": str(BEAT_LEASE_SECONDS),
         "WORKFLOW_EXTRA_MODULES": "tests.workflows.sample_workflow",
         "PYTHONUNBUFFERED": "1",
+        "TZ": "UTC",  # log times in UTC: the beat scenarios read the minute of each send from them
         **extra,
     }
 
