@@ -85,6 +85,7 @@ class Config:
     lease_seconds: int
     beat_lease_seconds: int
     extra_workflow_modules: list[str]
+    workflow_queues: dict[str, str]
     event_max_body_bytes: int
     integrations_allow_loopback_http: bool
     security: dict[str, Any]
@@ -120,6 +121,7 @@ def load_config(env: Mapping[str, str], *, base_dir: Path) -> Config:
         lease_seconds=lease_seconds,
         beat_lease_seconds=parse_int(env, "BEAT_LEASE_SECONDS", default=15, minimum=3),
         extra_workflow_modules=parse_list(env, "WORKFLOW_EXTRA_MODULES", default=[]),
+        workflow_queues=parse_workflow_queues(env),
         event_max_body_bytes=parse_int(env, "EVENT_MAX_BODY_BYTES", default=64 * 1024, minimum=1024),
         integrations_allow_loopback_http=parse_bool(env, "INTEGRATIONS_ALLOW_LOOPBACK_HTTP", default=False),
         security=parse_security(env, production=not (embedded or debug)),
@@ -159,6 +161,25 @@ def parse_list(env: Mapping[str, str], name: str, *, default: list[str]) -> list
     if any(not item for item in items):
         raise ConfigError(name, f"expected a comma-separated list without empty items, got {raw!r}")
     return items
+
+
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def parse_workflow_queues(env: Mapping[str, str]) -> dict[str, str]:
+    """``WORKFLOW_QUEUES=updateDeliveryExecInfo=heavy,cleanup=heavy``: the queue each named workflow's
+    messages go to instead of its definition's (the ids are checked against the workflows by
+    ``manage.py check``, which knows them)."""
+    name = "WORKFLOW_QUEUES"
+    queues: dict[str, str] = {}
+    for item in parse_list(env, name, default=[]):
+        workflow_id, equals, queue = (part.strip() for part in item.partition("="))
+        if not equals or not workflow_id or not QUEUE_NAME.fullmatch(queue):
+            raise ConfigError(name, f"expected WORKFLOW_ID=QUEUE items (queue: letters, digits, '_', '.', '-'), got {item!r}")
+        if workflow_id in queues:
+            raise ConfigError(name, f"{workflow_id!r} is given twice")
+        queues[workflow_id] = queue
+    return queues
 
 
 def parse_time_zone(env: Mapping[str, str]) -> str:

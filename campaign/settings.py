@@ -122,6 +122,8 @@ DJANGO_CELERY_BEAT_TZ_AWARE = True
 WORKFLOW_LEASE_SECONDS = CONFIG.lease_seconds
 # Any number of beat processes may run; the one holding this lease dispatches (workflows.beat_leader).
 BEAT_LEASE_SECONDS = CONFIG.beat_lease_seconds
+# Workflow id -> queue, overriding the definitions' (WORKFLOW_QUEUES): a heavy workflow on its own workers.
+WORKFLOW_QUEUES = CONFIG.workflow_queues
 # Modules declaring workflows beyond workflows/builtin/ (the test suite adds its sample workflow).
 WORKFLOW_EXTRA_MODULES = CONFIG.extra_workflow_modules
 WORKFLOW_MAX_HARD_TIME_LIMIT = WORKFLOW_MAX_HARD_TIME_LIMIT

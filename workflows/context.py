@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 from django.db import transaction
 from django.dispatch import Signal
 
+from workflows import shutdown
 from workflows.leases import LEASE_LOST, LeaseKeeper, fence
 from workflows.models import ActivityRun, LogLevel, Workflow, WorkflowLog, WorkflowRun, WorkflowState
 
@@ -53,8 +54,13 @@ def savepoint() -> transaction.Atomic:
     return transaction.atomic()
 
 
+#: :class:`RunHalted`'s state when the worker stops: the run continues on another worker.
+HANDOVER = "handover"
+
+
 class RunHalted(Exception):
-    """Raised at a batch boundary when the workflow was paused or stopped meanwhile."""
+    """Raised at a batch boundary when the workflow was paused or stopped meanwhile, or when the
+    worker is stopping (state :data:`HANDOVER`)."""
 
     def __init__(self, state: str) -> None:
         self.state = state
@@ -304,6 +310,8 @@ class ActivityContext:
             raise LeaseLost(f"{LEASE_LOST}: another run took {self.workflow_id} over")
         if not halting:
             return
+        if shutdown.requested.is_set():
+            raise RunHalted(HANDOVER)
         state, halt_run = Workflow.objects.filter(pk=self.workflow_id).values_list("state", "halt_run").get()
         if halt_run == self.run.pk:
             raise RunHalted(WorkflowState.STOPPED)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
+from django.core.exceptions import ImproperlyConfigured, ValidationError
 
 from campaign.config import WORKFLOW_MAX_HARD_TIME_LIMIT
 from workflows.properties import Property
@@ -156,6 +156,16 @@ def load_definitions() -> None:
         importlib.import_module(f"{builtin.__name__}.{module.name}")
     for name in getattr(settings, "WORKFLOW_EXTRA_MODULES", ()):
         importlib.import_module(name)
+    unknown = sorted(set(settings.WORKFLOW_QUEUES) - set(_REGISTRY))
+    if unknown:
+        raise ImproperlyConfigured(f"WORKFLOW_QUEUES names no workflow: {', '.join(unknown)} "
+                                   "(ids are case-sensitive; `manage.py workflow list` shows them)")
+
+
+def queue_of(definition: WorkflowDefinition) -> str:
+    """The queue the workflow's messages go to: the one ``WORKFLOW_QUEUES`` gives it, else its
+    definition's. Beat, the commands and ``celery call`` all send through the router that asks."""
+    return settings.WORKFLOW_QUEUES.get(definition.id, definition.queue)
 
 
 def builtin_definitions() -> list[WorkflowDefinition]:

@@ -21,8 +21,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.db import DatabaseError, IntegrityError, close_old_connections, connection, transaction
 from django.utils import timezone
 
-from workflows import leases, notifications
-from workflows.context import ActivityContext, LeaseLost, RunFence, RunHalted, SkipRun
+from workflows import leases, notifications, shutdown
+from workflows.context import HANDOVER, ActivityContext, LeaseLost, RunFence, RunHalted, SkipRun
 from workflows.definition import WorkflowDefinition, all_definitions, get_definition
 from workflows.errors import describe, is_transient
 from workflows.models import (
@@ -143,6 +143,8 @@ def execute(request: RunRequest) -> WorkflowRun:
 
     refusal = _refusal(workflow, run, request, continuing)
     if refusal:
+        if continuing and workflow.state == WorkflowState.PAUSED:
+            return run  # paused again before it could continue: resuming the workflow continues it
         return _finish(run, RunStatus.SKIPPED, refusal)
     # Validated before the claim: a run whose values do not validate does no work at all.
     values = properties_in_force(workflow, run)
@@ -166,7 +168,8 @@ def execute(request: RunRequest) -> WorkflowRun:
         with leases.LeaseKeeper(definition.id, run.pk, claim.token) as keeper:
             fence = RunFence(definition.id, run.pk, claim.token, keeper)
             try:
-                return _run_activities(definition, workflow, run, request, fence, properties, continuing=continuing)
+                with shutdown.run_in_progress():
+                    return _run_activities(definition, workflow, run, request, fence, properties, continuing=continuing)
             except LeaseLost as error:
                 return _lease_lost(definition, run, error)
     finally:
@@ -354,7 +357,10 @@ def _run_activities(
                 journal(definition.id, f"Done: {_format_counters(current.counters)}.", run=run, activity=name)
     except RunHalted as halt:
         with _fenced(fence):
-            return _halt(definition, run, current, halt.state)
+            run = _halt(definition, run, current, halt.state)
+        if halt.state == HANDOVER:
+            raise Requeue(run, countdown=0) from None  # the lease is released on the way out
+        return run
     except SkipRun as skip:
         with _fenced(fence):
             _end_activity(current, ActivityStatus.SKIPPED, str(skip))
@@ -421,8 +427,9 @@ def _halt(definition: WorkflowDefinition, run: WorkflowRun, current: ActivityRun
     if state == WorkflowState.STOPPED:
         _end_activity(current, ActivityStatus.STOPPED, "workflow stopped")
         return _finish(run, RunStatus.STOPPED, f"workflow stopped during activity {name!r}")
-    reason = (f"activity {name!r} is suspended" if state == "suspended"
-              else f"workflow paused; will continue from activity {name!r}")
+    reason = {"suspended": f"activity {name!r} is suspended",
+              HANDOVER: f"its worker is stopping; continues on another worker from activity {name!r}"}.get(
+        state, f"workflow paused; will continue from activity {name!r}")
     _end_activity(current, ActivityStatus.PAUSED, reason, finished=False)
     run.halted_activity = name
     run.save(update_fields=["halted_activity"])

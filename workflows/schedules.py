@@ -198,7 +198,8 @@ def create_periodic_task(definition: WorkflowDefinition, workflow: Workflow, sch
         task=definition.task_name,
         crontab=get_crontab_schedule(schedule.crontab, schedule.timezone),
         kwargs=json.dumps({"trigger": "schedule"}),
-        queue=definition.queue,
+        # No queue on the row: beat's message goes through the router, like every other
+        # (workflows.definition.queue_of), so WORKFLOW_QUEUES moves scheduled runs too.
         expire_seconds=definition.expire_s,
         enabled=workflow.state == WorkflowState.STARTED,
         description=definition.label,

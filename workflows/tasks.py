@@ -16,6 +16,7 @@ from celery.signals import task_prerun
 from django.db import close_old_connections
 
 from campaign.celery import app
+from workflows import shutdown  # noqa: F401 - connects a worker's graceful stop (its signal handlers)
 from workflows.definition import RetryPolicy, WorkflowDefinition
 
 logger = logging.getLogger(__name__)
@@ -40,10 +41,10 @@ def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None
         import django
 
         django.setup()
-    from workflows.definition import UnknownWorkflow, get_definition
+    from workflows.definition import UnknownWorkflow, get_definition, queue_of
 
     try:
-        return {"queue": get_definition(name.removeprefix("workflows.")).queue}
+        return {"queue": queue_of(get_definition(name.removeprefix("workflows.")))}
     except UnknownWorkflow:
         return None
 

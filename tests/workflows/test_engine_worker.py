@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from workflows import commands
 from workflows.leases import ABANDONED
 from workflows.models import ActivityRun, RunStatus, Trigger, Workflow, WorkflowLog, WorkflowRun
 from workflows.tasks import SLOT_HEADER
+from workflows.worker_process import WorkerProcess
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
@@ -137,3 +139,27 @@ def test_a_slot_beat_sent_twice_runs_once_on_the_worker(sample, worker):
     assert ran.slot.isoformat() == slot
     assert skipped.reason.endswith(f"already sent (run #{ran.pk})")
     assert effects() == (50, 50)
+
+
+def test_a_stopping_worker_hands_its_run_over_at_a_unit_boundary_and_another_worker_finishes_it(sample, worker):
+    """SIGTERM to the worker (its main process only, as a supervisor does): it does not wait for
+    the run's end; the run halts after its current unit and continues on the other worker."""
+    Workflow.objects.filter(pk=SAMPLE_ID).update(properties={"sleep_ms": 300, "batch_size": 2})
+    run = commands.run_now(SAMPLE_ID, actor="test")
+    wait_for(lambda: effects()[0] >= 4, what="a few batches")
+    other = WorkerProcess(queues=worker.queues, env=worker.env).start()
+    try:
+        worker.process.send_signal(signal.SIGTERM)
+        worker.process.wait(timeout=30)
+        handed_over_at = effects()[0]
+        status_when_stopped = run_status(run.pk)
+
+        wait_for(lambda: run_status(run.pk) == RunStatus.SUCCEEDED, what="the run to finish on the other worker")
+    finally:
+        other.stop()
+    assert status_when_stopped != RunStatus.SUCCEEDED, "the worker stopped without waiting for the run's end"
+    assert 4 <= handed_over_at < 50 and handed_over_at % 2 == 0, "halted between units, never inside one"
+    assert effects() == (50, 50)
+    assert WorkflowRun.objects.count() == 1, "the same run continued"
+    assert WorkflowLog.objects.filter(run=run, message__contains="its worker is stopping").exists()
+    assert ActivityRun.objects.get(run=run, name="consume").status == "succeeded"

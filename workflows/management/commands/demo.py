@@ -9,7 +9,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from workflows import commands
-from workflows.definition import builtin_definitions
+from workflows.definition import builtin_definitions, queue_of
 from workflows.models import FINAL_RUN_STATUSES, RunStatus, Trigger, WorkflowRun
 from workflows.worker_process import WorkerProcess
 
@@ -26,7 +26,7 @@ class Command(BaseCommand):
         definitions = builtin_definitions()
         if not definitions:
             raise CommandError("no workflow is declared in workflows/builtin/")
-        queues = sorted({d.queue for d in definitions})
+        queues = sorted({queue_of(d) for d in definitions})
         self.stdout.write(f"Starting a worker on {', '.join(queues)}…")
         with WorkerProcess(queues=queues, concurrency=2):
             runs = {d.id: commands.run_now(d.id, actor="demo", trigger=Trigger.CLI, force=True) for d in definitions}
