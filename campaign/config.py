@@ -39,7 +39,7 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 DATABASE_SCHEMES = {"postgres", "postgresql", "pgsql", "sqlite"}
-BROKER_SCHEMES = {"redis", "rediss", "filesystem", "memory"}
+BROKER_SCHEMES = {"redis", "rediss", "amqp", "amqps", "filesystem", "memory"}
 EMAIL_SCHEMES = {"smtp", "smtps", "smtp+tls", "smtp+ssl", "filemail", "consolemail", "memorymail", "dummymail"}
 
 
@@ -79,6 +79,7 @@ class Config:
     database: dict[str, Any]
     broker_url: str
     broker_transport_options: dict[str, Any]
+    broker_celery_settings: dict[str, Any]
     email: dict[str, Any]
     default_from_email: str
     billing_email: str
@@ -115,6 +116,7 @@ def load_config(env: Mapping[str, str], *, base_dir: Path) -> Config:
         database=database,
         broker_url=broker_url,
         broker_transport_options=broker_transport_options(broker_url, var_dir=var_dir),
+        broker_celery_settings=broker_celery_settings(broker_url),
         email=parse_email(env, var_dir=var_dir),
         default_from_email=parse_email_address(env, "DEFAULT_FROM_EMAIL", default="workflows@localhost"),
         billing_email=parse_email_address(env, "BILLING_EMAIL", default="billing@localhost"),
@@ -272,8 +274,12 @@ def parse_broker_url(env: Mapping[str, str]) -> str:
     url = env.get("CELERY_BROKER_URL") or "filesystem://"
     scheme = urlsplit(url).scheme
     if scheme not in BROKER_SCHEMES:
-        raise ConfigError("CELERY_BROKER_URL", f"unsupported scheme {scheme!r}; use redis://HOST:PORT/DB (or leave unset for the embedded broker)")
-    if scheme.startswith("redis"):
+        raise ConfigError(
+            "CELERY_BROKER_URL",
+            f"unsupported scheme {scheme!r}; use redis://HOST:PORT/DB or amqp://USER:PASSWORD@HOST:PORT/VHOST "
+            "(or leave unset for the embedded broker)",
+        )
+    if scheme.startswith(("redis", "amqp")):
         parts = urlsplit(url)
         try:
             parts.port  # noqa: B018 - raises ValueError for a malformed port
@@ -281,8 +287,16 @@ def parse_broker_url(env: Mapping[str, str]) -> str:
             raise ConfigError("CELERY_BROKER_URL", f"malformed port in {url!r}") from None
         if not parts.hostname:
             raise ConfigError("CELERY_BROKER_URL", f"missing host in {url!r}")
+    if scheme.startswith("redis"):
         if parts.path.strip("/") and not parts.path.strip("/").isdigit():
             raise ConfigError("CELERY_BROKER_URL", f"the database must be a number, got {parts.path!r}")
+    if scheme.startswith("amqp"):
+        # kombu reads what follows the first slash of the path as the virtual host: "//" (or
+        # nothing) is RabbitMQ's default "/", "/campaign" is "campaign". A slash in a name must be
+        # written %2F, so a second one is a typo ("/campaign/" would name "campaign/").
+        vhost = parts.path[1:]
+        if vhost != "/" and "/" in vhost:
+            raise ConfigError("CELERY_BROKER_URL", f"the virtual host must be // (RabbitMQ's default /) or /NAME, got {parts.path!r}")
     return url
 
 
@@ -290,6 +304,10 @@ def broker_transport_options(url: str, *, var_dir: Path) -> dict[str, Any]:
     scheme = urlsplit(url).scheme
     if scheme.startswith("redis"):
         return {"visibility_timeout": REDIS_VISIBILITY_TIMEOUT}
+    if scheme.startswith("amqp"):
+        # Publisher confirms: a send returns only once RabbitMQ has taken the message (written to
+        # its quorum queue's majority), so a run recorded as queued has its message on the broker.
+        return {"confirm_publish": True}
     if scheme == "filesystem":
         queue = var_dir / "broker" / "queue"
         control = var_dir / "broker" / "control"
@@ -297,6 +315,30 @@ def broker_transport_options(url: str, *, var_dir: Path) -> dict[str, Any]:
             folder.mkdir(parents=True, exist_ok=True)
         return {"data_folder_in": str(queue), "data_folder_out": str(queue), "control_folder": str(control)}
     return {}
+
+
+def broker_celery_settings(url: str) -> dict[str, Any]:
+    """Celery settings (their lowercase names) that depend on the broker, beyond its transport
+    options: on Redis, the transport that survives an outage; on RabbitMQ, quorum queues and the
+    native delayed delivery that countdowns need there."""
+    scheme = urlsplit(url).scheme
+    if scheme.startswith("redis"):
+        return {"broker_transport": "campaign.redis_transport:Transport"}
+    if not scheme.startswith("amqp"):
+        return {}
+    return {
+        # Quorum queues are replicated (Raft) and written to disk before a publish is confirmed.
+        # They are declared as such when a worker or a sender first uses them; RabbitMQ refuses to
+        # redeclare an existing classic queue as quorum (PRECONDITION_FAILED).
+        "task_default_queue_type": "quorum",
+        "task_create_missing_queue_type": "quorum",
+        # A countdown (a waiting run re-sent, a retry's backoff) on quorum queues is delayed by
+        # RabbitMQ itself (the celery_delayed_* queues, then the celery_delayed_delivery exchange),
+        # which needs topic exchanges: the worker never holds a message until its time has come.
+        "task_default_exchange_type": "topic",
+        "task_create_missing_queue_exchange_type": "topic",
+        "broker_native_delayed_delivery_queue_type": "quorum",
+    }
 
 
 def parse_email(env: Mapping[str, str], *, var_dir: Path) -> dict[str, Any]:

@@ -98,11 +98,22 @@ BILLING_EMAIL = CONFIG.billing_email
 # one message at a time so a long run never holds a second one hostage.
 CELERY_BROKER_URL = CONFIG.broker_url
 CELERY_BROKER_TRANSPORT_OPTIONS = CONFIG.broker_transport_options
+# Per broker (config.broker_celery_settings): on Redis the transport that rides through an outage,
+# on RabbitMQ quorum queues on topic exchanges with countdowns kept by the broker.
+globals().update({f"CELERY_{name.upper()}": value for name, value in CONFIG.broker_celery_settings.items()})
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A worker that lost its broker retries for as long as the broker is away (Celery's default gives
+# up after 100 attempts, about 50 minutes, and the worker exits).
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+# A run needs the database, not the broker: when the broker connection drops, the runs under way
+# go on. Their messages come back (RabbitMQ requeues them at once, Redis when its channel closes
+# or after the visibility timeout) and the engine ignores a message whose run is alive or over.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+# RabbitMQ only: a heartbeat every 30 s, so a dead link is noticed within a minute (two missed).
+CELERY_BROKER_HEARTBEAT = 30
 CELERY_TASK_IGNORE_RESULT = True  # run state lives in WorkflowRun, not in a result backend
 # Celery's Django fix-up closes the database connections around every task unless this is set, so
 # each run would pay a new connection (a third of a no-op run's cost on PostgreSQL). Reused, they

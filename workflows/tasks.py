@@ -7,6 +7,7 @@ Task names are stable: they live in broker messages and in beat's rows. Argument
 from __future__ import annotations
 
 import logging
+import math
 import random
 from datetime import datetime
 from typing import Any
@@ -23,6 +24,13 @@ logger = logging.getLogger(__name__)
 
 #: The message header in which beat names the scheduled time it sends a workflow for.
 SLOT_HEADER = "workflow_slot"
+
+
+def whole_seconds(countdown: float) -> int:
+    """A countdown rounded up to whole seconds. RabbitMQ's native delayed delivery (quorum queues)
+    counts in whole seconds and Celery refuses a countdown it would round down to 0 (ValueError at
+    the send, so the message would never be sent); rounding up never sends a message early."""
+    return math.ceil(countdown)
 
 
 def backoff_seconds(policy: RetryPolicy, attempt: int) -> float:
@@ -106,7 +114,7 @@ def make_task(definition: WorkflowDefinition) -> Task:
                 kwargs={"run_id": wait.run.pk, "trigger": trigger, "requested_by": requested_by, "force": force,
                         "overrides": overrides, "attempt": attempt, "wait_for_lease_s": wait_for_lease_s,
                         "wait_until": wait.wait_until, "recheck": wait.recheck},
-                countdown=wait.countdown,
+                countdown=whole_seconds(wait.countdown),
             )
             return {"run_id": wait.run.pk, "status": wait.run.status, "reason": wait.run.reason}
         except TransientRunError as error:
@@ -114,7 +122,7 @@ def make_task(definition: WorkflowDefinition) -> Task:
             raise self.retry(
                 kwargs={"trigger": trigger, "requested_by": requested_by, "force": force,
                         "overrides": error.run.overrides, "attempt": attempt + 1},
-                countdown=backoff_seconds(definition.retry, attempt),
+                countdown=whole_seconds(backoff_seconds(definition.retry, attempt)),
                 max_retries=definition.retry.max_retries,
             ) from None
         return {"run_id": run.pk, "status": run.status, "reason": run.reason}

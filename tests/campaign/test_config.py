@@ -163,6 +163,47 @@ def test_redis_visibility_timeout_outlives_the_longest_workflow(tmp_path: Path) 
     assert config.broker_transport_options["visibility_timeout"] > WORKFLOW_MAX_HARD_TIME_LIMIT
 
 
+def test_redis_url_selects_the_transport_that_rides_through_an_outage(tmp_path: Path) -> None:
+    config = load(tmp_path, CELERY_BROKER_URL="rediss://:pw@redis.internal:6380/2")
+
+    assert config.broker_celery_settings == {"broker_transport": "campaign.redis_transport:Transport"}
+
+
+@pytest.mark.parametrize(("url", "vhost"), [
+    ("amqp://campaign:pw@rabbit.internal:5672//", "/"),
+    ("amqp://campaign:pw@rabbit.internal:5672", "/"),
+    ("amqps://campaign:pw@rabbit.internal:5671/campaign", "campaign"),
+    ("amqp://campaign:pw@rabbit.internal/with%2Fslash", "with/slash"),
+])
+def test_rabbitmq_url_is_accepted_with_its_virtual_host(tmp_path: Path, url: str, vhost: str) -> None:
+    from kombu import Connection
+
+    config = load(tmp_path, CELERY_BROKER_URL=url)
+
+    assert config.broker_url == url
+    assert Connection(url).virtual_host == vhost
+
+
+def test_rabbitmq_confirms_every_publish_and_uses_quorum_queues_with_delays_kept_by_the_broker(tmp_path: Path) -> None:
+    """A send returns once RabbitMQ holds the message; queues are replicated (quorum), and a
+    countdown waits in RabbitMQ (native delayed delivery, which needs topic exchanges), not in a
+    worker's memory."""
+    config = load(tmp_path, CELERY_BROKER_URL="amqp://campaign:pw@rabbit.internal:5672/campaign")
+
+    assert config.broker_transport_options == {"confirm_publish": True}
+    assert config.broker_celery_settings == {
+        "task_default_queue_type": "quorum",
+        "task_create_missing_queue_type": "quorum",
+        "task_default_exchange_type": "topic",
+        "task_create_missing_queue_exchange_type": "topic",
+        "broker_native_delayed_delivery_queue_type": "quorum",
+    }
+
+
+def test_embedded_broker_needs_no_broker_specific_celery_setting(tmp_path: Path) -> None:
+    assert load(tmp_path).broker_celery_settings == {}
+
+
 def test_smtp_url_selects_the_smtp_backend(tmp_path: Path) -> None:
     config = load(tmp_path, EMAIL_URL="smtp://mailer:pw@smtp.internal:2525")
 
@@ -176,7 +217,10 @@ MALFORMED = [
     # (variable named by the message, environment, a fragment of the message)
     ("DATABASE_URL", {"DATABASE_URL": "mysql://campaign@db:3306/campaign", "SECRET_KEY": SECRET_KEY}, "'mysql'"),
     ("DATABASE_URL", {"DATABASE_URL": "postgres://campaign@db:5432/", "SECRET_KEY": SECRET_KEY}, "needs a database name"),
-    ("CELERY_BROKER_URL", {"CELERY_BROKER_URL": "amqp://guest@rabbit:5672//"}, "'amqp'"),
+    ("CELERY_BROKER_URL", {"CELERY_BROKER_URL": "kafka://kafka:9092"}, "'kafka'"),
+    ("CELERY_BROKER_URL", {"CELERY_BROKER_URL": "amqp://guest@rabbit:five/campaign"}, "malformed port"),
+    ("CELERY_BROKER_URL", {"CELERY_BROKER_URL": "amqp:///campaign"}, "missing host"),
+    ("CELERY_BROKER_URL", {"CELERY_BROKER_URL": "amqps://guest@rabbit:5671/campaign/"}, "virtual host"),
     ("CELERY_BROKER_URL", {"CELERY_BROKER_URL": "redis://redis:sixthousand/0"}, "malformed port"),
     ("DEBUG", {"DEBUG": "maybe"}, "'maybe'"),
     ("TIME_ZONE", {"TIME_ZONE": "Mars/Olympus"}, "'Mars/Olympus'"),

@@ -21,7 +21,6 @@ from django.conf import settings
 from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 from django_celery_beat.schedulers import ModelEntry
-from kombu import Exchange, Queue
 
 from campaign.celery import app as celery_app
 from workflows import beat_leader, health
@@ -296,7 +295,9 @@ def beats(transactional_db) -> Iterator[Callable[[], Beat]]:
         for beat in started:
             beat.stop()
         with celery_app.connection_for_write() as connection:
-            queue = Queue(QUEUE, Exchange(QUEUE), routing_key=QUEUE)(connection.default_channel)
+            # The queue as Celery declares it for this broker (on RabbitMQ a quorum queue on a topic
+            # exchange): declaring it with other arguments would be refused.
+            queue = celery_app.amqp.queues[QUEUE](connection.default_channel)
             queue.declare()  # kombu deletes only a queue its channel knows
             queue.delete()
 
