@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 
-.PHONY: run test demo migrate worker beat web clean
+.PHONY: run test soak demo migrate worker beat web clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ demo: $(VENV)/.installed
 ## Run the whole test suite.
 test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Ten minutes of faults on workers and beats in network namespaces (root, PostgreSQL + Redis:
+## set DATABASE_URL and CELERY_BROKER_URL). See docs/reliability.md.
+soak: $(VENV)/.installed
+	SOAK_SECONDS=600 $(PY) -m pytest -m reliability -k soak -s $(PYTEST_ARGS)
 
 migrate: $(VENV)/.installed
 	$(PY) manage.py migrate --no-input
