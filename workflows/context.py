@@ -310,7 +310,7 @@ class ActivityContext:
             raise LeaseLost(f"{LEASE_LOST}: another run took {self.workflow_id} over")
         if not halting:
             return
-        if shutdown.requested.is_set():
+        if shutdown.stopping():
             raise RunHalted(HANDOVER)
         state, halt_run = Workflow.objects.filter(pk=self.workflow_id).values_list("state", "halt_run").get()
         if halt_run == self.run.pk:

@@ -139,6 +139,10 @@ def execute(request: RunRequest) -> WorkflowRun:
             workflow_id=definition.id, trigger=run.trigger, requested_by=run.requested_by,
             celery_task_id=request.task_id, overrides=run.overrides, attempt=run.attempt + 1, takeover_of=run.pk,
         )
+    if shutdown.stopping():
+        # This worker is stopping but took one more message (maybe the run it just handed over):
+        # send it back for another worker, without claiming anything.
+        raise Requeue(run, countdown=1)
     continuing = run.status == RunStatus.PAUSED
 
     refusal = _refusal(workflow, run, request, continuing)

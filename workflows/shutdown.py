@@ -7,7 +7,10 @@ its next unit boundary the run commits what it has done, halts (``paused``, with
 stopped in), lets its lease go, and sends its message again; any other worker continues it from
 the committed cursor, as a resumed run. The stopping worker is free within one unit of work.
 
-An idle pool process ends at once on SIGTERM, as it would without this module.
+The worker may still take a message in the second or so before it stops consuming, even the one
+just sent: a pool process asked to stop sends any run it gets back to the queue, unclaimed, for
+:data:`STOPPING_WINDOW_S` (a window, so that a pool process signalled on its own cannot turn every
+later run away). An idle pool process ends at once on SIGTERM, as it would without this module.
 """
 
 from __future__ import annotations
@@ -16,16 +19,19 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from celery.signals import task_prerun, worker_process_init, worker_shutting_down
+from celery.signals import worker_process_init, worker_shutting_down
 
 logger = logging.getLogger(__name__)
 
-#: Set in a pool process that was asked to stop while a run was in progress.
-requested = threading.Event()
+#: How long a pool process asked to stop keeps sending runs away: its worker stops taking
+#: messages within a second or two, but may take one more meanwhile, even the run just handed over.
+STOPPING_WINDOW_S = 30.0
+_asked_at: float | None = None
 #: True in a worker's pool process; elsewhere (the CLI's in-process runs) SIGTERM keeps its meaning.
 _in_pool_process = False
 
@@ -44,21 +50,21 @@ def run_in_progress() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def stopping() -> bool:
+    """True in a pool process asked to stop (for :data:`STOPPING_WINDOW_S`): its runs go elsewhere."""
+    return _asked_at is not None and time.monotonic() - _asked_at < STOPPING_WINDOW_S
+
+
 def _ask_for_handover(signum: int, frame: Any) -> None:
+    global _asked_at  # noqa: PLW0603 - set from a signal handler, read at unit boundaries
     logger.warning("asked to stop: the run hands over at its next unit boundary")
-    requested.set()
+    _asked_at = time.monotonic()
 
 
 @worker_process_init.connect(dispatch_uid="workflows.shutdown.pool_process")
 def _in_pool(**kwargs: Any) -> None:
     global _in_pool_process  # noqa: PLW0603 - one flag per process, set once when it starts
     _in_pool_process = True
-
-
-@task_prerun.connect(dispatch_uid="workflows.shutdown.fresh_task")
-def _forget(**kwargs: Any) -> None:
-    """A new task in this process: an earlier request was served by the handover it caused."""
-    requested.clear()
 
 
 @worker_shutting_down.connect(dispatch_uid="workflows.shutdown.forward")
