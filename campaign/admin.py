@@ -625,7 +625,8 @@ class EventAdmin(LargeTableMixin, admin.ModelAdmin):
     search_help_text = "Exact email or phone."
     autocomplete_fields = ("template",)
     raw_id_fields = ("delivery_log",)
-    readonly_fields = ("created_at", "processed_at", "updated_at")
+    # How the event came in (set by the event API, never edited): the key, and the retry guard.
+    readonly_fields = ("created_at", "processed_at", "updated_at", "api_key", "idempotency_key", "request_fingerprint")
 
     @admin.display(description="delivery log", ordering="delivery_log_id")
     def log(self, obj: Event) -> str:
