@@ -279,17 +279,17 @@ def parse_broker_url(env: Mapping[str, str]) -> str:
             f"unsupported scheme {scheme!r}; use redis://HOST:PORT/DB or amqp://USER:PASSWORD@HOST:PORT/VHOST "
             "(or leave unset for the embedded broker)",
         )
-    if scheme.startswith(("redis", "amqp")):
-        parts = urlsplit(url)
-        try:
-            parts.port  # noqa: B018 - raises ValueError for a malformed port
-        except ValueError:
-            raise ConfigError("CELERY_BROKER_URL", f"malformed port in {url!r}") from None
-        if not parts.hostname:
-            raise ConfigError("CELERY_BROKER_URL", f"missing host in {url!r}")
-    if scheme.startswith("redis"):
-        if parts.path.strip("/") and not parts.path.strip("/").isdigit():
-            raise ConfigError("CELERY_BROKER_URL", f"the database must be a number, got {parts.path!r}")
+    if not scheme.startswith(("redis", "amqp")):
+        return url
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        raise ConfigError("CELERY_BROKER_URL", f"malformed port in {url!r}") from None
+    if not parts.hostname:
+        raise ConfigError("CELERY_BROKER_URL", f"missing host in {url!r}")
+    if scheme.startswith("redis") and parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        raise ConfigError("CELERY_BROKER_URL", f"the database must be a number, got {parts.path!r}")
     if scheme.startswith("amqp"):
         # kombu reads what follows the first slash of the path as the virtual host: "//" (or
         # nothing) is RabbitMQ's default "/", "/campaign" is "campaign". A slash in a name must be

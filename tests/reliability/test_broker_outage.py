@@ -31,7 +31,7 @@ from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from campaign.models import Campaign, Delivery, SendingFeedback
-from tests.reliability.conftest import LEASE_SECONDS, Cluster, forwarded_url, wait_for
+from tests.reliability.conftest import Cluster, forwarded_url, wait_for
 from tests.workflows import sample_workflow
 from tests.workflows.conftest import effects
 from tests.workflows.sample_workflow import QUICK_ID, SAMPLE_ID, SAMPLE_QUEUE
