@@ -96,7 +96,7 @@ def node_env(host: Host, **extra: str) -> dict[str, str]:
         "VAR_DIR": str(settings.VAR_DIR),
         "WORKFLOW_LEASE_SECONDS": str(LEASE_SECONDS),
         "BEAT_LEASE_SECONDS": str(BEAT_LEASE_SECONDS),
-        "WORKFLOW_EXTRA_MODULES": "tests.workflows.sample_workflow",
+        "WORKFLOW_EXTRA_MODULES": "tests.workflows.sample_workflow,tests.reliability.soak_workflow",
         "PYTHONUNBUFFERED": "1",
         "TZ": "UTC",  # log times in UTC: the beat scenarios read the minute of each send from them
         **extra,
@@ -158,7 +158,7 @@ class Node:
 
     def sends(self, task: str) -> list[str]:
         """The log lines of this beat's sends of ``task``."""
-        return [line for line in self.log().splitlines() if f"Sending due task" in line and f"({task})" in line]
+        return [line for line in self.log().splitlines() if "Sending due task" in line and f"({task})" in line]
 
     def __repr__(self) -> str:
         return f"{self.name} on {self.host.name}"

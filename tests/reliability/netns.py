@@ -47,6 +47,9 @@ LOCK_PATH = Path("/run/lock/campaign-reliability-netns.lock")
 #: Seconds a forwarder has to start listening.
 FORWARDER_READY_S = 10
 
+#: Host numbers keep growing within one pytest process: a test's hosts never reuse the name of a
+#: previous test's host.
+_host_numbers = itertools.count(1)
 _NAME = re.compile(rf"^{PREFIX}(\d+)h(\d+)[ab]?$")
 _PR_SET_PDEATHSIG = 1
 
@@ -63,16 +66,16 @@ def unavailable_reason() -> str:
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
     probe = f"{PREFIX}{os.getpid()}probe"
-    created = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    created = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True, check=False)
     if created.returncode != 0:
         return f"`ip netns add` failed: {created.stderr.strip()}"
-    subprocess.run(["ip", "netns", "delete", probe], capture_output=True)
+    subprocess.run(["ip", "netns", "delete", probe], capture_output=True, check=False)
     return ""
 
 
 def _ip(*args: str, namespace: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
     argv = ["ip", *(["-n", namespace] if namespace else []), *args]
-    done = subprocess.run(argv, capture_output=True, text=True)
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if check and done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
     return done
@@ -103,7 +106,7 @@ def sweep_leftovers() -> list[str]:
         match = _NAME.match(name)
         if not match or _pid_alive(int(match.group(1))):
             continue
-        pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+        pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True, check=False).stdout.split()
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), signal.SIGKILL)
@@ -137,7 +140,7 @@ class Forwarder:
         self.process = subprocess.Popen(
             ["socat", f"TCP-LISTEN:{port},bind={host},fork,reuseaddr", f"TCP:{target[0]}:{target[1]}"],
             stdout=subprocess.DEVNULL, stderr=log_path.open("ab"), start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - one prctl call, no lock taken
         )
 
     def wait_listening(self) -> None:
@@ -215,7 +218,7 @@ class Host:
             forwarder.stop()
         if not self._created:
             return
-        for pid in subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True).stdout.split():
+        for pid in subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True, check=False).stdout.split():
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), signal.SIGKILL)
         _ip("link", "delete", self.outside_veth, check=False)  # deletes its peer too
@@ -269,7 +272,7 @@ class Host:
 
     def run(self, argv: Sequence[str], *, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         """Run a short command inside the namespace and return its result."""
-        return subprocess.run(["ip", "netns", "exec", self.name, *argv], capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(["ip", "netns", "exec", self.name, *argv], capture_output=True, text=True, timeout=timeout, check=False)
 
     def __repr__(self) -> str:
         return f"Host({self.name}, {self.inside_address})"
@@ -300,8 +303,3 @@ class Hosts:
 
     def __iter__(self) -> Iterator[Host]:
         return iter(self.created)
-
-
-#: Host numbers keep growing within one pytest process: a test's hosts never reuse the name of a
-#: previous test's host.
-_host_numbers = itertools.count(1)

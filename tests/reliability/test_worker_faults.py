@@ -93,7 +93,7 @@ def test_a_worker_cut_off_past_its_lease_is_taken_over_and_commits_nothing_once_
     wait_for(lambda: effects()[0] >= 300, what="a few batches committed", timeout=30)
 
     cut_worker.host.cut()
-    cut_at = time.monotonic()
+    cut_at = time.time()
     wait_for(lambda: leases.lease_of(SAMPLE_ID)[1] < timezone.now(), what="the cut-off run's lease to expire",
              timeout=3 * LEASE_SECONDS)
     committed_before_takeover = effects()[0]
@@ -102,7 +102,7 @@ def test_a_worker_cut_off_past_its_lease_is_taken_over_and_commits_nothing_once_
     assert reaper.reap_abandoned_runs() == [first.pk]
     takeover = WorkflowRun.objects.get(takeover_of=first.pk)
     wait_for(lambda: run_of(takeover.pk).status == RunStatus.SUCCEEDED, what="the takeover run", timeout=60)
-    failover_s = run_of(takeover.pk).started_at.timestamp() - (time.time() - (time.monotonic() - cut_at))
+    failover_s = run_of(takeover.pk).started_at.timestamp() - cut_at
     assert takeover.celery_task_id in other.log(), "the takeover ran on the other host"
     assert effects() == (SOURCES, SOURCES), "while the first host is still cut off"
 
