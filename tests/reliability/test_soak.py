@@ -262,7 +262,8 @@ def test_soak_with_a_fault_at_a_steady_pace_loses_and_doubles_nothing(cluster: C
 
         # -- checks on the history -----------------------------------------------------------
         runs = Counter(WorkflowRun.objects.values_list("status", flat=True))
-        soak_runs = Counter(WorkflowRun.objects.filter(workflow_id=soak_workflow.SOAK_ID).values_list("reason", flat=True))
+        soak_runs = Counter(f"{status}: {reason}" if reason else status for status, reason in
+                            WorkflowRun.objects.filter(workflow_id=soak_workflow.SOAK_ID).values_list("status", "reason"))
         numbered_in_soak = numbers()
         cursor_in_soak = Workflow.objects.get(pk=soak_workflow.SOAK_ID).cursors.get("number", 0)
         taken_over, problems = overlaps()
@@ -317,7 +318,7 @@ def test_soak_with_a_fault_at_a_steady_pace_loses_and_doubles_nothing(cluster: C
           f"pass not succeeded: {not_succeeded}")
     print(f"soak: rows compared with the control {rows - sum(soaked[t][0] for t in differing)}/{rows} in {len(tables)} "
           f"tables, differing tables {sorted(differing)}")
-    print(f"soak: soak workflow: runs by reason {dict(soak_runs)}; numbered during the soak {numbered_in_soak[0]} "
+    print(f"soak: soak workflow: runs {dict(soak_runs)}; numbered during the soak {numbered_in_soak[0]} "
           f"(distinct {numbered_in_soak[1]}, cursor {cursor_in_soak}), after the last run {numbers()[0]}/{SOAK_NUMBERS}")
     print(f"soak: wall time {time.monotonic() - wall_start:.0f} s")
 
