@@ -29,7 +29,7 @@ test: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ## Ten minutes of faults on workers and beats in network namespaces (root, PostgreSQL + Redis:
-## set DATABASE_URL and CELERY_BROKER_URL). See docs/reliability.md.
+## set DATABASE_URL and CELERY_BROKER_URL). See the module docstrings of tests/reliability/.
 soak: $(VENV)/.installed
 	SOAK_SECONDS=600 $(PY) -m pytest -m reliability -k soak -s $(PYTEST_ARGS)
 

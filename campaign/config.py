@@ -90,6 +90,12 @@ class Config:
     event_max_body_bytes: int
     integrations_allow_loopback_http: bool
     security: dict[str, Any]
+    instance_name: str
+    site_url: str
+    web_bind: str
+    metrics_token: str
+    beat_stale_seconds: int | None
+    overdue_grace_seconds: int | None
 
 
 def load_config(env: Mapping[str, str], *, base_dir: Path) -> Config:
@@ -127,6 +133,16 @@ def load_config(env: Mapping[str, str], *, base_dir: Path) -> Config:
         event_max_body_bytes=parse_int(env, "EVENT_MAX_BODY_BYTES", default=64 * 1024, minimum=1024),
         integrations_allow_loopback_http=parse_bool(env, "INTEGRATIONS_ALLOW_LOOPBACK_HTTP", default=False),
         security=parse_security(env, production=not (embedded or debug)),
+        # Printed on reports; empty: the first allowed host (campaign.reports.instance_name).
+        instance_name=env.get("INSTANCE_NAME", "").strip(),
+        site_url=parse_site_url(env),
+        # gunicorn parses and listens on it (gunicorn.conf.py); Django only shows it (ensure_admin).
+        web_bind=env.get("WEB_BIND", "127.0.0.1:8000"),
+        # Empty: /metrics is open.
+        metrics_token=env.get("METRICS_TOKEN", ""),
+        # None: the /healthz check's own default (workflows.health), which derives from beat's heartbeat.
+        beat_stale_seconds=parse_optional_int(env, "WORKFLOW_BEAT_STALE_SECONDS", minimum=1),
+        overdue_grace_seconds=parse_optional_int(env, "WORKFLOW_OVERDUE_GRACE_SECONDS", minimum=1),
     )
 
 
@@ -153,6 +169,15 @@ def parse_int(env: Mapping[str, str], name: str, *, default: int, minimum: int) 
     if value < minimum:
         raise ConfigError(name, f"must be at least {minimum}, got {value}")
     return value
+
+
+def parse_optional_int(env: Mapping[str, str], name: str, *, minimum: int) -> int | None:
+    """:func:`parse_int` for a variable whose default the code using it knows: ``None`` when unset
+    or empty."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    return parse_int(env, name, default=minimum, minimum=minimum)
 
 
 def parse_list(env: Mapping[str, str], name: str, *, default: list[str]) -> list[str]:
@@ -191,6 +216,18 @@ def parse_time_zone(env: Mapping[str, str]) -> str:
     except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder such as "Europe"
         raise ConfigError("TIME_ZONE", f"unknown time zone {name!r} (use an IANA name such as Europe/Paris)") from None
     return name
+
+
+def parse_site_url(env: Mapping[str, str]) -> str:
+    """``SITE_URL``, the base of the links in emails (``https://campaign.example.com``), without
+    its trailing slash; empty when unset (the links then use the first allowed host)."""
+    raw = env.get("SITE_URL", "").strip()
+    if not raw:
+        return ""
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError("SITE_URL", f"expected an http:// or https:// address such as https://campaign.example.com, got {raw!r}")
+    return raw.rstrip("/")
 
 
 def parse_secret_key(env: Mapping[str, str], *, var_dir: Path, embedded: bool, debug: bool) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import calendar
 import json
 import logging
-import os
 from collections.abc import Iterable
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
@@ -293,7 +292,7 @@ def max_attachment_bytes() -> int:
 
 def site_url() -> str:
     """Base of the links in emails: SITE_URL, else https:// + the first allowed host."""
-    base = getattr(settings, "SITE_URL", "") or os.environ.get("SITE_URL", "")
+    base = settings.SITE_URL
     if not base:
         hosts = [host for host in settings.ALLOWED_HOSTS if host and host != "*"]
         base = f"https://{hosts[0].lstrip('.')}" if hosts else "http://localhost:8000"

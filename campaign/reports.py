@@ -14,7 +14,6 @@ tests and the email body can use the figures without parsing the PDF.
 from __future__ import annotations
 
 import io
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -57,7 +56,7 @@ class RenderTimeout(Exception):
 
 def instance_name() -> str:
     """The name printed on reports: INSTANCE_NAME, else the first allowed host, else a default."""
-    name = os.environ.get("INSTANCE_NAME", "").strip()
+    name = settings.INSTANCE_NAME.strip()
     if name:
         return name
     hosts = [host for host in getattr(settings, "ALLOWED_HOSTS", []) if host and host not in ("*", ".localhost")]

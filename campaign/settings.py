@@ -147,6 +147,19 @@ EVENT_MAX_BODY_BYTES = CONFIG.event_max_body_bytes
 # plain http:// to a loopback address (a local fake of the service). Off by default.
 INTEGRATIONS_ALLOW_LOOPBACK_HTTP = CONFIG.integrations_allow_loopback_http
 
+# Reports and report emails: the name printed on a report (empty: the first allowed host) and the
+# base of the links in emails (empty: https:// + the first allowed host).
+INSTANCE_NAME = CONFIG.instance_name
+SITE_URL = CONFIG.site_url
+# Where gunicorn listens (gunicorn.conf.py parses it); ensure_admin prints the admin's address from it.
+WEB_BIND = CONFIG.web_bind
+
+# /metrics requires "Authorization: Bearer <METRICS_TOKEN>" when set, and is open when empty.
+METRICS_TOKEN = CONFIG.metrics_token
+# /healthz thresholds in seconds; None keeps workflows.health's defaults (90 s, 300 s).
+WORKFLOW_BEAT_STALE_SECONDS = CONFIG.beat_stale_seconds
+WORKFLOW_OVERDUE_GRACE_SECONDS = CONFIG.overdue_grace_seconds
+
 # HTTPS hardening (SECURE_SSL_REDIRECT, SECURE_HSTS_*, *_COOKIE_SECURE, SECURE_PROXY_SSL_HEADER):
 # on by default in production, off on the embedded default; see docs/configuration.md.
 globals().update(CONFIG.security)

@@ -17,8 +17,9 @@ password masked). Five things must hold:
 - no started workflow is overdue: its enabled schedule's next slot after ``PeriodicTask.last_run_at``
   is not further in the past than ``WORKFLOW_OVERDUE_GRACE_SECONDS``.
 
-Both thresholds are read at each call from Django settings first, then the environment, so an
-operator can tune them without a code change.
+Both thresholds are Django settings of the same names, parsed from the environment at start-up
+by :mod:`campaign.config` (a malformed value stops start-up naming the variable); unset, they are
+``None`` and the defaults below apply.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from django_celery_beat.models import PeriodicTask
 from kombu import Connection
 from kombu.exceptions import OperationalError as BrokerOperationalError
 
-from campaign.config import ConfigError, parse_int
 from workflows import beat_leader, schedules
 from workflows.models import SchedulerHeartbeat, Workflow, WorkflowState
 from workflows.scheduler import HEARTBEAT_INTERVAL_S
@@ -106,11 +106,9 @@ def _one_line(error: BaseException) -> str:
 
 
 def _setting_seconds(name: str, *, default: int) -> int:
-    """A threshold in seconds from ``settings.<name>``, else the environment, else ``default``."""
-    value = getattr(settings, name, None)
-    if value is not None:
-        return int(value)
-    return parse_int(os.environ, name, default=default, minimum=1)
+    """A threshold in seconds from ``settings.<name>``, else ``default`` when the setting is ``None``."""
+    value = getattr(settings, name)
+    return default if value is None else int(value)
 
 
 def run_checks() -> HealthReport:
@@ -194,10 +192,7 @@ def _check_filesystem_broker(conn: Connection) -> tuple[bool, str, dict[str, Any
 
 def check_beat(*, stale_after_s: int | None = None) -> CheckResult:
     def body() -> tuple[bool, str, dict[str, Any]]:
-        try:
-            limit = stale_after_s or _setting_seconds("WORKFLOW_BEAT_STALE_SECONDS", default=DEFAULT_BEAT_STALE_SECONDS)
-        except ConfigError as error:
-            return False, str(error), {}
+        limit = stale_after_s or _setting_seconds("WORKFLOW_BEAT_STALE_SECONDS", default=DEFAULT_BEAT_STALE_SECONDS)
         heartbeat = SchedulerHeartbeat.objects.filter(pk=1).first()
         if heartbeat is None:
             return False, "beat has never ticked (no heartbeat recorded): is `celery -A campaign beat` running?", {
@@ -329,10 +324,7 @@ def _next_due_at(task: PeriodicTask, *, now: datetime) -> datetime | None:
 
 def check_workflows(*, grace_s: int | None = None) -> CheckResult:
     def body() -> tuple[bool, str, dict[str, Any]]:
-        try:
-            grace = grace_s or _setting_seconds("WORKFLOW_OVERDUE_GRACE_SECONDS", default=DEFAULT_OVERDUE_GRACE_SECONDS)
-        except ConfigError as error:
-            return False, str(error), {"overdue": []}
+        grace = grace_s or _setting_seconds("WORKFLOW_OVERDUE_GRACE_SECONDS", default=DEFAULT_OVERDUE_GRACE_SECONDS)
         overdue = overdue_workflows(grace_s=grace)
         details = {"overdue": [item.as_json() for item in overdue], "grace_s": grace}
         if overdue:

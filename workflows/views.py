@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
 
+from django.conf import settings
 from django.db import DatabaseError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
@@ -30,9 +30,10 @@ def healthz(request: HttpRequest) -> JsonResponse:
 @never_cache
 @require_GET
 def prometheus_metrics(request: HttpRequest) -> HttpResponse:
-    """Open, unless ``METRICS_TOKEN`` is set: then ``Authorization: Bearer <token>`` is required.
-    The variable is read at each request so a token can be set or rotated without a restart."""
-    token = os.environ.get("METRICS_TOKEN", "")
+    """Open, unless ``settings.METRICS_TOKEN`` is set: then ``Authorization: Bearer <token>`` is
+    required. The variable is parsed at start-up (:mod:`campaign.config`): rotating it means
+    restarting ``web``."""
+    token = settings.METRICS_TOKEN
     if token and not _bearer_matches(request, token):
         response = HttpResponse("a valid bearer token is required\n", status=401, content_type="text/plain")
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'

@@ -287,3 +287,87 @@ def test_deployment_check_is_clean_under_the_production_defaults(tmp_path: Path)
 
     assert result.returncode == 0, result.stderr
     assert "System check identified no issues" in result.stdout
+
+
+# --- Variables read by the reports, the admin's first login, /metrics and /healthz --------------
+
+
+def test_report_and_endpoint_variables_default_to_unset(tmp_path: Path) -> None:
+    config = load(tmp_path)
+
+    assert (config.instance_name, config.site_url, config.metrics_token) == ("", "", "")
+    assert config.web_bind == "127.0.0.1:8000"
+    # None: workflows.health applies its own defaults (90 s, 300 s).
+    assert (config.beat_stale_seconds, config.overdue_grace_seconds) == (None, None)
+
+
+def test_report_and_endpoint_variables_are_read_from_the_environment(tmp_path: Path) -> None:
+    config = load(
+        tmp_path, INSTANCE_NAME="  acme-marketing.example ", SITE_URL="https://campaign.example.com/",
+        WEB_BIND="0.0.0.0:8000", METRICS_TOKEN="scrape-me-0123456789",
+        WORKFLOW_BEAT_STALE_SECONDS="600", WORKFLOW_OVERDUE_GRACE_SECONDS="900",
+    )
+
+    assert config.instance_name == "acme-marketing.example"
+    assert config.site_url == "https://campaign.example.com"  # without its trailing slash
+    assert config.web_bind == "0.0.0.0:8000"
+    assert config.metrics_token == "scrape-me-0123456789"
+    assert (config.beat_stale_seconds, config.overdue_grace_seconds) == (600, 900)
+
+
+def test_empty_health_thresholds_keep_the_defaults(tmp_path: Path) -> None:
+    config = load(tmp_path, WORKFLOW_BEAT_STALE_SECONDS="", WORKFLOW_OVERDUE_GRACE_SECONDS=" ")
+
+    assert (config.beat_stale_seconds, config.overdue_grace_seconds) == (None, None)
+
+
+def test_site_url_may_carry_a_path_prefix(tmp_path: Path) -> None:
+    assert load(tmp_path, SITE_URL="http://10.0.0.5:8000/campaign/").site_url == "http://10.0.0.5:8000/campaign"
+
+
+MALFORMED_LATER = [
+    ("WORKFLOW_BEAT_STALE_SECONDS", {"WORKFLOW_BEAT_STALE_SECONDS": "soon"}, "'soon'"),
+    ("WORKFLOW_BEAT_STALE_SECONDS", {"WORKFLOW_BEAT_STALE_SECONDS": "0"}, "must be at least 1"),
+    ("WORKFLOW_OVERDUE_GRACE_SECONDS", {"WORKFLOW_OVERDUE_GRACE_SECONDS": "5m"}, "'5m'"),
+    ("WORKFLOW_OVERDUE_GRACE_SECONDS", {"WORKFLOW_OVERDUE_GRACE_SECONDS": "-300"}, "must be at least 1"),
+    ("SITE_URL", {"SITE_URL": "campaign.example.com"}, "'campaign.example.com'"),
+    ("SITE_URL", {"SITE_URL": "ftp://campaign.example.com"}, "http:// or https://"),
+    ("SITE_URL", {"SITE_URL": "https://"}, "'https://'"),
+    ("SITE_URL", {"SITE_URL": "https://campaign.example.com/?next=1"}, "http:// or https://"),
+]
+
+
+@pytest.mark.parametrize(
+    ("variable", "env", "fragment"), MALFORMED_LATER,
+    ids=[f"{variable}={env[variable]}" for variable, env, _ in MALFORMED_LATER],
+)
+def test_malformed_report_or_health_variable_stops_start_up_naming_it(
+    tmp_path: Path, variable: str, env: dict[str, str], fragment: str,
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load(tmp_path, **env)
+
+    assert str(refused.value).startswith(f"{variable}: ")
+    assert fragment in str(refused.value)
+    assert refused.value.variable == variable
+
+
+def test_settings_expose_the_parsed_variables(tmp_path: Path) -> None:
+    """campaign.settings copies them, so the code reads ``settings.X``, never the environment."""
+    env = {
+        "PATH": os.environ["PATH"], "DJANGO_SETTINGS_MODULE": "campaign.settings", "VAR_DIR": str(tmp_path / "var"),
+        "INSTANCE_NAME": "acme", "SITE_URL": "https://campaign.example.com/", "WEB_BIND": "0.0.0.0:9000",
+        "METRICS_TOKEN": "t0ken", "WORKFLOW_BEAT_STALE_SECONDS": "120",
+    }
+    script = (
+        "import django; django.setup(); from django.conf import settings as s; "
+        "print(repr((s.INSTANCE_NAME, s.SITE_URL, s.WEB_BIND, s.METRICS_TOKEN, "
+        "s.WORKFLOW_BEAT_STALE_SECONDS, s.WORKFLOW_OVERDUE_GRACE_SECONDS)))"
+    )
+
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == repr(("acme", "https://campaign.example.com", "0.0.0.0:9000", "t0ken", 120, None))

@@ -156,14 +156,14 @@ def test_metrics_cost_a_fixed_number_of_queries_whatever_the_number_of_runs(clea
     assert value(parse(text), "workflow_runs_total", workflow="kpiSharing", status="succeeded") == 20
 
 
-def test_metrics_are_open_when_no_token_is_set(client, monkeypatch) -> None:  # noqa: ANN001
-    monkeypatch.delenv("METRICS_TOKEN", raising=False)
+def test_metrics_are_open_when_no_token_is_set(client, settings) -> None:  # noqa: ANN001
+    settings.METRICS_TOKEN = ""
 
     assert client.get("/metrics").status_code == 200
 
 
-def test_metrics_require_the_bearer_token_when_one_is_set(client, monkeypatch) -> None:  # noqa: ANN001
-    monkeypatch.setenv("METRICS_TOKEN", "scrape-me-0123456789")
+def test_metrics_require_the_bearer_token_when_one_is_set(client, settings) -> None:  # noqa: ANN001
+    settings.METRICS_TOKEN = "scrape-me-0123456789"
 
     missing = client.get("/metrics")
     wrong = client.get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-me-wrong")
@@ -178,11 +178,11 @@ def test_metrics_require_the_bearer_token_when_one_is_set(client, monkeypatch) -
     assert value(samples, "workflow_runs_total", workflow="cleanup", status="succeeded") == 0
 
 
-def test_metrics_token_is_read_at_each_request(client, monkeypatch) -> None:  # noqa: ANN001
-    monkeypatch.delenv("METRICS_TOKEN", raising=False)
+def test_metrics_token_setting_is_read_at_each_request(client, settings) -> None:  # noqa: ANN001
+    settings.METRICS_TOKEN = ""
     assert client.get("/metrics").status_code == 200
 
-    monkeypatch.setenv("METRICS_TOKEN", "rotated-token")
+    settings.METRICS_TOKEN = "rotated-token"
 
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer rotated-token").status_code == 200

@@ -176,6 +176,14 @@ def test_oversized_pdf_is_sent_as_a_link(media, report, settings, client) -> Non
     assert client.get(link.replace("/download/", "/download/x")).status_code == 404
 
 
+def test_links_start_with_site_url_else_the_first_allowed_host(settings) -> None:  # noqa: ANN001
+    settings.ALLOWED_HOSTS = ["reports.example.org", "testserver"]
+    settings.SITE_URL = ""
+    assert report_shares.site_url() == "https://reports.example.org"
+    settings.SITE_URL = "http://10.0.0.5:8000/campaign/"
+    assert report_shares.site_url() == "http://10.0.0.5:8000/campaign"
+
+
 def test_recurring_email_unsubscribe_link_confirms_then_removes(media, report, client) -> None:  # noqa: ANN001
     alice, bob = UserFactory(), UserFactory()
     share = make_share(report, [alice, bob], recurrence=Recurrence.WEEKLY, day_of_week=0, send_time=time(8))

@@ -81,8 +81,8 @@ def test_campaign_report_keeps_only_that_campaigns_deliveries(dataset) -> None: 
     assert [row["delivery"] for row in figures.by_delivery] == ["Spring newsletter", "Spring SMS"]
 
 
-def test_pdf_has_title_period_instance_and_independent_figures(dataset, monkeypatch) -> None:  # noqa: ANN001
-    monkeypatch.setenv("INSTANCE_NAME", "acme-marketing.example")
+def test_pdf_has_title_period_instance_and_independent_figures(dataset, settings) -> None:  # noqa: ANN001
+    settings.INSTANCE_NAME = "acme-marketing.example"
     report = ReportFactory(label="Weekly delivery KPIs", period_days=7)
     pdf = reports.render_report_pdf(report, reports.report_period(report, DUE))
     assert pdf.startswith(b"%PDF-")
@@ -122,8 +122,8 @@ def test_pdf_has_vector_charts(dataset) -> None:  # noqa: ANN001
     assert re.search(r"\bl\b", lines_page.get_contents().get_data().decode("latin-1"))  # polyline segments
 
 
-def test_instance_name_falls_back_to_first_allowed_host(settings, monkeypatch) -> None:  # noqa: ANN001
-    monkeypatch.delenv("INSTANCE_NAME", raising=False)
+def test_instance_name_falls_back_to_first_allowed_host(settings) -> None:  # noqa: ANN001
+    settings.INSTANCE_NAME = ""
     settings.ALLOWED_HOSTS = ["reports.example.org", "localhost"]
     assert reports.instance_name() == "reports.example.org"
     settings.ALLOWED_HOSTS = ["*"]

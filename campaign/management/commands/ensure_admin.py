@@ -1,6 +1,5 @@
 """Create the first administrator and print how to log in (``make run``)."""
 
-import os
 import secrets
 
 from django.conf import settings
@@ -29,7 +28,7 @@ class Command(BaseCommand):
             self.stdout.write(self.style.SUCCESS(f"Created the administrator '{username}'."))
         if password_file.exists() and User.objects.filter(username=username, is_superuser=True).exists():
             self.stdout.write(
-                f"Admin: http://{os.environ.get('WEB_BIND', '127.0.0.1:8000')}/admin/  "
+                f"Admin: http://{settings.WEB_BIND}/admin/  "
                 f"user: {username}  password: {password_file.read_text().strip()}"
             )
         else:
