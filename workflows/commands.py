@@ -23,14 +23,17 @@ from django.db import transaction
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
-from workflows import engine, leases
+from campaign.workflow_runs import RunRefused
+from workflows import engine, leases, schedules
 from workflows.audit import actor_name, audit, set_state
 from workflows.definition import get_definition
 from workflows.models import RunStatus, Trigger, Workflow, WorkflowRun, WorkflowState
 
 
-class CommandRefused(Exception):
-    """The command cannot be carried out; the message says why."""
+class CommandRefused(RunRefused):
+    """The command cannot be carried out; the message says why. (A :class:`RunRefused`, so the
+    domain, which asks for runs through :mod:`campaign.workflow_runs`, catches it without knowing
+    the engine.)"""
 
 
 def start(workflow_id: str, *, user: AbstractBaseUser | None = None, actor: str = "", action: str = "start") -> Workflow:
@@ -129,3 +132,15 @@ def enqueue(run: WorkflowRun, *, force: bool = False, wait_for_lease_s: float = 
             raise
 
     transaction.on_commit(send)
+
+
+class DomainRunner:
+    """What the domain may ask of the engine (:class:`campaign.workflow_runs.Runner`), installed by
+    :mod:`workflows.apps`: this module's :func:`run_now` and :func:`workflows.schedules.beat_message`,
+    looked up at each call."""
+
+    def run_now(self, workflow_id: str, **options: Any) -> WorkflowRun:
+        return run_now(workflow_id, **options)
+
+    def beat_message(self, workflow_id: str, **task_kwargs: Any) -> dict[str, str]:
+        return schedules.beat_message(get_definition(workflow_id), **task_kwargs)
