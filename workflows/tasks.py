@@ -22,8 +22,11 @@ from celery.signals import task_prerun
 from django.db import close_old_connections
 
 from campaign.celery import app
-from workflows import housekeeping, reaper
-from workflows import shutdown  # noqa: F401 - connects a worker's graceful stop (its signal handlers)
+from workflows import (
+    housekeeping,
+    reaper,
+    shutdown,  # noqa: F401 - connects a worker's graceful stop (its signal handlers)
+)
 from workflows.definition import RetryPolicy, WorkflowDefinition
 from workflows.engine import Requeue, RunRequest, TransientRunError, execute
 from workflows.housekeeping import REAP_ABANDONED_RUNS_TASK, REPORT_LONG_PAUSES_TASK
