@@ -836,7 +836,7 @@ class ReportSendAdmin(ReadOnlyAdmin):
         """A send interrupted while emailing is never sent again automatically (the messages may
         have left): a person who knows they did not decides it here."""
         from campaign.report_shares import send_again
-        from workflows.commands import CommandRefused
+        from campaign.workflow_runs import RunRefused
 
         queued, refused = 0, []
         for send in queryset.select_related("share"):
@@ -845,7 +845,7 @@ class ReportSendAdmin(ReadOnlyAdmin):
                     queued += 1
                 else:
                     refused.append(f"{send.share} due {send.due_at:%Y-%m-%d %H:%M} is {send.get_status_display().lower()}")
-            except CommandRefused as refusal:
+            except RunRefused as refusal:
                 self.message_user(request, f"Not sent again: {refusal}.", messages.ERROR)
                 return
         if queued:

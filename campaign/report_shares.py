@@ -2,7 +2,9 @@
 
 Why here and not in signals or the admin: the same rules apply whether a share is created in the
 admin, the shell or a test, and "send now" must trigger only after the share (and its recipients)
-committed. The admin calls :func:`share_saved`; code calls :func:`create_share`.
+committed. The admin calls :func:`share_saved`; code calls :func:`create_share`. Runs are queued,
+and the beat row's message built, through :mod:`campaign.workflow_runs` (the domain never imports
+the workflow engine; the engine provides those two services).
 
 Exactly once per due time: :func:`send_share` first inserts the ReportSend row (unique on share and
 due time) in its own transaction; only the caller that inserted it renders and sends. A duplicate
@@ -15,7 +17,6 @@ may have gone out).
 from __future__ import annotations
 
 import calendar
-import json
 import logging
 from collections.abc import Iterable
 from datetime import date, datetime, time, timedelta
@@ -34,7 +35,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, PeriodicTask
 
-from campaign import reports
+from campaign import reports, workflow_runs
 from campaign.models import Report, ReportSend, ReportShare
 
 log = logging.getLogger(__name__)
@@ -108,15 +109,13 @@ def trigger_send(*, share_id: int, due_at: datetime | None = None) -> None:
     """Queue a run for one share. Called after commit: a refusal (workflow paused or stopped) must
     not turn the saved share into an error page; it is logged, and a run of reportSendingNow
     without ``share_id`` after resuming sends every "send now" share still without a send."""
-    from workflows import commands
-
     overrides: dict = {"share_id": share_id}
     if due_at is not None:
         overrides["due_at"] = due_at.isoformat()
     try:
-        commands.run_now(WORKFLOW_ID, actor="report share", trigger="event", overrides=overrides,
-                         audit_action=None, wait_for_lease_s=WAIT_FOR_LEASE_S)
-    except commands.CommandRefused as refusal:
+        workflow_runs.run_now(WORKFLOW_ID, actor="report share", trigger="event", overrides=overrides,
+                              audit_action=None, wait_for_lease_s=WAIT_FOR_LEASE_S)
+    except workflow_runs.RunRefused as refusal:
         log.warning("report share #%s not sent now: %s", share_id, refusal)
 
 
@@ -124,8 +123,6 @@ def send_again(send: ReportSend, *, user: AbstractBaseUser) -> bool:
     """A person's decision that a due time did not go out (it ``failed``, or its run died while
     ``emailing`` and nobody received it): release the row and queue the run that sends it again.
     False, and nothing done, for a row that was sent or is still being rendered."""
-    from workflows import commands
-
     # One transaction: a refused run (workflow paused) leaves the row as it was, and the run's
     # message leaves only once the row is released.
     with transaction.atomic():
@@ -134,8 +131,8 @@ def send_again(send: ReportSend, *, user: AbstractBaseUser) -> bool:
         ).update(status=ReportSend.Status.FAILED, error=f"released for a resend by {user.get_username()}")
         if not released:
             return False
-        commands.run_now(WORKFLOW_ID, user=user, trigger="admin", wait_for_lease_s=WAIT_FOR_LEASE_S,
-                         overrides={"share_id": send.share_id, "due_at": send.due_at.isoformat()})
+        workflow_runs.run_now(WORKFLOW_ID, user=user, trigger="admin", wait_for_lease_s=WAIT_FOR_LEASE_S,
+                              overrides={"share_id": send.share_id, "due_at": send.due_at.isoformat()})
     return True
 
 
@@ -186,7 +183,8 @@ def crontab_fields(share: ReportShare) -> dict[str, str]:
 
 def sync_schedule(share: ReportShare) -> PeriodicTask | None:
     """Create, update or delete the share's own PeriodicTask (task ``workflows.reportSendingNow``
-    with the share id). Start and end dates become the task's start time and expiry."""
+    with the share id, as the engine's :func:`campaign.workflow_runs.beat_message` builds it). Start
+    and end dates become the task's start time and expiry."""
     zone = share_zone(share)
     clocked_at = one_off_at(share)
     if share.recurrence == Recurrence.NOW and clocked_at is None:
@@ -203,9 +201,8 @@ def sync_schedule(share: ReportShare) -> PeriodicTask | None:
         schedule["crontab"], _ = CrontabSchedule.objects.get_or_create(**crontab_fields(share), timezone=share.time_zone or "UTC")
     values = {
         "name": f"report share #{share.pk}",
-        "task": f"workflows.{WORKFLOW_ID}",
-        "kwargs": json.dumps({"trigger": "schedule", "requested_by": f"report share #{share.pk}",
-                              "overrides": {"share_id": share.pk}, "wait_for_lease_s": WAIT_FOR_LEASE_S}),
+        **workflow_runs.beat_message(WORKFLOW_ID, requested_by=f"report share #{share.pk}",
+                                     overrides={"share_id": share.pk}, wait_for_lease_s=WAIT_FOR_LEASE_S),
         "one_off": clocked_at is not None,
         "enabled": share.enabled,
         "start_time": datetime.combine(share.start_date, time(0), tzinfo=zone) if share.start_date and clocked_at is None else None,

@@ -122,7 +122,7 @@ CELERY_TASK_IGNORE_RESULT = True  # run state lives in WorkflowRun, not in a res
 CELERY_DB_REUSE_MAX = 1000
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
-CELERY_TASK_ROUTES = ("workflows.tasks.route_task",)
+CELERY_TASK_ROUTES = ("workflows.routing.route_task",)
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_ENABLE_UTC = True
 # Schedules live in the database (django-celery-beat) and are edited in the admin; there is

@@ -46,7 +46,15 @@ from kombu.exceptions import OperationalError
 
 from workflows import commands, schedule_repair, schedules
 from workflows.commands import CommandRefused
-from workflows.definition import UnknownWorkflow, WorkflowDefinition, get_definition
+from workflows.dashboard import dashboard_view
+from workflows.definition import UnknownWorkflow
+from workflows.display import (
+    RUN_STATUS_COLOURS,
+    badge,
+    definition_of,
+    run_status_badge,
+    state_badge,
+)
 from workflows.forms import (
     CRONTAB_FIELD,
     MODEL_FIELDS,
@@ -60,54 +68,23 @@ from workflows.models import (
     ActivityMode,
     ActivityRun,
     LogLevel,
-    RunStatus,
     Trigger,
     Workflow,
     WorkflowAudit,
     WorkflowLog,
     WorkflowRun,
-    WorkflowState,
 )
 from workflows.properties import invalid_values
 
 #: How many runs the workflow page shows; the run list (filtered by workflow) has the rest.
 RECENT_RUNS = 10
 
-STATE_COLOURS = {
-    WorkflowState.STARTED: "#2e7d32",  # green
-    WorkflowState.PAUSED: "#ef6c00",  # orange
-    WorkflowState.STOPPED: "#757575",  # grey
-}
-RUN_STATUS_COLOURS = {
-    RunStatus.QUEUED: "#546e7a",
-    RunStatus.RUNNING: "#1565c0",
-    RunStatus.PAUSED: "#ef6c00",
-    RunStatus.SUCCEEDED: "#2e7d32",
-    RunStatus.FAILED: "#c62828",
-    RunStatus.STOPPED: "#757575",
-    RunStatus.SKIPPED: "#9e9e9e",
-}
 LOG_LEVEL_COLOURS = {LogLevel.INFO: "#546e7a", LogLevel.WARNING: "#ef6c00", LogLevel.ERROR: "#c62828"}
 
 EMPTY = "—"
 
 
 # -- display helpers -----------------------------------------------------------------------------
-
-def badge(text: str, colour: str, *, css_class: str) -> SafeString:
-    return format_html(
-        '<span class="{}" style="background:{};color:#fff;padding:1px 7px;border-radius:9px;'
-        'white-space:nowrap">{}</span>', css_class, colour, text,
-    )
-
-
-def state_badge(state: str) -> SafeString:
-    return badge(WorkflowState(state).label, STATE_COLOURS.get(state, "#757575"), css_class=f"workflow-state state-{state}")
-
-
-def run_status_badge(status: str) -> SafeString:
-    return badge(RunStatus(status).label, RUN_STATUS_COLOURS.get(status, "#757575"), css_class=f"run-status status-{status}")
-
 
 def format_duration(seconds: float | None) -> str:
     """``0.4 s``, ``12.3 s``, ``4 min 12 s``, ``2 h 05 min``."""
@@ -167,14 +144,6 @@ def run_url(run_id: int) -> str:
 
 def workflow_url(workflow_id: str) -> str:
     return reverse("admin:workflows_workflow_change", args=[quote(workflow_id)])
-
-
-def definition_of(workflow: Workflow) -> WorkflowDefinition:
-    """The workflow's definition; an empty one for a row whose module was removed from the code."""
-    try:
-        return get_definition(workflow.pk)
-    except UnknownWorkflow:
-        return WorkflowDefinition(id=workflow.pk, label=workflow.label, description=workflow.description, schedule=None)
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -558,6 +527,26 @@ class WorkflowAdmin(admin.ModelAdmin):
         return HttpResponseRedirect(
             reverse(f"{self.admin_site.name}:workflows_workflow_change", args=[quote(workflow.pk)])
         )
+
+
+# -- the dashboard -------------------------------------------------------------------------------
+# A page of this admin at the app's level, not a model's: /admin/workflows/dashboard/ (a model
+# admin's own URLs all sit under /admin/workflows/<model>/). It is put in front of the site's URLs
+# here, with the rest of the workflow admin, so the project's root URLconf names nothing of the
+# engine. The view checks its permissions itself (staff, and workflows.view_workflow).
+
+def mount_dashboard(site: admin.AdminSite) -> None:
+    """Serve :func:`workflows.dashboard.dashboard_view` at ``<site>/workflows/dashboard/``
+    (URL name ``admin:workflows_dashboard``)."""
+    site_urls = site.get_urls
+
+    def get_urls() -> list[URLPattern]:
+        return [path("workflows/dashboard/", dashboard_view, name="workflows_dashboard"), *site_urls()]
+
+    site.get_urls = get_urls
+
+
+mount_dashboard(admin.site)
 
 
 # -- django-celery-beat's periodic tasks ---------------------------------------------------------

@@ -9,9 +9,15 @@ class WorkflowsConfig(AppConfig):
     verbose_name = "Technical workflows"
 
     def ready(self) -> None:
-        from workflows.definition import load_definitions
+        # Imported here: the engine's modules need the models loaded.
+        from campaign import workflow_runs
+        from workflows.commands import DomainRunner
+        from workflows.definition import load_definitions, on_register
+        from workflows.tasks import make_task
 
         load_definitions()
+        on_register(make_task)  # one Celery task workflows.<id> per definition, before any worker consumes
+        workflow_runs.install(DomainRunner())  # the domain queues runs without importing the engine
         post_migrate.connect(_sync_after_migrate, sender=self)
 
 

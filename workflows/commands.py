@@ -1,7 +1,8 @@
 """The commands an administrator or operator gives a workflow, with the semantics below.
 
 The admin, the CLI and the shell all call these functions, so a command means the same wherever
-it is given, and each writes a WorkflowAudit row naming who gave it.
+it is given, and each writes a WorkflowAudit row naming who gave it (:mod:`workflows.audit`, which
+the engine writes too).
 
 - start:   state → started, schedule enabled; a paused run continues from where it halted.
 - pause:   state → paused, schedule disabled; a running run halts at its next batch boundary.
@@ -22,51 +23,21 @@ from django.db import transaction
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
+from campaign.workflow_runs import RunRefused
 from workflows import engine, leases, schedules
+from workflows.audit import actor_name, audit, set_state
 from workflows.definition import get_definition
-from workflows.models import RunStatus, Trigger, Workflow, WorkflowAudit, WorkflowRun, WorkflowState
+from workflows.models import RunStatus, Trigger, Workflow, WorkflowRun, WorkflowState
 
 
-class CommandRefused(Exception):
-    """The command cannot be carried out; the message says why."""
-
-
-def _actor_name(user: AbstractBaseUser | None, actor: str) -> str:
-    return actor or (user.get_username() if user is not None else "system")
-
-
-def audit(workflow_id: str, action: str, *, user: AbstractBaseUser | None = None, actor: str = "",
-          changes: dict[str, Any] | None = None, note: str = "") -> WorkflowAudit:
-    return WorkflowAudit.objects.create(
-        workflow_id=workflow_id, user=user if user is not None and user.is_authenticated else None,
-        actor=_actor_name(user, actor), action=action, changes=changes or {}, note=note,
-    )
-
-
-def _set_state(workflow_id: str, state: str, action: str, *, user: AbstractBaseUser | None, actor: str, note: str = "") -> Workflow:
-    with transaction.atomic():
-        workflow = Workflow.objects.select_for_update(of=("self",)).select_related("periodic_task").get(pk=get_definition(workflow_id).id)
-        before = workflow.state
-        paused_at = workflow.paused_at
-        workflow.state = state
-        if state == WorkflowState.STARTED:
-            workflow.paused_at = None
-            workflow.paused_reported_at = None
-            workflow.consecutive_errors = 0
-        elif before == WorkflowState.STARTED:
-            workflow.paused_at = timezone.now()
-        if state == WorkflowState.STOPPED:
-            workflow.halt_run = workflow.lease_holder  # halts even if started again before its next batch
-        workflow.save(update_fields=["state", "paused_at", "paused_reported_at", "consecutive_errors", "halt_run",
-                                     "updated_at"])
-        catch_up = paused_at if get_definition(workflow.pk).catch_up else None
-        schedules.set_enabled(workflow, state == WorkflowState.STARTED, catch_up_since=catch_up)
-        audit(workflow.pk, action, user=user, actor=actor, changes={"state": [before, state]}, note=note)
-    return workflow
+class CommandRefused(RunRefused):
+    """The command cannot be carried out; the message says why. (A :class:`RunRefused`, so the
+    domain, which asks for runs through :mod:`campaign.workflow_runs`, catches it without knowing
+    the engine.)"""
 
 
 def start(workflow_id: str, *, user: AbstractBaseUser | None = None, actor: str = "", action: str = "start") -> Workflow:
-    workflow = _set_state(workflow_id, WorkflowState.STARTED, action, user=user, actor=actor)
+    workflow = set_state(workflow_id, WorkflowState.STARTED, action, user=user, actor=actor)
     paused = WorkflowRun.objects.filter(workflow=workflow, status=RunStatus.PAUSED).order_by("-pk").first()
     if paused is not None:
         enqueue(paused)
@@ -84,11 +55,11 @@ def pause(workflow_id: str, *, user: AbstractBaseUser | None = None, actor: str 
     workflow = Workflow.objects.get(pk=get_definition(workflow_id).id)
     if workflow.state == WorkflowState.STOPPED:
         raise CommandRefused(f"{workflow.pk} is stopped; start it before pausing it")
-    return _set_state(workflow_id, WorkflowState.PAUSED, "pause", user=user, actor=actor, note=note)
+    return set_state(workflow_id, WorkflowState.PAUSED, "pause", user=user, actor=actor, note=note)
 
 
 def stop(workflow_id: str, *, user: AbstractBaseUser | None = None, actor: str = "") -> Workflow:
-    workflow = _set_state(workflow_id, WorkflowState.STOPPED, "stop", user=user, actor=actor)
+    workflow = set_state(workflow_id, WorkflowState.STOPPED, "stop", user=user, actor=actor)
     # A paused run can never continue now.
     WorkflowRun.objects.filter(workflow=workflow, status=RunStatus.PAUSED).update(
         status=RunStatus.STOPPED, reason="workflow stopped", finished_at=timezone.now()
@@ -99,7 +70,7 @@ def stop(workflow_id: str, *, user: AbstractBaseUser | None = None, actor: str =
 def restart(workflow_id: str, *, user: AbstractBaseUser | None = None, actor: str = "", trigger: str = Trigger.SHELL,
             sync: bool = False) -> WorkflowRun:
     stop(workflow_id, user=user, actor=actor)
-    _set_state(workflow_id, WorkflowState.STARTED, "restart", user=user, actor=actor)
+    set_state(workflow_id, WorkflowState.STARTED, "restart", user=user, actor=actor)
     # The fresh run waits (up to a lease, re-queued, never sleeping in a worker slot) for the
     # stopped one to halt at its next batch boundary.
     return run_now(workflow_id, user=user, actor=actor, trigger=trigger, sync=sync, audit_action=None,
@@ -131,7 +102,7 @@ def run_now(
               note=", ".join(filter(None, ["forced" if force else "", f"overrides {validated}" if validated else "",
                                            "in process" if sync else ""])))
     run = WorkflowRun.objects.create(
-        workflow=workflow, trigger=trigger, requested_by=_actor_name(user, actor), overrides=validated,
+        workflow=workflow, trigger=trigger, requested_by=actor_name(user, actor), overrides=validated,
         celery_task_id="" if sync else str(uuid.uuid4()),
     )
     if sync:
@@ -161,3 +132,15 @@ def enqueue(run: WorkflowRun, *, force: bool = False, wait_for_lease_s: float = 
             raise
 
     transaction.on_commit(send)
+
+
+class DomainRunner:
+    """What the domain may ask of the engine (:class:`campaign.workflow_runs.Runner`), installed by
+    :mod:`workflows.apps`: this module's :func:`run_now` and :func:`workflows.schedules.beat_message`,
+    looked up at each call."""
+
+    def run_now(self, workflow_id: str, **options: Any) -> WorkflowRun:
+        return run_now(workflow_id, **options)
+
+    def beat_message(self, workflow_id: str, **task_kwargs: Any) -> dict[str, str]:
+        return schedules.beat_message(get_definition(workflow_id), **task_kwargs)

@@ -23,7 +23,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from workflows import beat_leader, schedules
-from workflows.admin import RUN_STATUS_COLOURS, definition_of, run_status_badge, state_badge
+from workflows.display import RUN_STATUS_COLOURS, definition_of, run_status_badge, state_badge
 from workflows.models import RunStatus, Workflow, WorkflowRun
 from workflows.serializers import with_last_runs
 

@@ -10,7 +10,9 @@ A workflow is one module that builds a :class:`WorkflowDefinition` and registers
     ))
 
 Activities are plain functions taking an :class:`workflows.context.ActivityContext`; they run in
-order. :func:`register` also creates the Celery task ``workflows.<id>`` (see :mod:`workflows.tasks`).
+order. A definition only declares: the Celery task ``workflows.<id>`` is made from it when the app
+is ready (:mod:`workflows.apps` subscribes :func:`workflows.tasks.make_task` with :func:`on_register`),
+so this module imports nothing of Celery and nothing that runs workflows.
 """
 
 from __future__ import annotations
@@ -129,6 +131,8 @@ class WorkflowDefinition:
 
 
 _REGISTRY: dict[str, WorkflowDefinition] = {}
+#: Called with each registered definition (see :func:`on_register`).
+_LISTENERS: list[Callable[[WorkflowDefinition], object]] = []
 
 #: Spellings people use for a workflow's id, lower-cased → the id.
 ALIASES = {
@@ -138,14 +142,21 @@ ALIASES = {
 
 
 def register(definition: WorkflowDefinition) -> WorkflowDefinition:
-    """Add a definition to the registry and create its Celery task."""
-    from workflows.tasks import make_task
-
+    """Add a definition to the registry (and hand it to the :func:`on_register` listeners)."""
     if definition.id in _REGISTRY and _REGISTRY[definition.id] is not definition:
         raise ValueError(f"workflow {definition.id!r} is declared twice")
     _REGISTRY[definition.id] = definition
-    make_task(definition)
+    for listener in _LISTENERS:
+        listener(definition)
     return definition
+
+
+def on_register(listener: Callable[[WorkflowDefinition], object]) -> None:
+    """Call ``listener`` with every definition registered so far, and with each one registered
+    later (a test module's, imported after the app is ready)."""
+    _LISTENERS.append(listener)
+    for definition in list(_REGISTRY.values()):
+        listener(definition)
 
 
 def load_definitions() -> None:

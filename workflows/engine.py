@@ -21,7 +21,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.db import DatabaseError, IntegrityError, close_old_connections, connection, transaction
 from django.utils import timezone
 
-from workflows import leases, notifications, shutdown
+from workflows import audit, leases, notifications, shutdown
 from workflows.context import HANDOVER, ActivityContext, LeaseLost, RunFence, RunHalted, SkipRun
 from workflows.definition import WorkflowDefinition, all_definitions, get_definition
 from workflows.errors import describe, is_transient
@@ -232,9 +232,7 @@ def _load_or_create_run(request: RunRequest, definition: WorkflowDefinition) -> 
         return run, None
     if request.trigger != Trigger.SCHEDULE:
         # Sent from outside the commands (``celery -A campaign call workflows.<id>``): audit it too.
-        from workflows.commands import audit
-
-        audit(definition.id, "run now", actor=request.requested_by or f"{request.trigger} (Celery message)",
+        audit.audit(definition.id, "run now", actor=request.requested_by or f"{request.trigger} (Celery message)",
               note=f"task {request.task_id}" if request.task_id else "")
     fields = {"workflow_id": definition.id, "trigger": request.trigger, "requested_by": request.requested_by,
               "celery_task_id": request.task_id, "overrides": request.overrides or {}, "attempt": request.attempt}
@@ -453,15 +451,13 @@ def _fail(definition: WorkflowDefinition, workflow: Workflow, run: WorkflowRun, 
 
 
 def _count_consecutive_error(workflow: Workflow, run: WorkflowRun) -> None:
-    from workflows import commands  # commands enqueue runs: imported late to keep the engine at the bottom
-
     with transaction.atomic():
         row = Workflow.objects.select_for_update().get(pk=workflow.pk)
         row.consecutive_errors += 1
         row.save(update_fields=["consecutive_errors"])
     if row.consecutive_errors >= row.error_threshold and row.state == WorkflowState.STARTED:
         note = f"{row.consecutive_errors} consecutive failed runs (threshold {row.error_threshold}); last: {run.reason}"
-        commands.pause(row.pk, actor="system", note=note)
+        audit.pause(row.pk, actor="system", note=note)
         notifications.notify_supervisors(
             row, subject=f"Workflow {row.pk} paused after {row.consecutive_errors} failed runs",
             body=f"{note}\n\nRun #{run.pk}. Fix the cause, then resume the workflow.",

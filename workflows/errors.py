@@ -11,14 +11,10 @@ import redis.exceptions
 import requests
 from django.db import InterfaceError, OperationalError
 
+# The classes are the integrations' (they raise them); activities import them from here or there.
+from campaign.integrations.errors import PermanentError, TransientError
 
-class TransientError(Exception):
-    """Raise from an activity for a failure that may pass by itself (a 503, a timeout)."""
-
-
-class PermanentError(Exception):
-    """Raise from an activity for a failure that will not pass by itself (bad configuration, a
-    malformed answer); the message is the run's reason."""
+__all__ = ["TRANSIENT_HTTP_STATUSES", "TRANSIENT_TYPES", "PermanentError", "TransientError", "describe", "is_transient"]
 
 
 TRANSIENT_TYPES: tuple[type[BaseException], ...] = (

@@ -30,7 +30,8 @@ from django.core.validators import validate_email
 from django.db import transaction
 from django_celery_beat.models import PeriodicTask
 
-from workflows import commands, schedules
+from workflows import schedules
+from workflows.audit import audit
 from workflows.definition import Activity, WorkflowDefinition
 from workflows.models import ActivityMode, Workflow
 from workflows.properties import (
@@ -239,7 +240,7 @@ class WorkflowForm(forms.ModelForm):
                 workflow.periodic_task = PeriodicTask.objects.select_for_update().get(pk=workflow.periodic_task_id)
                 schedules.set_crontab(workflow, self.cleaned_data[CRONTAB_FIELD], self.cleaned_data[TIMEZONE_FIELD])
             if changes:
-                commands.audit(workflow.pk, "edit", user=user, changes=changes)
+                audit(workflow.pk, "edit", user=user, changes=changes)
         return changes
 
 

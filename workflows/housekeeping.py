@@ -23,9 +23,12 @@ from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
 from workflows.models import LogLevel, Workflow, WorkflowLog, WorkflowState
 from workflows.notifications import notify_supervisors
-from workflows.tasks import REAP_ABANDONED_RUNS_TASK, REPORT_LONG_PAUSES_TASK
 
 LONG_PAUSE = timedelta(days=7)
+
+#: The names of their Celery tasks (defined in workflows.tasks): stable, beat's rows send them.
+REPORT_LONG_PAUSES_TASK = "workflows.report_long_pauses"
+REAP_ABANDONED_RUNS_TASK = "workflows.reap_abandoned_runs"
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from workflows import leases
+from workflows import commands, leases
+from workflows.audit import audit
 from workflows.models import LogLevel, RunStatus, Trigger, Workflow, WorkflowLog, WorkflowRun, WorkflowState
 
 logger = logging.getLogger(__name__)
@@ -67,8 +68,6 @@ def _grace() -> timedelta:
 
 
 def _report_and_requeue(run: WorkflowRun) -> None:
-    from workflows import commands  # commands enqueue runs; the reaper sits above the engine
-
     message = f"Run #{run.pk} was abandoned (its worker stopped renewing its lease); the reaper closed it."
     started = Workflow.objects.filter(pk=run.workflow_id, state=WorkflowState.STARTED).exists()
     again = started and run.trigger in REQUEUED_TRIGGERS and run.takeover_of is None
@@ -79,7 +78,7 @@ def _report_and_requeue(run: WorkflowRun) -> None:
                 overrides=run.overrides, attempt=run.attempt + 1, takeover_of=run.pk,
             )
             message += f" Run #{retry.pk} does its work again."
-            commands.audit(run.workflow_id, "re-queue", actor="system", note=f"run #{run.pk} abandoned; run #{retry.pk} queued")
+            audit(run.workflow_id, "re-queue", actor="system", note=f"run #{run.pk} abandoned; run #{retry.pk} queued")
             commands.enqueue(retry)
         WorkflowLog.objects.create(workflow_id=run.workflow_id, run=run, level=LogLevel.WARNING, message=message)
     logger.warning("%s: %s", run.workflow_id, message)

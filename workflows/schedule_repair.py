@@ -28,7 +28,7 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from workflows import schedules
-from workflows.commands import audit
+from workflows.audit import audit
 from workflows.definition import WorkflowDefinition, all_definitions, get_definition
 from workflows.models import Workflow, WorkflowState
 

@@ -22,6 +22,7 @@ import json
 import zoneinfo
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Any
 
 from celery.schedules import crontab as celery_crontab
 from cron_descriptor import Options, get_description
@@ -32,7 +33,7 @@ from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
 from workflows.definition import UnknownWorkflow, WorkflowDefinition, all_definitions, get_definition
-from workflows.models import Workflow, WorkflowState
+from workflows.models import Trigger, Workflow, WorkflowState
 
 #: A crontab that matches no day in this many years never fires (28 years: the calendar's cycle,
 #: long enough for "29 February on a Monday").
@@ -191,13 +192,19 @@ def remember_schedule(workflow: Workflow) -> None:
     Workflow.objects.filter(pk=workflow.pk).update(last_schedule=workflow.last_schedule)
 
 
+def beat_message(definition: WorkflowDefinition, **task_kwargs: Any) -> dict[str, str]:
+    """``{"task", "kwargs"}`` of a PeriodicTask that sends a scheduled run of the workflow: the
+    workflow's own schedule, and every other row that sends one (a report share's, through
+    :mod:`campaign.workflow_runs`). ``task_kwargs`` are arguments of ``workflows.tasks.make_task``'s task."""
+    return {"task": definition.task_name, "kwargs": json.dumps({"trigger": Trigger.SCHEDULE.value, **task_kwargs})}
+
+
 def create_periodic_task(definition: WorkflowDefinition, workflow: Workflow, schedule: ScheduleSpec) -> PeriodicTask:
     """The workflow's PeriodicTask (named after it), enabled when the workflow is started."""
     return PeriodicTask.objects.create(
         name=definition.id,
-        task=definition.task_name,
+        **beat_message(definition),
         crontab=get_crontab_schedule(schedule.crontab, schedule.timezone),
-        kwargs=json.dumps({"trigger": "schedule"}),
         # No queue on the row: beat's message goes through the router, like every other
         # (workflows.definition.queue_of), so WORKFLOW_QUEUES moves scheduled runs too.
         expire_seconds=definition.expire_s,

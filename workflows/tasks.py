@@ -2,6 +2,11 @@
 
 Task names are stable: they live in broker messages and in beat's rows. Arguments are primitives
 (a run id, a trigger name), never model instances.
+
+A definition only declares a workflow; its task is made here (:func:`make_task`) when the app is
+ready (:mod:`workflows.apps`), for every definition registered then or later. This module is
+imported once Django is set up: by the app's ``ready`` and by ``app.autodiscover_tasks()`` in every
+worker; the router, which Celery imports earlier, is :mod:`workflows.routing`.
 """
 
 from __future__ import annotations
@@ -17,8 +22,14 @@ from celery.signals import task_prerun
 from django.db import close_old_connections
 
 from campaign.celery import app
-from workflows import shutdown  # noqa: F401 - connects a worker's graceful stop (its signal handlers)
+from workflows import (
+    housekeeping,
+    reaper,
+    shutdown,  # noqa: F401 - connects a worker's graceful stop (its signal handlers)
+)
 from workflows.definition import RetryPolicy, WorkflowDefinition
+from workflows.engine import Requeue, RunRequest, TransientRunError, execute
+from workflows.housekeeping import REAP_ABANDONED_RUNS_TASK, REPORT_LONG_PAUSES_TASK
 
 logger = logging.getLogger(__name__)
 
@@ -37,24 +48,6 @@ def backoff_seconds(policy: RetryPolicy, attempt: int) -> float:
     """Exponential backoff with full jitter: uniform in [0, min(max, base * 2^(attempt-1))]."""
     ceiling = min(policy.backoff_max_s, policy.backoff_s * 2 ** (attempt - 1))
     return random.uniform(0, ceiling)
-
-
-def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **extra: Any) -> dict[str, str] | None:
-    """Celery router (settings.CELERY_TASK_ROUTES): each workflow's messages go to its queue."""
-    if not name.startswith("workflows."):
-        return None
-    from django.apps import apps
-
-    if not apps.ready:  # `celery call` sends without setting Django up; the queues live in the definitions
-        import django
-
-        django.setup()
-    from workflows.definition import UnknownWorkflow, get_definition, queue_of
-
-    try:
-        return {"queue": queue_of(get_definition(name.removeprefix("workflows.")))}
-    except UnknownWorkflow:
-        return None
 
 
 @task_prerun.connect(dispatch_uid="workflows.fresh_connections")
@@ -98,8 +91,6 @@ def make_task(definition: WorkflowDefinition) -> Task:
         wait_until: float | None = None,
         recheck: bool = False,
     ) -> dict[str, Any]:
-        from workflows.engine import Requeue, RunRequest, TransientRunError, execute
-
         request = RunRequest(
             workflow_id=definition.id, trigger=trigger, run_id=run_id, requested_by=requested_by,
             task_id=self.request.id or "", force=force, overrides=overrides, attempt=attempt,
@@ -134,11 +125,7 @@ def make_task(definition: WorkflowDefinition) -> Task:
 # -- housekeeping --------------------------------------------------------------------------------
 # The engine's own periodic jobs (schedules: workflows.housekeeping.HOUSEKEEPING_SCHEDULES). They are
 # defined here, in the module `app.autodiscover_tasks()` imports, so that every worker registers
-# them; the services they call live elsewhere and are imported at call time (this module is also
-# imported by the router before Django is set up).
-
-REPORT_LONG_PAUSES_TASK = "workflows.report_long_pauses"
-REAP_ABANDONED_RUNS_TASK = "workflows.reap_abandoned_runs"
+# them; the services they call live in workflows.housekeeping and workflows.reaper.
 
 #: The weekly report journals and emails a handful of workflows: minutes would mean a hung mail server.
 REPORT_LONG_PAUSES_SOFT_TIME_LIMIT_S = 300
@@ -152,15 +139,11 @@ REAP_ABANDONED_RUNS_HARD_TIME_LIMIT_S = 50
           soft_time_limit=REPORT_LONG_PAUSES_SOFT_TIME_LIMIT_S, time_limit=REPORT_LONG_PAUSES_HARD_TIME_LIMIT_S)
 def report_long_pauses() -> list[str]:
     """Journal and email the workflows paused for more than 7 days (weekly)."""
-    from workflows.housekeeping import report_long_pauses as report
-
-    return report()
+    return housekeeping.report_long_pauses()
 
 
 @app.task(name=REAP_ABANDONED_RUNS_TASK, acks_late=True, ignore_result=True,
           soft_time_limit=REAP_ABANDONED_RUNS_SOFT_TIME_LIMIT_S, time_limit=REAP_ABANDONED_RUNS_HARD_TIME_LIMIT_S)
 def reap_abandoned_runs() -> list[int]:
     """Reap the runs whose worker died (every minute; see workflows.reaper)."""
-    from workflows.reaper import reap_abandoned_runs as reap
-
-    return reap()
+    return reaper.reap_abandoned_runs()

@@ -29,8 +29,8 @@ from urllib.parse import urljoin, urlsplit
 import requests
 
 from campaign.integrations.accounts import destination_error, token_env_error, without_credentials
+from campaign.integrations.errors import PermanentError, TransientError
 from campaign.models import ExternalAccount
-from workflows.errors import PermanentError, TransientError
 
 logger = logging.getLogger(__name__)
 

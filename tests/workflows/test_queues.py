@@ -14,7 +14,7 @@ from tests.workflows.sample_workflow import SAMPLE_ID
 from workflows import commands
 from workflows.definition import get_definition, load_definitions, queue_of
 from workflows.models import RunStatus, WorkflowRun
-from workflows.tasks import route_task
+from workflows.routing import route_task
 from workflows.worker_process import WorkerProcess, current_database_url
 
 
