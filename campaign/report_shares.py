@@ -82,7 +82,7 @@ def check_recipients(users: Iterable) -> None:
 # -- creating shares and their schedule ----------------------------------------------------------
 
 def create_share(*, report: Report, recipients: Iterable, recurrence: str = Recurrence.NOW,
-                 created_by=None, **fields) -> ReportShare:  # noqa: ANN001 - a user model instance
+                 created_by=None, **fields) -> ReportShare:
     """Create a share with its recipients, its beat schedule, and (send now) its run on commit."""
     recipients = list(recipients)
     check_recipients(recipients)
@@ -389,7 +389,7 @@ def send_share(share: ReportShare, due_at: datetime, *, run_id: int | None = Non
     return send
 
 
-def build_email(share: ReportShare, send: ReportSend, figures: reports.Figures, pdf: bytes, user) -> EmailMessage:  # noqa: ANN001
+def build_email(share: ReportShare, send: ReportSend, figures: reports.Figures, pdf: bytes, user) -> EmailMessage:
     report = share.report
     totals, rates = figures.totals, figures.rates
     lines = [

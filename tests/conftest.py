@@ -37,7 +37,7 @@ def is_postgres() -> bool:
 
 
 @pytest.fixture
-def httpserver(httpserver):  # noqa: ANN001, ANN201 - extends pytest-httpserver's fixture
+def httpserver(httpserver):
     """pytest-httpserver's server, settled at the end of each test.
 
     The server answers one request at a time, and a handler that drops the connection or answers

@@ -20,7 +20,7 @@ TEST_LEASE_SECONDS = 4
 
 
 @pytest.fixture
-def sample(db, settings):  # noqa: ANN001 - pytest fixtures
+def sample(db, settings):
     """The sample workflow's row, the delivery its effects point to, and 50 source rows."""
     settings.WORKFLOW_LEASE_SECONDS = TEST_LEASE_SECONDS
     workflow = ensure_workflow(sample_workflow.definition)
@@ -65,7 +65,7 @@ def effects() -> tuple[int, int]:
 
 
 @pytest.fixture
-def worker(transactional_db, settings) -> Iterator[WorkerProcess]:  # noqa: ANN001
+def worker(transactional_db, settings) -> Iterator[WorkerProcess]:
     """A real worker on the sample workflow's queue, talking to the test database."""
     env = {
         "SECRET_KEY": settings.SECRET_KEY,

@@ -25,7 +25,7 @@ from campaign.integrations import analytics
 from campaign.models import Channel, Delivery, DeliveryAggregate, ExternalAccount, SharedKpi
 from tests.factories import CampaignFactory, DeliveryFactory, ExternalAccountFactory
 
-TOKEN = "analytics-token-3f9c1a7e5b"  # noqa: S105 - a test value, checked never to leak
+TOKEN = "analytics-token-3f9c1a7e5b"
 TOKEN_ENV = "CAMPAIGN_TOKEN_TEST_KPI_ANALYTICS"
 COUNTERS = ("sent", "delivered", "opened", "unique_opens", "clicked", "unique_clicks", "unsubscribed", "bounces")
 # protocol name → DeliveryAggregate column, written out again here rather than imported
@@ -121,7 +121,7 @@ def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 @pytest.fixture
-def service(db, httpserver, monkeypatch, waits) -> FakeAnalytics:  # noqa: ANN001 - pytest fixtures
+def service(db, httpserver, monkeypatch, waits) -> FakeAnalytics:
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     ExternalAccountFactory(name="analytics", kind=ExternalAccount.Kind.ANALYTICS, base_url=httpserver.url_for("/"),
                            token_env=TOKEN_ENV, enabled=True, timeout_s=5)
@@ -129,7 +129,7 @@ def service(db, httpserver, monkeypatch, waits) -> FakeAnalytics:  # noqa: ANN00
 
 
 @pytest.fixture
-def deliveries(db) -> dict[str, Delivery]:  # noqa: ANN001
+def deliveries(db) -> dict[str, Delivery]:
     campaign = CampaignFactory(label="Spring sale")
     return {
         "news": DeliveryFactory(label="Newsletter", campaign=campaign),

@@ -42,7 +42,7 @@ from workflows.builtin import update_delivery_exec_info
 from workflows.models import ActivityRun, RunStatus, WorkflowLog, WorkflowRun
 
 ID = module.WORKFLOW_ID
-TOKEN = "deliverability-token-7c2a9e41b8"  # noqa: S105 - a test value, checked never to leak
+TOKEN = "deliverability-token-7c2a9e41b8"
 TOKEN_ENV = "CAMPAIGN_TOKEN_TEST_DELIVERABILITY_UPDATE"
 LOCAL, SERVICE = RuleSource.LOCAL, RuleSource.SERVICE
 HARD, SOFT, IGNORED = FailureType.HARD, FailureType.SOFT, FailureType.IGNORED
@@ -98,14 +98,14 @@ def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 @pytest.fixture
-def account(db, https_server: HTTPServer, monkeypatch: pytest.MonkeyPatch, waits: list[float]) -> ExternalAccount:  # noqa: ANN001, F811
+def account(db, https_server: HTTPServer, monkeypatch: pytest.MonkeyPatch, waits: list[float]) -> ExternalAccount:  # noqa: F811
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     return ExternalAccountFactory(name="deliverability", kind=ExternalAccount.Kind.DELIVERABILITY,
                                   base_url=https_server.url_for("/api/"), token_env=TOKEN_ENV, timeout_s=2, enabled=True)
 
 
 @pytest.fixture
-def current_rules(db) -> None:  # noqa: ANN001
+def current_rules(db) -> None:
     """Rules from the previous update (service) and rules an operator added (local)."""
     BounceRuleFactory(pattern="user unknown", failure_type=HARD, failure_reason=FailureReason.USER_UNKNOWN, priority=10,
                       source=SERVICE)

@@ -132,7 +132,7 @@ def test_the_reaper_closes_a_running_run_that_holds_no_lease(sample, time_machin
 
 
 # -- real workers ----------------------------------------------------------------------------------
-def worker_env(settings, **extra: str) -> dict[str, str]:  # noqa: ANN001
+def worker_env(settings, **extra: str) -> dict[str, str]:
     return {
         "SECRET_KEY": settings.SECRET_KEY,
         "DATABASE_URL": database_url(),

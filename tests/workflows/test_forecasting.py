@@ -187,12 +187,12 @@ def counters_of(expected: dict[Key, Row]) -> dict[str, int]:
 
 
 @pytest.fixture
-def frozen(time_machine):  # noqa: ANN001 - pytest fixture
+def frozen(time_machine):
     time_machine.move_to(NOW, tick=False)
 
 
 @pytest.fixture
-def data(db, frozen) -> Dataset:  # noqa: ANN001
+def data(db, frozen) -> Dataset:
     return build()
 
 

@@ -83,7 +83,7 @@ def state_without_archive_time() -> tuple[dict[int, dict[str, Any]], dict[int, d
 
 
 @pytest.fixture
-def events(db) -> dict[int, dict[str, Any]]:  # noqa: ANN001
+def events(db) -> dict[int, dict[str, Any]]:
     return make_events(timezone.now())
 
 

@@ -135,7 +135,7 @@ def expected_outcome(data: Dataset, *, until: datetime) -> tuple[dict[int, tuple
 
 
 @pytest.fixture
-def data(db) -> Dataset:  # noqa: ANN001
+def data(db) -> Dataset:
     return build(timezone.now())
 
 

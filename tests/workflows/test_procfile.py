@@ -44,7 +44,7 @@ def process_env() -> dict[str, str]:
 
 
 @pytest.fixture
-def procfile_workers(transactional_db) -> Iterator[list[tuple[subprocess.Popen[bytes], Path]]]:  # noqa: ANN001
+def procfile_workers(transactional_db) -> Iterator[list[tuple[subprocess.Popen[bytes], Path]]]:
     env = process_env()
     started = []
     for command in procfile_entries("worker").values():

@@ -42,7 +42,7 @@ QUEUE = f"registered-tasks-{os.getpid()}"
 
 
 @pytest.fixture
-def project_worker(settings) -> Iterator[WorkerProcess]:  # noqa: ANN001 - pytest-django settings
+def project_worker(settings) -> Iterator[WorkerProcess]:
     """A worker with the project's workflows only (no test module), on the test database."""
     process = WorkerProcess(queues=[QUEUE], env={"SECRET_KEY": settings.SECRET_KEY, "DATABASE_URL": database_url()})
     process.env.pop("WORKFLOW_EXTRA_MODULES", None)  # as in production: the builtin workflows only

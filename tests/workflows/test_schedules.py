@@ -305,7 +305,7 @@ def test_pause_disables_the_schedule_and_resume_fires_no_burst_of_missed_slots(d
     assert 0 < next_check <= 7 * 60, "the next regular slot (14:10)"
 
 
-def fires_per_local_day(crontab: str, zone: str, start: datetime, hours: int, time_machine) -> dict[str, int]:  # noqa: ANN001
+def fires_per_local_day(crontab: str, zone: str, start: datetime, hours: int, time_machine) -> dict[str, int]:
     """Drive django-celery-beat's own entry minute by minute, as beat would, and count firings."""
     schedule = CrontabSchedule.objects.create(
         minute=crontab.split()[0], hour=crontab.split()[1], day_of_month="*", month_of_year="*", day_of_week="*",

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -46,7 +45,7 @@ from workflows.engine import RunRequest, execute
 from workflows.models import RunStatus, Trigger, Workflow, WorkflowState
 
 ID = module.WORKFLOW_ID
-NOW = datetime(2026, 3, 10, 12, 0, tzinfo=dt_timezone.utc)
+NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
 BOUNCE, DELIVERED, DEFERRED = (SendingFeedback.Outcome.BOUNCE, SendingFeedback.Outcome.DELIVERED,
                                SendingFeedback.Outcome.DEFERRED)

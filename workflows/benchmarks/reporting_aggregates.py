@@ -62,7 +62,7 @@ class _Plan:
 
     __slots__ = ("id", "channel", "start", "size", "first_log_id")
 
-    def __init__(self, *, id: int, channel: str, start: datetime, size: int, first_log_id: int) -> None:  # noqa: A002
+    def __init__(self, *, id: int, channel: str, start: datetime, size: int, first_log_id: int) -> None:
         self.id, self.channel, self.start, self.size, self.first_log_id = id, channel, start, size, first_log_id
 
 

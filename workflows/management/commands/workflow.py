@@ -193,7 +193,7 @@ class Command(BaseCommand):
         handlers: dict[str, Callable[..., int]] = {
             "list": self.list_workflows, "show": self.show_workflow, "run": self.run_workflow,
             "runs": self.list_runs, "repair": self.repair_schedules,
-            **{name: self.change_state for name in STATE_COMMANDS},
+            **dict.fromkeys(STATE_COMMANDS, self.change_state),
         }
         try:
             with engine_logs_at_warning(enabled=options["verbosity"] < 2):
