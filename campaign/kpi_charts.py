@@ -81,7 +81,7 @@ def line_chart(days: list[Day]) -> SafeString:
                                  f"{_x(i, len(days)):.1f}", f"{_y(float(getattr(day, name)), top):.1f}", colour, day.day,
                                  name.replace("_", " "), getattr(day, name))
                      for i, day in enumerate(days))
-    return _frame(mark_safe("".join(lines)), days, f"{top:.2f} %", LINE_SERIES, "line-chart")
+    return _frame(mark_safe("".join(lines)), days, f"{top:.2f} %", LINE_SERIES, "line-chart")  # built by format_html
 
 
 def _frame(body: SafeString, days: list[Day], top_label: str, series: tuple, css_id: str) -> SafeString:

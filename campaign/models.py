@@ -91,7 +91,7 @@ class Profile(models.Model):
         "declared id", max_length=64, null=True, blank=True, unique=True,
         help_text="Id known to the customer's own systems (CRM id), used to match shared audiences.",
     )
-    declared_id_sha256 = models.CharField(
+    declared_id_sha256 = models.CharField(  # noqa: DJ001 - NULL without a declared id: no hash to match
         "declared id (SHA-256)", max_length=64, null=True, blank=True, editable=False,
         help_text="Lower-case hex SHA-256 of the declared id, to match audiences that share hashed ids. "
                   "Kept by save(); importSharedAudience fills it for profiles written in bulk.",
@@ -356,7 +356,7 @@ class DeliveryLog(models.Model):
         return f"{self.address} ({self.get_status_display()})"
 
 
-class SendingFeedback(models.Model):
+class SendingFeedback(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns
     """Raw, append-only feedback from the sending side; consolidated by updateDeliveryExecInfo
     (cursor on ``id``)."""
 
@@ -377,7 +377,7 @@ class SendingFeedback(models.Model):
         verbose_name_plural = "sending feedback"
 
 
-class TrackingHit(models.Model):
+class TrackingHit(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns
     """Raw, append-only hit from the tracking side; consolidated by updateDeliveryExecInfo
     (cursor on ``id``)."""
 
@@ -393,7 +393,7 @@ class TrackingHit(models.Model):
         ordering = ["-id"]
 
 
-class TrackingLog(models.Model):
+class TrackingLog(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns
     """A consolidated open, click, opt-out or mirror-page view. Kept longer than the delivery log
     it points to, hence no database constraint on ``delivery_log``."""
 
@@ -529,11 +529,11 @@ class Event(EventFields):
         related_name="+", verbose_name="API key", editable=False,
         help_text="The key the event was sent with; the scope of its idempotency key.",
     )
-    idempotency_key = models.CharField(
+    idempotency_key = models.CharField(  # noqa: DJ001 - NULL without a key: outside the conditional unique constraint
         "idempotency key", max_length=IDEMPOTENCY_KEY_MAX_LENGTH, null=True, blank=True, editable=False,
         help_text="The request's Idempotency-Key (or the batch item's idempotency_key), unique per API key.",
     )
-    request_fingerprint = models.CharField(
+    request_fingerprint = models.CharField(  # noqa: DJ001 - NULL exactly when idempotency_key is
         "request fingerprint", max_length=64, null=True, blank=True, editable=False,
         help_text="SHA-256 of the event type and the canonical fields, in hexadecimal: a retry with the same "
                   "idempotency key must match it.",
@@ -613,7 +613,7 @@ class APIKey(models.Model):
         return self.revoked_at is None
 
 
-class DeliveryAggregate(models.Model):
+class DeliveryAggregate(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns
     """Per day, delivery and channel counters (reportingAggregates); the source of reports and
     KPI sharing."""
 
@@ -636,7 +636,7 @@ class DeliveryAggregate(models.Model):
         indexes = [models.Index(fields=["day"], name="aggregate_day_idx")]
 
 
-class SharedKpi(models.Model):
+class SharedKpi(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns
     """What the analytics service holds for one day and email delivery, as far as this instance
     told it: the sum of the increments it acknowledged (kpiSharing), or the totals it was brought
     to (kpiReconciliation). The service adds what it receives, so the next push sends the
@@ -736,7 +736,7 @@ class KpiShareState(models.Model):
         return self.pending_watermark_updated_at, self.pending_watermark_aggregate_id
 
 
-class ForecastLog(models.Model):
+class ForecastLog(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns
     """A contact the forecast expects a scheduled or provisional delivery to make."""
 
     delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="forecast_logs", verbose_name="delivery")
@@ -827,7 +827,7 @@ class ReportShare(models.Model):
             raise ValidationError({"end_date": "The end date must not be before the start date."})
 
 
-class ReportSend(models.Model):
+class ReportSend(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns
     """One sending of a share for one due time; unique, so it is never sent twice."""
 
     class Status(models.TextChoices):
@@ -853,7 +853,7 @@ class ReportSend(models.Model):
         constraints = [models.UniqueConstraint(fields=["share", "due_at"], name="reportsend_share_due_uniq")]
 
 
-class CustomerMetrics(models.Model):
+class CustomerMetrics(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns
     """The billing activity report of one period (one row per period; a rerun updates it)."""
 
     period_start = models.DateField("period start")
@@ -935,7 +935,7 @@ class SharedAudience(models.Model):
         return self.name
 
 
-class AudienceMember(models.Model):
+class AudienceMember(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns
     class IdType(models.TextChoices):
         VISITOR = "visitor", "Visitor id"
         DECLARED = "declared", "Declared id"

@@ -359,7 +359,7 @@ def send_share(share: ReportShare, due_at: datetime, *, run_id: int | None = Non
     if send is None:
         return None
     try:
-        recipients = [user for user in share.recipients.filter(is_active=True).exclude(email="").order_by("pk")]
+        recipients = list(share.recipients.filter(is_active=True).exclude(email="").order_by("pk"))
         if not recipients:
             raise ValueError("no recipient with an email address")
         report = share.report

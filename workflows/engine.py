@@ -375,7 +375,7 @@ def _run_activities(
     except SoftTimeLimitExceeded:
         _end_activity(current, ActivityStatus.FAILED, "time limit exceeded")
         return _fail(definition, workflow, run, f"time limit of {definition.soft_time_limit_s}s exceeded", final=True)
-    except Exception as error:
+    except Exception as error:  # every failure is recorded, then classified
         if not connection.in_atomic_block:
             close_old_connections()  # a lost database connection is replaced before recording
         if not _still_holds(fence):
@@ -498,7 +498,7 @@ def _release_quietly(workflow_id: str, run_id: int) -> None:
     """Release the lease; if the database is gone, the lease simply expires."""
     try:
         leases.release(workflow_id, run_id)
-    except Exception:
+    except Exception:  # the lease expiring is the designed fallback
         logger.warning("could not release the lease of %s (run #%s); it will expire", workflow_id, run_id)
 
 

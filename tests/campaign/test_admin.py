@@ -348,7 +348,7 @@ def test_delivery_change_form_shows_indicators_read_only(superuser_client: Clien
     response = superuser_client.get(admin_url(Delivery, "change", delivery.pk))
 
     adminform = response.context["adminform"]
-    fieldsets = {name: options for name, options in adminform.fieldsets}
+    fieldsets = dict(adminform.fieldsets)
     assert "Indicators" in fieldsets
     assert {"sent", "delivered", "open_rate", "indicators_updated_at"} <= set(adminform.readonly_fields)
     assert not {"sent", "delivered", "open_rate"} & set(adminform.form.fields)

@@ -20,7 +20,7 @@ from campaign.integrations.http import MAX_ATTEMPTS, ConfigurationError, Service
 from campaign.models import ExternalAccount
 from tests.https_server import https_server, https_server_session, tls_certificates  # noqa: F401 - fixtures
 
-TOKEN = "clients-token-5f1c9a7e3b"
+TOKEN = "clients-token-5f1c9a7e3b"  # a test value, checked never to leak
 TOKEN_ENV = "CAMPAIGN_TOKEN_TEST_INTEGRATION_CLIENTS"
 
 

@@ -140,7 +140,7 @@ class Forwarder:
         self.process = subprocess.Popen(
             ["socat", f"TCP-LISTEN:{port},bind={host},fork,reuseaddr", f"TCP:{target[0]}:{target[1]}"],
             stdout=subprocess.DEVNULL, stderr=log_path.open("ab"), start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_die_with_parent,  # one prctl call, no lock taken
         )
 
     def wait_listening(self) -> None:
@@ -295,7 +295,7 @@ class Hosts:
         for host in reversed(self.created):
             try:
                 host.delete()
-            except Exception as error:
+            except Exception as error:  # delete every host, then report
                 errors.append(f"{host.name}: {error}")
         self.created.clear()
         if errors:

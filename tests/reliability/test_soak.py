@@ -278,7 +278,7 @@ def test_soak_with_a_fault_at_a_steady_pace_loses_and_doubles_nothing(cluster: C
         while first_slot <= last_slot:
             slots.append(first_slot)
             first_slot += datetime.timedelta(minutes=1)
-        for task, counts in per_task.items():
+        for counts in per_task.values():
             for slot in slots:
                 sends[min(counts[slot], 2)] += 1
         missed = [(task, slot) for task, counts in per_task.items() for slot in slots if counts[slot] == 0]

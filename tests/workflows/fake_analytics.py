@@ -25,7 +25,7 @@ from campaign.integrations import analytics
 from campaign.models import Channel, Delivery, DeliveryAggregate, ExternalAccount, SharedKpi
 from tests.factories import CampaignFactory, DeliveryFactory, ExternalAccountFactory
 
-TOKEN = "analytics-token-3f9c1a7e5b"
+TOKEN = "analytics-token-3f9c1a7e5b"  # a test value, checked never to leak
 TOKEN_ENV = "CAMPAIGN_TOKEN_TEST_KPI_ANALYTICS"
 COUNTERS = ("sent", "delivered", "opened", "unique_opens", "clicked", "unique_clicks", "unsubscribed", "bounces")
 # protocol name → DeliveryAggregate column, written out again here rather than imported

@@ -42,7 +42,7 @@ from workflows.builtin import update_delivery_exec_info
 from workflows.models import ActivityRun, RunStatus, WorkflowLog, WorkflowRun
 
 ID = module.WORKFLOW_ID
-TOKEN = "deliverability-token-7c2a9e41b8"
+TOKEN = "deliverability-token-7c2a9e41b8"  # a test value, checked never to leak
 TOKEN_ENV = "CAMPAIGN_TOKEN_TEST_DELIVERABILITY_UPDATE"
 LOCAL, SERVICE = RuleSource.LOCAL, RuleSource.SERVICE
 HARD, SOFT, IGNORED = FailureType.HARD, FailureType.SOFT, FailureType.IGNORED
@@ -260,8 +260,8 @@ def bounce(**overrides: Any) -> dict[str, Any]:
     ("{not json", "answered a body that is not JSON"),
     ([], "malformed answer: GET /rules: expected an object, got a list"),
     ({"bounce_rules": [], "mx_rules": []}, "malformed answer: GET /rules: no 'domain_rules' in the answer"),
-    (bounce(pattern="quota (exceeded"), "malformed answer: GET /rules bounce_rules[1].pattern 'quota (exceeded' is not a valid "
-                                         "regular expression: missing ), unterminated subpattern at position 6"),
+    (bounce(pattern="quota (exceeded"), ("malformed answer: GET /rules bounce_rules[1].pattern 'quota (exceeded' is not a valid "
+                                         "regular expression: missing ), unterminated subpattern at position 6")),
     (bounce(failure_type=4), "malformed answer: GET /rules bounce_rules[1].failure_type: expected 1 (soft), 2 (hard) or 3"),
     (bounce(failure_reason=42), "malformed answer: GET /rules bounce_rules[1].failure_reason: expected one of"),
     (bounce(priority="high"), "malformed answer: GET /rules bounce_rules[1].priority: expected an integer, got 'high'"),

@@ -39,7 +39,7 @@ from workflows.engine import RunRequest, execute
 from workflows.models import ActivityRun, RunStatus, Trigger, Workflow, WorkflowLog, WorkflowRun, WorkflowState
 
 ID = module.WORKFLOW_ID
-TOKEN = "audience-token-1e6b3f9d2a"
+TOKEN = "audience-token-1e6b3f9d2a"  # a test value, checked never to leak
 TOKEN_ENV = "CAMPAIGN_TOKEN_TEST_IMPORT_AUDIENCE"
 VISITOR, DECLARED = "visitor", "declared"
 SHA256 = SharedAudience.IdHashing.SHA256
@@ -113,7 +113,7 @@ def expected_import(pages: Sequence[Sequence[tuple[str, str]]], *, hashed: bool)
                 unknown.add((id_type, key))
             elif id_type == DECLARED or profile_id not in matched:
                 matched[profile_id] = id_type
-    return Expected({(profile_id, id_type) for profile_id, id_type in matched.items()}, len(unknown))
+    return Expected(set(matched.items()), len(unknown))
 
 
 @pytest.fixture
@@ -486,7 +486,7 @@ def test_readers_see_the_old_or_the_new_membership_never_a_mix(httpserver, monke
                     during_pause.append((seen, StagedAudienceMember.objects.filter(audience_id=audience.pk).count()))
                     if len(during_pause) >= 5:
                         resume.set()
-        except BaseException as error:
+        except BaseException as error:  # reported by the test thread
             errors.append(error)
             resume.set()
         finally:

@@ -201,7 +201,10 @@ def test_a_row_of_the_wrong_shape_or_outside_the_window_fails_the_run(service, s
 
     outside = wire_row(skewed["lower"])
     outside["date"] = (today() + timedelta(days=1)).isoformat()
-    last_chunk = lambda request: Response(json.dumps({"rows": [outside]}), content_type="application/json")  # noqa: E731
+
+    def last_chunk(request: Any) -> Response:
+        return Response(json.dumps({"rows": [outside]}), content_type="application/json")
+
     service.script("GET", *[Response('{"rows": []}', content_type="application/json")] * 8, last_chunk)
     result = run()
     assert result.status == RunStatus.FAILED and "is outside the requested" in result.reason

@@ -341,7 +341,7 @@ class _Inbox:
     def __init__(self) -> None:
         self.messages: list = []
 
-    async def handle_DATA(self, server, session, envelope) -> str:
+    async def handle_DATA(self, server, session, envelope) -> str:  # aiosmtpd's hook
         import email
         from email import policy
 

@@ -43,7 +43,7 @@ def dataset(db):
         "other": DeliveryFactory(label="Other campaign mail", channel=Channel.EMAIL),
     }
     for key, day, *values in ROWS:
-        DeliveryAggregateFactory(delivery=deliveries[key], day=day, **dict(zip(COUNTERS, values)))
+        DeliveryAggregateFactory(delivery=deliveries[key], day=day, **dict(zip(COUNTERS, values, strict=True)))
     return campaign, deliveries
 
 

@@ -231,7 +231,7 @@ def test_final_log_status_is_copied_to_the_event_pending_delivery(db, now):
     events = [factories.EventFactory(event_type="order") for _ in range(5)]
     run()
     logs = {event.pk: DeliveryLog.objects.get(event_id=event.pk) for event in events}
-    for event, status in zip(events, (1, 2, 0, 7, 6)):
+    for event, status in zip(events, (1, 2, 0, 7, 6), strict=True):
         DeliveryLog.objects.filter(pk=logs[event.pk].pk).update(status=status)
 
     second = run()

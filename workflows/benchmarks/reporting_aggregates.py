@@ -94,7 +94,8 @@ def _hits(plan: _Plan, seed: int) -> Iterator[tuple[datetime, int, int]]:
             continue
 
         def later() -> datetime:
-            return created + timedelta(seconds=min(rng.expovariate(1 / 86_400), 14 * 86_400))
+            return created + timedelta(  # noqa: B023 - called within this iteration only
+                seconds=min(rng.expovariate(1 / 86_400), 14 * 86_400))
 
         opened = rng.random() < 0.50
         if opened:

@@ -332,7 +332,7 @@ def _plain(value: Any) -> Any:
     return int(value)
 
 
-def FINGERPRINT_QUERIES(vendor: str) -> dict[str, str]:
+def FINGERPRINT_QUERIES(vendor: str) -> dict[str, str]:  # a table of queries
     epoch = "CAST(EXTRACT(EPOCH FROM {0}) AS BIGINT)" if vendor == "postgresql" else "CAST(strftime('%s', {0}) AS INTEGER)"
     true = "TRUE" if vendor == "postgresql" else "1"
     return {

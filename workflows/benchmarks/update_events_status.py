@@ -126,7 +126,9 @@ class UpdateEventsStatusCase(BenchmarkCase):
                    for pair, template in templates.items()}
         # Three passes over the same seeded plan: pending events, routed events, their logs. (Each
         # load lists only the columns it has values for: the others stay NULL.)
-        plan = lambda: _plan(rows=rows, seed=seed, now=now, templates=templates, earlier=earlier)  # noqa: E731
+        def plan() -> Iterator[tuple[str, tuple[Any, ...]]]:
+            return _plan(rows=rows, seed=seed, now=now, templates=templates, earlier=earlier)
+
         load(Event, PENDING_FIELDS, (row for kind, row in plan() if kind == "pending"))
         load(Event, ROUTED_FIELDS, (row for kind, row in plan() if kind == "routed"))
         load(DeliveryLog, LOG_FIELDS, (row for kind, row in plan() if kind == "log"))

@@ -127,7 +127,7 @@ def format_counters(counters: dict[str, Any]) -> str:
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     rows = [list(headers), *[list(row) for row in rows]]
     widths = [max(len(row[column]) for row in rows) for column in range(len(headers))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
 def describe_last_run(run: WorkflowRun | None) -> str:
