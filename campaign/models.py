@@ -182,7 +182,8 @@ class ABTest(models.Model):
         "remainder share (%)", default=80, validators=[MinValueValidator(1), MaxValueValidator(99)],
         help_text="Share of the target that receives the winner.",
     )
-    winner_sending = models.CharField("winner sending", max_length=16, choices=WinnerSending.choices, default=WinnerSending.AUTOMATIC)
+    winner_sending = models.CharField("winner sending", max_length=16, choices=WinnerSending.choices,
+                                      default=WinnerSending.AUTOMATIC)
     status = models.CharField("status", max_length=32, choices=Status.choices, default=Status.TESTING, db_index=True)
     winner_variant = models.CharField("winner variant", max_length=1, blank=True, help_text="Set by hand or by abTesting.")
     winner_chosen_by = models.ForeignKey(
@@ -274,7 +275,8 @@ class Delivery(models.Model):
         ABTest, on_delete=models.SET_NULL, null=True, blank=True, related_name="deliveries", verbose_name="A/B test",
     )
     scheduled_at = models.DateTimeField("scheduled", null=True, blank=True)
-    validity_end = models.DateTimeField("validity end", null=True, blank=True, help_text="Pending messages are cancelled after it.")
+    validity_end = models.DateTimeField("validity end", null=True, blank=True,
+                                        help_text="Pending messages are cancelled after it.")
     started_at = models.DateTimeField("started", null=True, blank=True)
     finished_at = models.DateTimeField("finished", null=True, blank=True)
     created_at = models.DateTimeField("created", default=timezone.now, editable=False)
@@ -653,7 +655,8 @@ class SharedKpi(models.Model):  # noqa: DJ008 - rows without a natural name, sho
     unique_clicks = models.IntegerField("unique clicks", default=0)
     unsubscribed = models.IntegerField("unsubscribed", default=0)
     bounces = models.IntegerField("bounces", default=0)
-    updated_at = models.DateTimeField("updated", auto_now=True, help_text="When the service last acknowledged a change of this row.")
+    updated_at = models.DateTimeField("updated", auto_now=True,
+                                      help_text="When the service last acknowledged a change of this row.")
 
     class Meta:
         ordering = ["-day", "delivery"]
@@ -762,7 +765,8 @@ class Report(models.Model):
 
     label = models.CharField("label", max_length=200)
     kind = models.CharField("kind", max_length=32, choices=Kind.choices, default=Kind.DELIVERY_KPIS)
-    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, null=True, blank=True, related_name="reports", verbose_name="campaign")
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, null=True, blank=True, related_name="reports",
+                                 verbose_name="campaign")
     period_days = models.PositiveSmallIntegerField(
         "period (days)", default=30, validators=[MinValueValidator(1), MaxValueValidator(3660)],
         help_text="The report covers this many days up to its due time.",
@@ -800,11 +804,13 @@ class ReportShare(models.Model):
     day_of_week = models.PositiveSmallIntegerField(
         "day of week", null=True, blank=True, validators=[MaxValueValidator(6)], help_text="0 = Monday.",
     )
-    day_of_month = models.PositiveSmallIntegerField("day of month", null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(31)])
+    day_of_month = models.PositiveSmallIntegerField("day of month", null=True, blank=True,
+                                                    validators=[MinValueValidator(1), MaxValueValidator(31)])
     week_of_month = models.PositiveSmallIntegerField(
         "week of month", null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(5)], help_text="5 = last.",
     )
-    month = models.PositiveSmallIntegerField("month", null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(12)])
+    month = models.PositiveSmallIntegerField("month", null=True, blank=True,
+                                             validators=[MinValueValidator(1), MaxValueValidator(12)])
     start_date = models.DateField("start date", null=True, blank=True)
     end_date = models.DateField("end date", null=True, blank=True)
     recipients = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="report_shares", verbose_name="recipients")
@@ -984,7 +990,8 @@ class RuleSource(models.TextChoices):
 class BounceRule(models.Model):
     """Qualifies a raw bounce text: the first matching rule by priority gives type and reason."""
 
-    pattern = models.CharField("pattern", max_length=500, help_text="Regular expression matched against the raw error text, case-insensitive.")
+    pattern = models.CharField("pattern", max_length=500,
+                               help_text="Regular expression matched against the raw error text, case-insensitive.")
     failure_type = models.SmallIntegerField(
         "failure type", choices=[c for c in FailureType.choices if c[0] != FailureType.NONE],
     )

@@ -208,7 +208,8 @@ def sync_schedule(share: ReportShare) -> PeriodicTask | None:
                               "overrides": {"share_id": share.pk}, "wait_for_lease_s": WAIT_FOR_LEASE_S}),
         "one_off": clocked_at is not None,
         "enabled": share.enabled,
-        "start_time": datetime.combine(share.start_date, time(0), tzinfo=zone) if share.start_date and clocked_at is None else None,
+        "start_time": (datetime.combine(share.start_date, time(0), tzinfo=zone)
+                       if share.start_date and clocked_at is None else None),
         "expires": datetime.combine(share.end_date + timedelta(days=1), time(0), tzinfo=zone) if share.end_date else None,
         "description": f"Sends the report share #{share.pk} ({share.get_recurrence_display()}); managed from the share.",
         **schedule,
@@ -381,7 +382,8 @@ def send_share(share: ReportShare, due_at: datetime, *, run_id: int | None = Non
     try:
         get_connection().send_messages(messages)
     except Exception as error:  # SMTP refused: nothing (or part) went out; the row says why
-        ReportSend.objects.filter(pk=send.pk).update(status=ReportSend.Status.FAILED, error=f"email: {type(error).__name__}: {error}")
+        ReportSend.objects.filter(pk=send.pk).update(status=ReportSend.Status.FAILED,
+                                                     error=f"email: {type(error).__name__}: {error}")
         raise
     now = timezone.now()
     ReportSend.objects.filter(pk=send.pk).update(status=ReportSend.Status.SENT, sent_at=now)

@@ -43,9 +43,11 @@ def audit(workflow_id: str, action: str, *, user: AbstractBaseUser | None = None
     )
 
 
-def _set_state(workflow_id: str, state: str, action: str, *, user: AbstractBaseUser | None, actor: str, note: str = "") -> Workflow:
+def _set_state(workflow_id: str, state: str, action: str, *,
+               user: AbstractBaseUser | None, actor: str, note: str = "") -> Workflow:
     with transaction.atomic():
-        workflow = Workflow.objects.select_for_update(of=("self",)).select_related("periodic_task").get(pk=get_definition(workflow_id).id)
+        workflow = (Workflow.objects.select_for_update(of=("self",)).select_related("periodic_task")
+                    .get(pk=get_definition(workflow_id).id))
         before = workflow.state
         paused_at = workflow.paused_at
         workflow.state = state

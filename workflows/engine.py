@@ -95,7 +95,8 @@ class RunRequest:
     on_progress: Callable[[WorkflowRun], None] | None = None
 
 
-def journal(workflow_id: str, message: str, *, run: WorkflowRun | None = None, activity: str = "", level: str = LogLevel.INFO) -> None:
+def journal(workflow_id: str, message: str, *,
+            run: WorkflowRun | None = None, activity: str = "", level: str = LogLevel.INFO) -> None:
     WorkflowLog.objects.create(workflow_id=workflow_id, run=run, activity=activity, level=level, message=message)
 
 

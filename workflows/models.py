@@ -187,7 +187,8 @@ class WorkflowLog(models.Model):  # noqa: DJ008 - rows without a natural name, s
     """The journal: what each run did, in words an operator can act on."""
 
     workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="journal", verbose_name="workflow")
-    run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, null=True, blank=True, related_name="journal", verbose_name="run")
+    run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, null=True, blank=True, related_name="journal",
+                            verbose_name="run")
     activity = models.CharField("activity", max_length=100, blank=True)
     level = models.CharField("level", max_length=8, choices=LogLevel.choices, default=LogLevel.INFO)
     message = models.TextField("message")

@@ -306,7 +306,8 @@ def test_tracking_log_of_a_purged_delivery_log_stays_listed_and_viewable(superus
     assert change_page.status_code == 200
 
 
-@pytest.mark.parametrize("model", [SendingFeedback, TrackingHit, TrackingLog], ids=["SendingFeedback", "TrackingHit", "TrackingLog"])
+@pytest.mark.parametrize("model", [SendingFeedback, TrackingHit, TrackingLog],
+                         ids=["SendingFeedback", "TrackingHit", "TrackingLog"])
 def test_raw_and_tracking_rows_are_searched_by_delivery_log_id(superuser_client: Client, model: type[models.Model]) -> None:
     wanted = ROW_FACTORIES[model]()
     ROW_FACTORIES[model]()

@@ -226,7 +226,9 @@ def test_rules_are_fetched_over_https_and_returned_validated(rules_client, https
 
     rules = rules_client.fetch_rules()
 
-    assert rules.bounce_rules == [BounceRuleSpec(r"user (unknown|not found)", 2, 1, 10), BounceRuleSpec("quota exceeded", 1, 5, 20)]
+    assert rules.bounce_rules == [
+        BounceRuleSpec(r"user (unknown|not found)", 2, 1, 10), BounceRuleSpec("quota exceeded", 1, 5, 20),
+    ]
     assert rules.mx_rules == [MxRuleSpec("*.mail.example.com", 5, 3600, {"tls": "required"}), MxRuleSpec("mx.other.example")]
     assert rules.domain_rules == [DomainRuleSpec("example.com", {"max_per_hour": 100}), DomainRuleSpec("example.org")]
     https_server.check_assertions()

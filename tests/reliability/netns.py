@@ -272,7 +272,8 @@ class Host:
 
     def run(self, argv: Sequence[str], *, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         """Run a short command inside the namespace and return its result."""
-        return subprocess.run(["ip", "netns", "exec", self.name, *argv], capture_output=True, text=True, timeout=timeout, check=False)
+        return subprocess.run(["ip", "netns", "exec", self.name, *argv],
+                              capture_output=True, text=True, timeout=timeout, check=False)
 
     def __repr__(self) -> str:
         return f"Host({self.name}, {self.inside_address})"

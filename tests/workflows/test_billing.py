@@ -71,7 +71,8 @@ def expected() -> dict:
     start, end = datetime(2026, 2, 1, tzinfo=PARIS), datetime(2026, 3, 1, tzinfo=PARIS)
     active_start = datetime(2025, 3, 1, tzinfo=PARIS)
     rows = logs()
-    counted = [row for row in rows if start <= utc(row[2]) < end and row[3] in (SENT, FAILED) and DELIVERIES[row[0]][1] != Delivery.Kind.PROOF]
+    counted = [row for row in rows
+               if start <= utc(row[2]) < end and row[3] in (SENT, FAILED) and DELIVERIES[row[0]][1] != Delivery.Kind.PROOF]
     messages: dict[str, dict[str, int]] = defaultdict(lambda: {"messages": 0, "retries": 0, "total": 0})
     for row in counted:
         messages[DELIVERIES[row[0]][0]]["messages"] += 1

@@ -640,7 +640,8 @@ def test_run_sync_draws_a_progress_bar_only_on_a_terminal(db: None, stream: type
     SendingFeedback.objects.bulk_create(SendingFeedback(delivery_log_id=i, outcome="delivered") for i in range(1, 31))
 
     stderr = stream()
-    call_command("workflow", "run", sample_workflow.SAMPLE_ID, "--sync", "--set", "batch_size=10", stdout=StringIO(), stderr=stderr)
+    call_command("workflow", "run", sample_workflow.SAMPLE_ID, "--sync", "--set", "batch_size=10",
+                 stdout=StringIO(), stderr=stderr)
 
     output = stderr.getvalue()
     assert ("\r[##########--------------------] 10 / 30 rows (33%)" in output) is drawn

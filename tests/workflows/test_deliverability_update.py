@@ -83,7 +83,8 @@ def snapshot() -> dict[str, list[tuple[Any, ...]]]:
 def rules_now() -> dict[str, set[tuple[Any, ...]]]:
     return {
         "bounce": set(BounceRule.objects.values_list("pattern", "failure_type", "failure_reason", "priority", "source")),
-        "mx": {(mask, connections, per_hour, json.dumps(options, sort_keys=True), source) for mask, connections, per_hour, options, source
+        "mx": {(mask, connections, per_hour, json.dumps(options, sort_keys=True), source)
+               for mask, connections, per_hour, options, source
                in MxRule.objects.values_list("mx_mask", "max_connections", "max_messages_per_hour", "options", "source")},
         "domain": {(domain, json.dumps(options, sort_keys=True), source)
                    for domain, options, source in DomainRule.objects.values_list("domain", "options", "source")},
@@ -266,7 +267,8 @@ def bounce(**overrides: Any) -> dict[str, Any]:
     (bounce(failure_reason=42), "malformed answer: GET /rules bounce_rules[1].failure_reason: expected one of"),
     (bounce(priority="high"), "malformed answer: GET /rules bounce_rules[1].priority: expected an integer, got 'high'"),
     ({**RULES, "mx_rules": [{"mx_mask": 3}]}, "malformed answer: GET /rules mx_rules[0].mx_mask"),
-    ({**RULES, "domain_rules": [{"domain": "a.example"}, {"domain": "a.example"}]}, "domain_rules[1]: domain 'a.example' already"),
+    ({**RULES, "domain_rules": [{"domain": "a.example"}, {"domain": "a.example"}]},
+     "domain_rules[1]: domain 'a.example' already"),
 ], ids=["not-json", "list", "missing-list", "bad-regex", "failure-type", "failure-reason", "priority", "mx-mask", "dup-domain"])
 def test_a_malformed_answer_fails_the_run_and_writes_nothing(account, current_rules, https_server, body, reason):
     https_server.expect_request("/api/rules").respond_with_data(body if isinstance(body, str) else json.dumps(body),
@@ -328,7 +330,8 @@ def test_update_delivery_exec_info_qualifies_bounces_with_the_new_rules(account,
     exec_info = commands.run_now(update_delivery_exec_info.WORKFLOW_ID, actor="test", sync=True)
     assert exec_info.status == RunStatus.SUCCEEDED, exec_info.reason
     first.refresh_from_db()
-    assert (first.status, first.failure_type, first.failure_reason) == (LogStatus.FAILED, HARD, FailureReason.REFUSED)  # old "quota"
+    # Still the old "quota" rule's qualification.
+    assert (first.status, first.failure_type, first.failure_reason) == (LogStatus.FAILED, HARD, FailureReason.REFUSED)
 
     https_server.expect_request("/api/rules").respond_with_json(RULES)
     assert run().status == RunStatus.SUCCEEDED

@@ -91,7 +91,8 @@ def test_metrics_duration_histogram_matches_the_runs_that_executed(client, clean
 def test_metrics_last_success_and_rows_processed(client, cleanup_runs) -> None:
     samples = scrape(client)
 
-    assert value(samples, "workflow_last_success_timestamp_seconds", workflow="cleanup") == cleanup_runs["last_success"].timestamp()
+    assert value(samples, "workflow_last_success_timestamp_seconds", workflow="cleanup") \
+        == cleanup_runs["last_success"].timestamp()
     assert value(samples, "workflow_rows_processed_total", workflow="cleanup") == 10 + 20 + 5 + 7
     assert ("workflow_last_success_timestamp_seconds", frozenset({("workflow", "forecasting")})) not in samples
 

@@ -51,7 +51,8 @@ def media(settings, tmp_path):
 def report(db):
     delivery = DeliveryFactory(label="Newsletter", channel=Channel.EMAIL)
     yesterday = date.today() - timedelta(days=1)
-    DeliveryAggregateFactory(delivery=delivery, day=yesterday, sent=321, delivered=300, bounces=21, unique_opens=150, unique_clicks=30)
+    DeliveryAggregateFactory(delivery=delivery, day=yesterday, sent=321, delivered=300, bounces=21, unique_opens=150,
+                             unique_clicks=30)
     return ReportFactory(label="Daily KPIs", period_days=7)
 
 
@@ -227,7 +228,8 @@ def test_recurring_share_gets_its_own_crontab_in_its_time_zone(media, report) ->
     task = ReportShare.objects.get(pk=share.pk).periodic_task
     assert task.task == "workflows.reportSendingNow" and '"share_id": ' + str(share.pk) in task.kwargs
     cron = task.crontab
-    assert (cron.minute, cron.hour, cron.day_of_week, cron.day_of_month, str(cron.timezone)) == ("30", "7", "1", "*", "Europe/Paris")
+    assert (cron.minute, cron.hour, cron.day_of_week, cron.day_of_month, str(cron.timezone)) \
+        == ("30", "7", "1", "*", "Europe/Paris")
     assert task.expires == datetime(2026, 7, 1, tzinfo=PARIS)
     share.recurrence = Recurrence.NOW
     share.save()
@@ -263,12 +265,15 @@ def _crontab_fires(share: ReportShare, start: datetime, end: datetime) -> list[d
     ({"recurrence": Recurrence.DAILY}, ["2026-01-01", "2026-01-02", "2026-01-03"]),
     ({"recurrence": Recurrence.WEEKLY, "day_of_week": 4}, ["2026-01-02", "2026-01-09", "2026-01-16"]),
     ({"recurrence": Recurrence.MONTHLY_DAY, "day_of_month": 31}, ["2026-01-31", "2026-03-31", "2026-05-31"]),
-    ({"recurrence": Recurrence.MONTHLY_WEEKDAY, "day_of_week": 0, "week_of_month": 2}, ["2026-01-12", "2026-02-09", "2026-03-09"]),
-    ({"recurrence": Recurrence.MONTHLY_WEEKDAY, "day_of_week": 6, "week_of_month": 5}, ["2026-01-25", "2026-02-22", "2026-03-29"]),
+    ({"recurrence": Recurrence.MONTHLY_WEEKDAY, "day_of_week": 0, "week_of_month": 2},
+     ["2026-01-12", "2026-02-09", "2026-03-09"]),
+    ({"recurrence": Recurrence.MONTHLY_WEEKDAY, "day_of_week": 6, "week_of_month": 5},
+     ["2026-01-25", "2026-02-22", "2026-03-29"]),
     ({"recurrence": Recurrence.YEARLY, "day_of_month": 29, "month": 3}, ["2026-03-29"]),
 ])
 def test_due_times_over_a_year_match_the_beat_crontab(db, fields, first) -> None:
-    share = ReportShare(report=ReportFactory(), send_time=time(2, 30), time_zone="Europe/Paris", end_date=date(2026, 12, 31), **fields)
+    share = ReportShare(report=ReportFactory(), send_time=time(2, 30), time_zone="Europe/Paris", end_date=date(2026, 12, 31),
+                        **fields)
     start = datetime(2025, 12, 31, 12, tzinfo=PARIS)
     due = report_shares.next_due_times(share, start, 400)
     assert [moment.date().isoformat() for moment in due[:3]] == first
@@ -310,13 +315,15 @@ def test_admin_form_refuses_addresses_of_non_users(db, report) -> None:
     base = {"report": report.pk, "recurrence": Recurrence.NOW, "time_zone": "UTC", "enabled": "on"}
     refused = ReportShareForm(data={**base, "addresses": "Member@example.com, stranger@example.org"})
     assert not refused.is_valid()
-    assert "stranger@example.org" in str(refused.errors["addresses"]) and "Not users of this instance" in str(refused.errors["addresses"])
+    assert "stranger@example.org" in str(refused.errors["addresses"])
+    assert "Not users of this instance" in str(refused.errors["addresses"])
     accepted = ReportShareForm(data={**base, "addresses": "Member@Example.com"})
     assert accepted.is_valid(), accepted.errors
     assert accepted.cleaned_data["recipients"] == [member]
 
 
-def test_admin_add_saves_recipients_and_triggers_once(db, report, client, django_capture_on_commit_callbacks, monkeypatch) -> None:
+def test_admin_add_saves_recipients_and_triggers_once(db, report, client, django_capture_on_commit_callbacks,
+                                                      monkeypatch) -> None:
     from tests.factories import SuperUserFactory
 
     admin_user = SuperUserFactory()

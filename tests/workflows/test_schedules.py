@@ -54,7 +54,8 @@ def test_every_workflow_has_the_spec_schedule_after_migrate(db):
         assert schedules.schedule_summary(workflow)["crontab"] == crontab, workflow_id
         if crontab:
             task = workflow.periodic_task
-            assert (task.name, task.task, json.loads(task.kwargs)) == (workflow_id, f"workflows.{workflow_id}", {"trigger": "schedule"})
+            assert (task.name, task.task, json.loads(task.kwargs)) \
+                == (workflow_id, f"workflows.{workflow_id}", {"trigger": "schedule"})
             assert task.enabled
 
 

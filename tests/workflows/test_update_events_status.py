@@ -142,7 +142,8 @@ def assert_run_result(before: dict[int, dict[str, Any]], *, now: datetime, expir
             assert (log.created_at, log.updated_at) == (now, now)
             delivery = log.delivery
             assert (delivery.label, delivery.kind, delivery.template_id, delivery.channel, delivery.state, delivery.campaign_id) \
-                == (expected["delivery_label"], "transactional", expected["template_id"], expected["channel"], "in_progress", None)
+                == (expected["delivery_label"], "transactional", expected["template_id"], expected["channel"], "in_progress",
+                    None)
         else:
             assert got["delivery_log_id"] == event["delivery_log_id"]
     assert set(new_logs) == routed, "exactly one new log per routed event, none for the others"
@@ -426,7 +427,8 @@ def test_event_appearing_in_the_middle_of_a_batch_is_left_pending_not_misrouted(
     batch = update_events_status.route_batch(after=0, limit=10)
 
     assert (batch.rows, batch.cursor) == (2, 20)
-    assert dict(Event.objects.values_list("id", "status")) == {10: "pending_delivery", 15: "pending", 20: "not_taken_into_account"}
+    assert dict(Event.objects.values_list("id", "status")) \
+        == {10: "pending_delivery", 15: "pending", 20: "not_taken_into_account"}
     monkeypatch.undo()
 
     run()

@@ -288,7 +288,8 @@ class MonthDeliveries:
         if key in self._ids:
             return self._ids[key], False
         existing = (
-            Delivery.objects.filter(template=template, kind=Delivery.Kind.TRANSACTIONAL, created_at__gte=start, created_at__lt=end)
+            Delivery.objects.filter(template=template, kind=Delivery.Kind.TRANSACTIONAL,
+                                    created_at__gte=start, created_at__lt=end)
             .order_by("id").values_list("id", flat=True).first()
         )
         created = existing is None
