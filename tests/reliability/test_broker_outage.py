@@ -33,7 +33,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from campaign.models import Campaign, Delivery, SendingFeedback
 from tests.reliability.conftest import Cluster, forwarded_url, wait_for
 from tests.workflows import sample_workflow
-from tests.workflows.conftest import effects
+from tests.workflows.helpers import effects
 from tests.workflows.sample_workflow import QUICK_ID, SAMPLE_ID, SAMPLE_QUEUE
 from workflows.models import FINAL_RUN_STATUSES, RunStatus, Workflow, WorkflowRun
 from workflows.schedules import ensure_workflow

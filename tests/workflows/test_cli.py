@@ -24,7 +24,6 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from tests.workflows.conftest import database_url
 from workflows import commands, schedules
 from workflows.context import ActivityContext
 from workflows.definition import WorkflowDefinition, all_definitions, register
@@ -33,6 +32,7 @@ from workflows.models import RunStatus, Trigger, Workflow, WorkflowAudit, Workfl
 from workflows.properties import IntegerProperty
 from workflows.schedules import ensure_workflow, sync_workflows
 from workflows.serializers import ACTIVITY_KEYS, RUN_KEYS, SCHEDULE_KEYS, WORKFLOW_KEYS
+from workflows.worker_process import current_database_url as database_url
 
 #: The platform's workflow ids.
 BUILTIN_IDS = {

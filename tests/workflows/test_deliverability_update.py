@@ -35,7 +35,6 @@ from tests.factories import (
     MxRuleFactory,
     SendingFeedbackFactory,
 )
-from tests.https_server import https_server, https_server_session, tls_certificates  # noqa: F401 - fixtures
 from workflows import commands
 from workflows.builtin import deliverability_update as module
 from workflows.builtin import update_delivery_exec_info
@@ -99,7 +98,7 @@ def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 @pytest.fixture
-def account(db, https_server: HTTPServer, monkeypatch: pytest.MonkeyPatch, waits: list[float]) -> ExternalAccount:  # noqa: F811
+def account(db, https_server: HTTPServer, monkeypatch: pytest.MonkeyPatch, waits: list[float]) -> ExternalAccount:
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     return ExternalAccountFactory(name="deliverability", kind=ExternalAccount.Kind.DELIVERABILITY,
                                   base_url=https_server.url_for("/api/"), token_env=TOKEN_ENV, timeout_s=2, enabled=True)

@@ -11,7 +11,7 @@ from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from campaign.models import SendingFeedback
-from tests.workflows.conftest import effects
+from tests.workflows.helpers import effects
 from tests.workflows.sample_workflow import SAMPLE_ID
 from workflows import commands, leases
 from workflows import definition as definition_module

@@ -21,7 +21,7 @@ from campaign import report_shares
 from campaign.models import Channel, ReportSend, ReportShare, SendingFeedback
 from tests.factories import DeliveryAggregateFactory, DeliveryFactory, ReportFactory, UserFactory
 from tests.workflows import freeze_hook, sample_workflow
-from tests.workflows.conftest import TEST_LEASE_SECONDS, effects, wait_for
+from tests.workflows.helpers import TEST_LEASE_SECONDS, effects, wait_for
 from tests.workflows.sample_workflow import QUICK_ID, SAMPLE_ID
 from workflows import commands, leases, reaper
 from workflows.context import RunFence, unit_committing

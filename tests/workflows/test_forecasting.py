@@ -18,7 +18,7 @@ from django.urls import reverse
 
 from campaign.models import AppSubscription, Delivery, DeliveryLog, ForecastLog, Profile, Quarantine
 from tests import factories
-from tests.workflows.conftest import fail_on_call
+from tests.workflows.helpers import fail_on_call
 from workflows import commands
 from workflows.builtin import forecasting
 from workflows.engine import RunRequest, execute

@@ -18,17 +18,14 @@ from werkzeug import Response
 from campaign.integrations.analytics import AnalyticsClient
 from campaign.models import DeliveryAggregate, KpiShareState
 from tests.factories import DeliveryFactory
-from tests.workflows.fake_analytics import (  # noqa: F401 - fixtures
+from tests.workflows.fake_analytics import (
     COLUMN,
     COUNTERS,
     aggregate,
-    deliveries,
     expected_batch_id,
     ledger,
     local_window_totals,
-    service,
     today,
-    waits,
     wire_row,
 )
 from workflows import commands, leases

@@ -17,20 +17,17 @@ from werkzeug import Response
 
 from campaign.integrations import analytics
 from campaign.models import DeliveryAggregate, ExternalAccount, KpiShareState
-from tests.workflows.fake_analytics import (  # noqa: F401 - fixtures
+from tests.workflows.fake_analytics import (
     APPLY_THEN_FAIL,
     COLUMN,
     COUNTERS,
     TOKEN,
     TOKEN_ENV,
     aggregate,
-    deliveries,
     expected_batch_id,
     ledger,
     local_window_totals,
-    service,
     today,
-    waits,
     wire_row,
 )
 from workflows import commands

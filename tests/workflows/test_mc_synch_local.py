@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from campaign.models import DeliveryLog, Event, EventHistory, EventStatus
 from tests import factories
-from tests.workflows.conftest import TEST_LEASE_SECONDS, fail_on_call, wait_for
+from tests.workflows.helpers import TEST_LEASE_SECONDS, fail_on_call, wait_for
 from workflows import commands
 from workflows.builtin import mc_synch_local
 from workflows.leases import ABANDONED

@@ -27,7 +27,7 @@ from tests.factories import (
     SuperUserFactory,
     UserFactory,
 )
-from tests.workflows.conftest import TEST_LEASE_SECONDS, wait_for
+from tests.workflows.helpers import TEST_LEASE_SECONDS, wait_for
 from workflows import commands
 from workflows.engine import RunRequest, execute
 from workflows.models import RunStatus, WorkflowRun
