@@ -739,7 +739,7 @@ class ReportShareForm(forms.ModelForm):
 
     class Meta:
         model = ReportShare
-        fields = "__all__"
+        fields = "__all__"  # noqa: DJ007 - the admin's fieldsets choose the fields shown
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

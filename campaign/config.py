@@ -226,7 +226,8 @@ def parse_site_url(env: Mapping[str, str]) -> str:
         return ""
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
-        raise ConfigError("SITE_URL", f"expected an http:// or https:// address such as https://campaign.example.com, got {raw!r}")
+        raise ConfigError("SITE_URL",
+                          f"expected an http:// or https:// address such as https://campaign.example.com, got {raw!r}")
     return raw.rstrip("/")
 
 
@@ -333,7 +334,8 @@ def parse_broker_url(env: Mapping[str, str]) -> str:
         # written %2F, so a second one is a typo ("/campaign/" would name "campaign/").
         vhost = parts.path[1:]
         if vhost != "/" and "/" in vhost:
-            raise ConfigError("CELERY_BROKER_URL", f"the virtual host must be // (RabbitMQ's default /) or /NAME, got {parts.path!r}")
+            raise ConfigError("CELERY_BROKER_URL",
+                              f"the virtual host must be // (RabbitMQ's default /) or /NAME, got {parts.path!r}")
     return url
 
 

@@ -311,8 +311,8 @@ DEFAULT_BOUNCE_RULES: tuple[tuple[int, str, int, int], ...] = (
     (10, r"suppression list|denylist|spam complaint", HARD, FailureReason.ON_DENYLIST),
     (
         20,
-        r"user unknown|unknown user|no such user|does not exist|recipientnotfound|doesn't have an? .* account"
-        r"|unknown subscriber|invalid destination address",
+        (r"user unknown|unknown user|no such user|does not exist|recipientnotfound|doesn't have an? .* account"
+         r"|unknown subscriber|invalid destination address"),
         HARD, FailureReason.USER_UNKNOWN,
     ),
     (25, r"unregistered", HARD, FailureReason.USER_UNKNOWN),
@@ -357,8 +357,8 @@ CHANNELS: dict[str, ChannelBehaviour] = {
         deferral_share=0.03,
         deferral_texts=(
             "421 4.7.0 Try again later, closing connection.",
-            "450 4.2.1 The user you are trying to contact is receiving mail at a rate that prevents additional "
-            "messages from being delivered.",
+            ("450 4.2.1 The user you are trying to contact is receiving mail at a rate that prevents additional "
+             "messages from being delivered."),
             "451 4.7.1 Greylisting in action, please come back later",
         ),
         transient_bounces=((EMAIL_REFUSED, 0.006), (EMAIL_UNREACHABLE, 0.006), (EMAIL_UNQUALIFIED, 0.001)),
@@ -1489,7 +1489,7 @@ class _DemoGenerator:
 
     def _open_delay(self) -> timedelta:
         draw = self.rng.random()
-        for share, mean in OPEN_DELAYS:
+        for share, mean in OPEN_DELAYS:  # noqa: B007 - `mean` is read after the loop: the bucket the draw fell in
             if draw < share:
                 break
             draw -= share

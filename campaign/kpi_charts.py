@@ -81,15 +81,17 @@ def line_chart(days: list[Day]) -> SafeString:
                                  f"{_x(i, len(days)):.1f}", f"{_y(float(getattr(day, name)), top):.1f}", colour, day.day,
                                  name.replace("_", " "), getattr(day, name))
                      for i, day in enumerate(days))
-    return _frame(mark_safe("".join(lines)), days, f"{top:.2f} %", LINE_SERIES, "line-chart")  # noqa: S308 - built by format_html
+    return _frame(mark_safe("".join(lines)), days, f"{top:.2f} %", LINE_SERIES, "line-chart")  # built by format_html
 
 
 def _frame(body: SafeString, days: list[Day], top_label: str, series: tuple, css_id: str) -> SafeString:
     labels = format_html_join("", '<text x="{}" y="{}" font-size="10" text-anchor="middle">{}</text>',
-                              ((f"{_x(i, len(days)):.1f}", HEIGHT - MARGIN + 14, day.day.strftime("%d %b")) for i, day in enumerate(days)
-                               if len(days) <= 14 or i % max(1, len(days) // 14) == 0))
-    legend = format_html_join("", '<rect x="{}" y="6" width="10" height="10" fill="{}"/><text x="{}" y="15" font-size="11">{}</text>',
-                              ((MARGIN + 150 * i, colour, MARGIN + 150 * i + 14, name.replace("_", " ")) for i, (name, colour) in enumerate(series)))
+                              ((f"{_x(i, len(days)):.1f}", HEIGHT - MARGIN + 14, day.day.strftime("%d %b"))
+                               for i, day in enumerate(days) if len(days) <= 14 or i % max(1, len(days) // 14) == 0))
+    legend = format_html_join("",
+                              '<rect x="{}" y="6" width="10" height="10" fill="{}"/><text x="{}" y="15" font-size="11">{}</text>',
+                              ((MARGIN + 150 * i, colour, MARGIN + 150 * i + 14, name.replace("_", " "))
+                               for i, (name, colour) in enumerate(series)))
     return format_html(
         '<svg id="{}" viewBox="0 0 {} {}" width="100%" style="max-width:{}px" role="img">'
         '<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="#999"/><text x="2" y="{}" font-size="10">{}</text>{}{}{}</svg>',

@@ -91,7 +91,7 @@ class Profile(models.Model):
         "declared id", max_length=64, null=True, blank=True, unique=True,
         help_text="Id known to the customer's own systems (CRM id), used to match shared audiences.",
     )
-    declared_id_sha256 = models.CharField(
+    declared_id_sha256 = models.CharField(  # noqa: DJ001 - NULL without a declared id: no hash to match
         "declared id (SHA-256)", max_length=64, null=True, blank=True, editable=False,
         help_text="Lower-case hex SHA-256 of the declared id, to match audiences that share hashed ids. "
                   "Kept by save(); importSharedAudience fills it for profiles written in bulk.",
@@ -182,7 +182,8 @@ class ABTest(models.Model):
         "remainder share (%)", default=80, validators=[MinValueValidator(1), MaxValueValidator(99)],
         help_text="Share of the target that receives the winner.",
     )
-    winner_sending = models.CharField("winner sending", max_length=16, choices=WinnerSending.choices, default=WinnerSending.AUTOMATIC)
+    winner_sending = models.CharField("winner sending", max_length=16, choices=WinnerSending.choices,
+                                      default=WinnerSending.AUTOMATIC)
     status = models.CharField("status", max_length=32, choices=Status.choices, default=Status.TESTING, db_index=True)
     winner_variant = models.CharField("winner variant", max_length=1, blank=True, help_text="Set by hand or by abTesting.")
     winner_chosen_by = models.ForeignKey(
@@ -274,7 +275,8 @@ class Delivery(models.Model):
         ABTest, on_delete=models.SET_NULL, null=True, blank=True, related_name="deliveries", verbose_name="A/B test",
     )
     scheduled_at = models.DateTimeField("scheduled", null=True, blank=True)
-    validity_end = models.DateTimeField("validity end", null=True, blank=True, help_text="Pending messages are cancelled after it.")
+    validity_end = models.DateTimeField("validity end", null=True, blank=True,
+                                        help_text="Pending messages are cancelled after it.")
     started_at = models.DateTimeField("started", null=True, blank=True)
     finished_at = models.DateTimeField("finished", null=True, blank=True)
     created_at = models.DateTimeField("created", default=timezone.now, editable=False)
@@ -356,7 +358,7 @@ class DeliveryLog(models.Model):
         return f"{self.address} ({self.get_status_display()})"
 
 
-class SendingFeedback(models.Model):
+class SendingFeedback(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns
     """Raw, append-only feedback from the sending side; consolidated by updateDeliveryExecInfo
     (cursor on ``id``)."""
 
@@ -377,7 +379,7 @@ class SendingFeedback(models.Model):
         verbose_name_plural = "sending feedback"
 
 
-class TrackingHit(models.Model):
+class TrackingHit(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns
     """Raw, append-only hit from the tracking side; consolidated by updateDeliveryExecInfo
     (cursor on ``id``)."""
 
@@ -393,7 +395,7 @@ class TrackingHit(models.Model):
         ordering = ["-id"]
 
 
-class TrackingLog(models.Model):
+class TrackingLog(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns
     """A consolidated open, click, opt-out or mirror-page view. Kept longer than the delivery log
     it points to, hence no database constraint on ``delivery_log``."""
 
@@ -529,11 +531,11 @@ class Event(EventFields):
         related_name="+", verbose_name="API key", editable=False,
         help_text="The key the event was sent with; the scope of its idempotency key.",
     )
-    idempotency_key = models.CharField(
+    idempotency_key = models.CharField(  # noqa: DJ001 - NULL without a key: outside the conditional unique constraint
         "idempotency key", max_length=IDEMPOTENCY_KEY_MAX_LENGTH, null=True, blank=True, editable=False,
         help_text="The request's Idempotency-Key (or the batch item's idempotency_key), unique per API key.",
     )
-    request_fingerprint = models.CharField(
+    request_fingerprint = models.CharField(  # noqa: DJ001 - NULL exactly when idempotency_key is
         "request fingerprint", max_length=64, null=True, blank=True, editable=False,
         help_text="SHA-256 of the event type and the canonical fields, in hexadecimal: a retry with the same "
                   "idempotency key must match it.",
@@ -613,7 +615,7 @@ class APIKey(models.Model):
         return self.revoked_at is None
 
 
-class DeliveryAggregate(models.Model):
+class DeliveryAggregate(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns
     """Per day, delivery and channel counters (reportingAggregates); the source of reports and
     KPI sharing."""
 
@@ -636,7 +638,7 @@ class DeliveryAggregate(models.Model):
         indexes = [models.Index(fields=["day"], name="aggregate_day_idx")]
 
 
-class SharedKpi(models.Model):
+class SharedKpi(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns
     """What the analytics service holds for one day and email delivery, as far as this instance
     told it: the sum of the increments it acknowledged (kpiSharing), or the totals it was brought
     to (kpiReconciliation). The service adds what it receives, so the next push sends the
@@ -653,7 +655,8 @@ class SharedKpi(models.Model):
     unique_clicks = models.IntegerField("unique clicks", default=0)
     unsubscribed = models.IntegerField("unsubscribed", default=0)
     bounces = models.IntegerField("bounces", default=0)
-    updated_at = models.DateTimeField("updated", auto_now=True, help_text="When the service last acknowledged a change of this row.")
+    updated_at = models.DateTimeField("updated", auto_now=True,
+                                      help_text="When the service last acknowledged a change of this row.")
 
     class Meta:
         ordering = ["-day", "delivery"]
@@ -736,7 +739,7 @@ class KpiShareState(models.Model):
         return self.pending_watermark_updated_at, self.pending_watermark_aggregate_id
 
 
-class ForecastLog(models.Model):
+class ForecastLog(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns
     """A contact the forecast expects a scheduled or provisional delivery to make."""
 
     delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="forecast_logs", verbose_name="delivery")
@@ -762,7 +765,8 @@ class Report(models.Model):
 
     label = models.CharField("label", max_length=200)
     kind = models.CharField("kind", max_length=32, choices=Kind.choices, default=Kind.DELIVERY_KPIS)
-    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, null=True, blank=True, related_name="reports", verbose_name="campaign")
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, null=True, blank=True, related_name="reports",
+                                 verbose_name="campaign")
     period_days = models.PositiveSmallIntegerField(
         "period (days)", default=30, validators=[MinValueValidator(1), MaxValueValidator(3660)],
         help_text="The report covers this many days up to its due time.",
@@ -800,11 +804,13 @@ class ReportShare(models.Model):
     day_of_week = models.PositiveSmallIntegerField(
         "day of week", null=True, blank=True, validators=[MaxValueValidator(6)], help_text="0 = Monday.",
     )
-    day_of_month = models.PositiveSmallIntegerField("day of month", null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(31)])
+    day_of_month = models.PositiveSmallIntegerField("day of month", null=True, blank=True,
+                                                    validators=[MinValueValidator(1), MaxValueValidator(31)])
     week_of_month = models.PositiveSmallIntegerField(
         "week of month", null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(5)], help_text="5 = last.",
     )
-    month = models.PositiveSmallIntegerField("month", null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(12)])
+    month = models.PositiveSmallIntegerField("month", null=True, blank=True,
+                                             validators=[MinValueValidator(1), MaxValueValidator(12)])
     start_date = models.DateField("start date", null=True, blank=True)
     end_date = models.DateField("end date", null=True, blank=True)
     recipients = models.ManyToManyField(settings.AUTH_USER_MODEL, related_name="report_shares", verbose_name="recipients")
@@ -827,7 +833,7 @@ class ReportShare(models.Model):
             raise ValidationError({"end_date": "The end date must not be before the start date."})
 
 
-class ReportSend(models.Model):
+class ReportSend(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns
     """One sending of a share for one due time; unique, so it is never sent twice."""
 
     class Status(models.TextChoices):
@@ -853,7 +859,7 @@ class ReportSend(models.Model):
         constraints = [models.UniqueConstraint(fields=["share", "due_at"], name="reportsend_share_due_uniq")]
 
 
-class CustomerMetrics(models.Model):
+class CustomerMetrics(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns
     """The billing activity report of one period (one row per period; a rerun updates it)."""
 
     period_start = models.DateField("period start")
@@ -935,7 +941,7 @@ class SharedAudience(models.Model):
         return self.name
 
 
-class AudienceMember(models.Model):
+class AudienceMember(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns
     class IdType(models.TextChoices):
         VISITOR = "visitor", "Visitor id"
         DECLARED = "declared", "Declared id"
@@ -984,7 +990,8 @@ class RuleSource(models.TextChoices):
 class BounceRule(models.Model):
     """Qualifies a raw bounce text: the first matching rule by priority gives type and reason."""
 
-    pattern = models.CharField("pattern", max_length=500, help_text="Regular expression matched against the raw error text, case-insensitive.")
+    pattern = models.CharField("pattern", max_length=500,
+                               help_text="Regular expression matched against the raw error text, case-insensitive.")
     failure_type = models.SmallIntegerField(
         "failure type", choices=[c for c in FailureType.choices if c[0] != FailureType.NONE],
     )

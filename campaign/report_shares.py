@@ -83,7 +83,7 @@ def check_recipients(users: Iterable) -> None:
 # -- creating shares and their schedule ----------------------------------------------------------
 
 def create_share(*, report: Report, recipients: Iterable, recurrence: str = Recurrence.NOW,
-                 created_by=None, **fields) -> ReportShare:  # noqa: ANN001 - a user model instance
+                 created_by=None, **fields) -> ReportShare:
     """Create a share with its recipients, its beat schedule, and (send now) its run on commit."""
     recipients = list(recipients)
     check_recipients(recipients)
@@ -205,7 +205,8 @@ def sync_schedule(share: ReportShare) -> PeriodicTask | None:
                                      overrides={"share_id": share.pk}, wait_for_lease_s=WAIT_FOR_LEASE_S),
         "one_off": clocked_at is not None,
         "enabled": share.enabled,
-        "start_time": datetime.combine(share.start_date, time(0), tzinfo=zone) if share.start_date and clocked_at is None else None,
+        "start_time": (datetime.combine(share.start_date, time(0), tzinfo=zone)
+                       if share.start_date and clocked_at is None else None),
         "expires": datetime.combine(share.end_date + timedelta(days=1), time(0), tzinfo=zone) if share.end_date else None,
         "description": f"Sends the report share #{share.pk} ({share.get_recurrence_display()}); managed from the share.",
         **schedule,
@@ -356,7 +357,7 @@ def send_share(share: ReportShare, due_at: datetime, *, run_id: int | None = Non
     if send is None:
         return None
     try:
-        recipients = [user for user in share.recipients.filter(is_active=True).exclude(email="").order_by("pk")]
+        recipients = list(share.recipients.filter(is_active=True).exclude(email="").order_by("pk"))
         if not recipients:
             raise ValueError("no recipient with an email address")
         report = share.report
@@ -378,7 +379,8 @@ def send_share(share: ReportShare, due_at: datetime, *, run_id: int | None = Non
     try:
         get_connection().send_messages(messages)
     except Exception as error:  # SMTP refused: nothing (or part) went out; the row says why
-        ReportSend.objects.filter(pk=send.pk).update(status=ReportSend.Status.FAILED, error=f"email: {type(error).__name__}: {error}")
+        ReportSend.objects.filter(pk=send.pk).update(status=ReportSend.Status.FAILED,
+                                                     error=f"email: {type(error).__name__}: {error}")
         raise
     now = timezone.now()
     ReportSend.objects.filter(pk=send.pk).update(status=ReportSend.Status.SENT, sent_at=now)
@@ -386,7 +388,7 @@ def send_share(share: ReportShare, due_at: datetime, *, run_id: int | None = Non
     return send
 
 
-def build_email(share: ReportShare, send: ReportSend, figures: reports.Figures, pdf: bytes, user) -> EmailMessage:  # noqa: ANN001
+def build_email(share: ReportShare, send: ReportSend, figures: reports.Figures, pdf: bytes, user) -> EmailMessage:
     report = share.report
     totals, rates = figures.totals, figures.rates
     lines = [

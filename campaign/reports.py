@@ -127,7 +127,8 @@ def collect_figures(report: Report, period: Period) -> Figures:
     ]
     by_delivery = [
         {"delivery": row["delivery__label"], "delivery_id": row["delivery_id"], **{name: row[name] or 0 for name in COUNTERS}}
-        for row in rows.values("delivery_id", "delivery__label").annotate(**sums).order_by("-sent", "delivery_id")[:MAX_DELIVERY_ROWS]
+        for row in rows.values("delivery_id", "delivery__label").annotate(**sums)
+                       .order_by("-sent", "delivery_id")[:MAX_DELIVERY_ROWS]
     ]
     return Figures(period=period, totals=totals, daily=daily, by_channel=by_channel, by_delivery=by_delivery,
                    rates=_rates(totals))
@@ -293,7 +294,8 @@ def render_report_pdf(report: Report, period: Period, *, figures: Figures | None
 
     story.append(Paragraph("Per channel", styles["Heading2"]))
     story.append(_table(["Channel", "Sent", "Delivered", "Bounces", "Unique opens", "Unique clicks", "Unsubscribes"], [
-        [row["channel"], row["sent"], row["delivered"], row["bounces"], row["unique_opens"], row["unique_clicks"], row["unsubscribes"]]
+        [row["channel"], row["sent"], row["delivered"], row["bounces"], row["unique_opens"], row["unique_clicks"],
+         row["unsubscribes"]]
         for row in figures.by_channel
     ] or [["(none)", 0, 0, 0, 0, 0, 0]]))
     if report.kind != Report.Kind.DAILY_AGGREGATES:

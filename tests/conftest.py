@@ -8,11 +8,16 @@ workflows and their schedules) for the tests after them.
 """
 
 import contextlib
+import ssl
+from collections.abc import Iterator
 
 import pytest
 import requests
 from django.conf import settings
 from django.db import connection
+from pytest_httpserver import HTTPServer
+
+from tests.https_server import Certificates, make_certificates
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -37,7 +42,7 @@ def is_postgres() -> bool:
 
 
 @pytest.fixture
-def httpserver(httpserver):  # noqa: ANN001, ANN201 - extends pytest-httpserver's fixture
+def httpserver(httpserver):
     """pytest-httpserver's server, settled at the end of each test.
 
     The server answers one request at a time, and a handler that drops the connection or answers
@@ -47,3 +52,34 @@ def httpserver(httpserver):  # noqa: ANN001, ANN201 - extends pytest-httpserver'
     yield httpserver
     with contextlib.suppress(requests.RequestException):
         requests.get(httpserver.url_for("/__settled__"), timeout=10)
+
+
+# -- an HTTPS server on loopback, trusted through a test CA (tests/https_server.py) -------------
+
+@pytest.fixture(scope="session")
+def tls_certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    return make_certificates(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="session")
+def https_server_session(tls_certificates: Certificates) -> Iterator[HTTPServer]:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tls_certificates.certificate, tls_certificates.key)
+    server = HTTPServer(host="localhost", port=0, ssl_context=context)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.clear()
+        if server.is_running():
+            server.stop()
+
+
+@pytest.fixture
+def https_server(https_server_session: HTTPServer, tls_certificates: Certificates,
+                 monkeypatch: pytest.MonkeyPatch) -> Iterator[HTTPServer]:
+    """The HTTPS server, trusted by ``requests`` for this test, cleared after it."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls_certificates.ca))
+    https_server_session.clear()
+    yield https_server_session
+    https_server_session.clear()

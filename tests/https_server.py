@@ -3,20 +3,17 @@
 A throw-away certificate authority and a server certificate for ``localhost`` / ``127.0.0.1`` are
 made with the ``openssl`` command (no extra Python package); the clients trust the test CA through
 ``REQUESTS_CA_BUNDLE``, which ``requests`` honours for every session — the same setting an operator
-uses for a service behind a private CA. Import the fixtures into a test module to use them.
+uses for a service behind a private CA. The fixtures (``https_server``) are in ``tests/conftest.py``.
 """
 
 from __future__ import annotations
 
 import shutil
-import ssl
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pytest_httpserver import HTTPServer
 
 SERVER_EXTENSIONS = """\
 subjectAltName = DNS:localhost, IP:127.0.0.1
@@ -49,32 +46,3 @@ def make_certificates(directory: Path) -> Certificates:
     openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
             "-out", "server.pem", "-days", "2", "-extfile", "server.ext")
     return Certificates(ca=directory / "ca.pem", certificate=directory / "server.pem", key=directory / "server.key")
-
-
-@pytest.fixture(scope="session")
-def tls_certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
-    return make_certificates(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture(scope="session")
-def https_server_session(tls_certificates: Certificates) -> Iterator[HTTPServer]:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(tls_certificates.certificate, tls_certificates.key)
-    server = HTTPServer(host="localhost", port=0, ssl_context=context)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.clear()
-        if server.is_running():
-            server.stop()
-
-
-@pytest.fixture
-def https_server(https_server_session: HTTPServer, tls_certificates: Certificates,
-                 monkeypatch: pytest.MonkeyPatch) -> Iterator[HTTPServer]:
-    """The HTTPS server, trusted by ``requests`` for this test, cleared after it."""
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls_certificates.ca))
-    https_server_session.clear()
-    yield https_server_session
-    https_server_session.clear()

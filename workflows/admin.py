@@ -481,9 +481,9 @@ class WorkflowAdmin(admin.ModelAdmin):
         info = self.opts.app_label, self.opts.model_name
         return [
             path("<path:object_id>/command/<str:command>/", self.admin_site.admin_view(self.command_view),
-                 name="%s_%s_command" % info),
+                 name="{}_{}_command".format(*info)),
             path("<path:object_id>/repair-schedule/", self.admin_site.admin_view(self.repair_schedule_view),
-                 name="%s_%s_repair_schedule" % info),
+                 name="{}_{}_repair_schedule".format(*info)),
             *super().get_urls(),
         ]
 

@@ -39,7 +39,8 @@ def set_state(workflow_id: str, state: str, action: str, *, user: AbstractBaseUs
               note: str = "") -> Workflow:
     """Change the workflow's state, enable or disable its schedule to match, and audit it."""
     with transaction.atomic():
-        workflow = Workflow.objects.select_for_update(of=("self",)).select_related("periodic_task").get(pk=get_definition(workflow_id).id)
+        workflow = (Workflow.objects.select_for_update(of=("self",)).select_related("periodic_task")
+                    .get(pk=get_definition(workflow_id).id))
         before = workflow.state
         paused_at = workflow.paused_at
         workflow.state = state

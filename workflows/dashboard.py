@@ -53,7 +53,8 @@ class Cell:
         when = timezone.localtime(self.hour).strftime("%a %d %b %H:00")
         if not self.counts:
             return f"{when}: no run"
-        detail = ", ".join(f"{count} {status}" for status, count in sorted(self.counts.items(), key=lambda i: SEVERITY.index(i[0])))
+        detail = ", ".join(f"{count} {status}"
+                           for status, count in sorted(self.counts.items(), key=lambda i: SEVERITY.index(i[0])))
         return f"{when}: {detail}"
 
     @property

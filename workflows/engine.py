@@ -95,7 +95,8 @@ class RunRequest:
     on_progress: Callable[[WorkflowRun], None] | None = None
 
 
-def journal(workflow_id: str, message: str, *, run: WorkflowRun | None = None, activity: str = "", level: str = LogLevel.INFO) -> None:
+def journal(workflow_id: str, message: str, *,
+            run: WorkflowRun | None = None, activity: str = "", level: str = LogLevel.INFO) -> None:
     WorkflowLog.objects.create(workflow_id=workflow_id, run=run, activity=activity, level=level, message=message)
 
 
@@ -373,7 +374,7 @@ def _run_activities(
     except SoftTimeLimitExceeded:
         _end_activity(current, ActivityStatus.FAILED, "time limit exceeded")
         return _fail(definition, workflow, run, f"time limit of {definition.soft_time_limit_s}s exceeded", final=True)
-    except Exception as error:  # noqa: BLE001 - every failure is recorded, then classified
+    except Exception as error:  # every failure is recorded, then classified
         if not connection.in_atomic_block:
             close_old_connections()  # a lost database connection is replaced before recording
         if not _still_holds(fence):
@@ -494,7 +495,7 @@ def _release_quietly(workflow_id: str, run_id: int) -> None:
     """Release the lease; if the database is gone, the lease simply expires."""
     try:
         leases.release(workflow_id, run_id)
-    except Exception:  # noqa: BLE001 - the lease expiring is the designed fallback
+    except Exception:  # the lease expiring is the designed fallback
         logger.warning("could not release the lease of %s (run #%s); it will expire", workflow_id, run_id)
 
 

@@ -304,7 +304,8 @@ def overdue_workflows(*, grace_s: int, now: datetime | None = None) -> list[Over
         task = workflow.periodic_task
         due_at = _next_due_at(task, now=now)
         if due_at is not None and (now - due_at).total_seconds() > grace_s:
-            overdue.append(Overdue(workflow.id, "scheduled run not sent", due_at, (now - due_at).total_seconds(), task.last_run_at))
+            overdue.append(Overdue(workflow.id, "scheduled run not sent", due_at, (now - due_at).total_seconds(),
+                                   task.last_run_at))
     return overdue
 
 

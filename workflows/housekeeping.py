@@ -64,7 +64,8 @@ def report_long_pauses(*, now: datetime | None = None) -> list[str]:
     reported = []
     for workflow in due:
         days = (now - workflow.paused_at).days
-        message = f"{workflow.pk} has been paused for {days} days (since {workflow.paused_at:%Y-%m-%d %H:%M %Z}); its work is not being done."
+        message = (f"{workflow.pk} has been paused for {days} days (since {workflow.paused_at:%Y-%m-%d %H:%M %Z}); "
+                   "its work is not being done.")
         WorkflowLog.objects.create(workflow=workflow, level=LogLevel.WARNING, message=message)
         notify_supervisors(workflow, subject=f"Workflow {workflow.pk} paused for {days} days", body=message)
         Workflow.objects.filter(pk=workflow.pk).update(paused_reported_at=now)

@@ -183,11 +183,12 @@ class LogLevel(models.TextChoices):
     ERROR = "error", "Error"
 
 
-class WorkflowLog(models.Model):
+class WorkflowLog(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns
     """The journal: what each run did, in words an operator can act on."""
 
     workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="journal", verbose_name="workflow")
-    run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, null=True, blank=True, related_name="journal", verbose_name="run")
+    run = models.ForeignKey(WorkflowRun, on_delete=models.CASCADE, null=True, blank=True, related_name="journal",
+                            verbose_name="run")
     activity = models.CharField("activity", max_length=100, blank=True)
     level = models.CharField("level", max_length=8, choices=LogLevel.choices, default=LogLevel.INFO)
     message = models.TextField("message")
@@ -200,7 +201,7 @@ class WorkflowLog(models.Model):
         indexes = [models.Index(fields=["workflow", "logged_at"], name="journal_workflow_time_idx")]
 
 
-class WorkflowAudit(models.Model):
+class WorkflowAudit(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns
     """Who did which command or edit on which workflow, with the edited fields before and after."""
 
     workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="audit", verbose_name="workflow")
@@ -217,7 +218,7 @@ class WorkflowAudit(models.Model):
         verbose_name_plural = "audit trail"
 
 
-class RunTally(models.Model):
+class RunTally(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns
     """What the runs cleanup purged had counted, per workflow: ``/metrics`` adds it to the runs
     still recorded, so its counters never go down when old runs are removed (Prometheus would read
     a decrease as a counter reset). Written in the transaction that deletes the runs."""
@@ -231,7 +232,7 @@ class RunTally(models.Model):
         verbose_name_plural = "tallies of purged runs"
 
 
-class SchedulerHeartbeat(models.Model):
+class SchedulerHeartbeat(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns
     """Written by beat at each tick (see :mod:`workflows.scheduler`) so /healthz can tell whether
     the one beat process is alive."""
 
@@ -240,7 +241,7 @@ class SchedulerHeartbeat(models.Model):
     hostname = models.CharField("host", max_length=200, blank=True)
 
 
-class BeatLease(models.Model):
+class BeatLease(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns
     """Which beat process dispatches: any number may run, the holder of this lease alone sends the
     scheduled messages (see :mod:`workflows.beat_leader`). One row."""
 
@@ -256,7 +257,7 @@ class BeatLease(models.Model):
         verbose_name = "beat lease"
 
 
-class BeatProcess(models.Model):
+class BeatProcess(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns
     """A beat process seen recently, leader or standby, with its last heartbeat."""
 
     name = models.CharField("process", max_length=200, primary_key=True, help_text="host:pid")

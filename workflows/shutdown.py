@@ -56,14 +56,14 @@ def stopping() -> bool:
 
 
 def _ask_for_handover(signum: int, frame: Any) -> None:
-    global _asked_at  # noqa: PLW0603 - set from a signal handler, read at unit boundaries
+    global _asked_at  # set from a signal handler, read at unit boundaries
     logger.warning("asked to stop: the run hands over at its next unit boundary")
     _asked_at = time.monotonic()
 
 
 @worker_process_init.connect(dispatch_uid="workflows.shutdown.pool_process")
 def _in_pool(**kwargs: Any) -> None:
-    global _in_pool_process  # noqa: PLW0603 - one flag per process, set once when it starts
+    global _in_pool_process  # one flag per process, set once when it starts
     _in_pool_process = True
 
 

@@ -134,7 +134,8 @@ def _bounce_rule(item: Any, *, where: str) -> BounceRuleSpec:
     try:
         compile_pattern(pattern)
     except re.error as error:
-        raise ServiceError(f"malformed answer: {where}.pattern {pattern!r:.80} is not a valid regular expression: {error}") from None
+        raise ServiceError(
+            f"malformed answer: {where}.pattern {pattern!r:.80} is not a valid regular expression: {error}") from None
     failure_type, failure_reason, priority = item["failure_type"], item["failure_reason"], item["priority"]
     expect(_is_int(failure_type) and failure_type in FAILURE_TYPES,
            f"{where}.failure_type: expected 1 (soft), 2 (hard) or 3 (ignored), got {failure_type!r:.40}")

@@ -9,7 +9,7 @@ from django.contrib.auth.hashers import make_password
 from django.db import migrations
 
 
-def create_billing_user(apps, schema_editor) -> None:  # noqa: ANN001 - migration signature
+def create_billing_user(apps, schema_editor) -> None:
     app_label, model_name = settings.AUTH_USER_MODEL.split(".")
     User = apps.get_model(app_label, model_name)
     if not User.objects.filter(username="billing").exists():

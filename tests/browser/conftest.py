@@ -20,7 +20,7 @@ CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-
 
 
 @pytest.fixture
-def browser(tmp_path) -> Iterator[object]:  # noqa: ANN001
+def browser(tmp_path) -> Iterator[object]:
     if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
         if os.environ.get("REQUIRE_BROWSER") == "1":
             pytest.fail(f"{CHROMIUM} and {CHROMEDRIVER} are required (apt-get install chromium chromium-driver)")

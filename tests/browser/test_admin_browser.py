@@ -31,7 +31,7 @@ PASSWORD = "browser-test-password"
 
 
 @pytest.fixture
-def logged_in(browser, live_server, django_user_model):  # noqa: ANN001
+def logged_in(browser, live_server, django_user_model):
     django_user_model.objects.create_superuser("admin", "admin@example.com", PASSWORD)
     browser.get(f"{live_server.url}/admin/login/")
     browser.find_element(By.NAME, "username").send_keys("admin")
@@ -41,7 +41,7 @@ def logged_in(browser, live_server, django_user_model):  # noqa: ANN001
     return browser
 
 
-def wait(browser, condition, timeout: float = 30):  # noqa: ANN001, ANN201
+def wait(browser, condition, timeout: float = 30):
     return WebDriverWait(browser, timeout).until(condition)
 
 
@@ -66,7 +66,7 @@ def add_run_history() -> None:
     WorkflowRun.objects.bulk_create(runs)
 
 
-def test_dashboard_shows_every_workflow_and_its_heat_map(logged_in, live_server):  # noqa: ANN001
+def test_dashboard_shows_every_workflow_and_its_heat_map(logged_in, live_server):
     browser = logged_in
     add_run_history()
     browser.get(f"{live_server.url}/admin/workflows/dashboard/")
@@ -80,7 +80,7 @@ def test_dashboard_shows_every_workflow_and_its_heat_map(logged_in, live_server)
     browser.save_screenshot(str(SCREENSHOTS / "dashboard.png"))
 
 
-def test_pausing_a_workflow_changes_its_badge(logged_in, live_server):  # noqa: ANN001
+def test_pausing_a_workflow_changes_its_badge(logged_in, live_server):
     browser = logged_in
     browser.get(f"{live_server.url}/admin/workflows/workflow/")
     row = browser.find_element(By.XPATH, "//tr[.//a[text()='cleanup']]")
@@ -95,7 +95,7 @@ def test_pausing_a_workflow_changes_its_badge(logged_in, live_server):  # noqa: 
     browser.save_screenshot(str(SCREENSHOTS / "workflow-list-paused.png"))
 
 
-def test_run_now_shows_the_run_and_its_journal(logged_in, live_server, settings):  # noqa: ANN001
+def test_run_now_shows_the_run_and_its_journal(logged_in, live_server, settings):
     browser = logged_in
     env = {"DATABASE_URL": current_database_url(), "SECRET_KEY": settings.SECRET_KEY}
     with WorkerProcess(queues=["celery"], env=env):
@@ -113,7 +113,7 @@ def test_run_now_shows_the_run_and_its_journal(logged_in, live_server, settings)
     browser.save_screenshot(str(SCREENSHOTS / "run-page.png"))
 
 
-def test_an_invalid_crontab_is_refused_with_its_message(logged_in, live_server):  # noqa: ANN001
+def test_an_invalid_crontab_is_refused_with_its_message(logged_in, live_server):
     browser = logged_in
     browser.get(f"{live_server.url}/admin/workflows/workflow/cleanup/change/")
     field = browser.find_element(By.NAME, "schedule_crontab")

@@ -306,7 +306,8 @@ def test_tracking_log_of_a_purged_delivery_log_stays_listed_and_viewable(superus
     assert change_page.status_code == 200
 
 
-@pytest.mark.parametrize("model", [SendingFeedback, TrackingHit, TrackingLog], ids=["SendingFeedback", "TrackingHit", "TrackingLog"])
+@pytest.mark.parametrize("model", [SendingFeedback, TrackingHit, TrackingLog],
+                         ids=["SendingFeedback", "TrackingHit", "TrackingLog"])
 def test_raw_and_tracking_rows_are_searched_by_delivery_log_id(superuser_client: Client, model: type[models.Model]) -> None:
     wanted = ROW_FACTORIES[model]()
     ROW_FACTORIES[model]()
@@ -348,7 +349,7 @@ def test_delivery_change_form_shows_indicators_read_only(superuser_client: Clien
     response = superuser_client.get(admin_url(Delivery, "change", delivery.pk))
 
     adminform = response.context["adminform"]
-    fieldsets = {name: options for name, options in adminform.fieldsets}
+    fieldsets = dict(adminform.fieldsets)
     assert "Indicators" in fieldsets
     assert {"sent", "delivered", "open_rate", "indicators_updated_at"} <= set(adminform.readonly_fields)
     assert not {"sent", "delivered", "open_rate"} & set(adminform.form.fields)

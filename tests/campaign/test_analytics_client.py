@@ -17,7 +17,7 @@ from campaign.integrations.analytics import ROW_KEYS, AnalyticsClient, KpiRow, b
 from campaign.integrations.http import ConfigurationError, ServiceError, ServiceUnavailable
 from campaign.models import ExternalAccount
 
-TOKEN = "client-token-8d2e4b6a0c"  # noqa: S105 - a test value, checked never to leak
+TOKEN = "client-token-8d2e4b6a0c"  # a test value, checked never to leak
 TOKEN_ENV = "CAMPAIGN_TOKEN_TEST_ANALYTICS_CLIENT"
 MAY_1, MAY_2 = date(2024, 5, 1), date(2024, 5, 2)
 

@@ -14,7 +14,7 @@ from tests import factories
 pytestmark = pytest.mark.django_db
 
 
-def tokens(queryset) -> set[str]:  # noqa: ANN001
+def tokens(queryset) -> set[str]:
     return set(queryset.values_list("device_token", flat=True))
 
 

@@ -61,7 +61,8 @@ ACCEPTED = [
     ({"email": "ann@example.com", "phone": "+33612345678", "channel": "sms"},
      {"email": "ann@example.com", "phone": "+33612345678", "channel": "sms", "payload": {}}),
     ({"phone": "+33612345678", "channel": "push"}, {"email": "", "phone": "+33612345678", "channel": "push", "payload": {}}),
-    ({"email": "ann@example.com", "channel": "push"}, {"email": "ann@example.com", "phone": "", "channel": "push", "payload": {}}),
+    ({"email": "ann@example.com", "channel": "push"},
+     {"email": "ann@example.com", "phone": "", "channel": "push", "payload": {}}),
     ({"email": "ann@example.com", "context": {"order": {"id": 42, "items": [{"sku": "A", "qty": 2}], "gift": True,
                                                           "note": None, "total": 12.5, "name": "Zoë 🎁"}}},
      {"email": "ann@example.com", "phone": "", "channel": "email",
@@ -395,7 +396,8 @@ def test_admin_add_shows_the_key_once_and_stores_its_hash(admin_client, admin_us
     assert len(shown) == 1
     key = shown[0].removeprefix("The key of 'crm' is ").split(" ")[0]
     api_key = APIKey.objects.get(name="crm")
-    assert (api_key.key_hash, api_key.prefix, api_key.created_by) == (hashlib.sha256(key.encode()).hexdigest(), key[:8], admin_user)
+    assert (api_key.key_hash, api_key.prefix, api_key.created_by) \
+        == (hashlib.sha256(key.encode()).hexdigest(), key[:8], admin_user)
     assert post(client, {"email": "ann@example.com"}, key=key).status_code == 202
 
     change = admin_client.get(reverse("admin:campaign_apikey_change", args=[api_key.pk]))

@@ -192,7 +192,8 @@ def test_concurrent_batches_sharing_keys_store_each_key_once():
             rotated = events[offset:] + events[:offset]
             response = send(Client(), key, {"events": rotated})
             assert response.status_code == 202, response.content
-            by_key = {event["idempotency_key"]: answer["id"] for event, answer in zip(rotated, response.json()["events"])}
+            by_key = {event["idempotency_key"]: answer["id"]
+                      for event, answer in zip(rotated, response.json()["events"], strict=True)}
             answers.append([by_key[f"k{n}"] for n in range(50)])
         finally:
             connection.close()

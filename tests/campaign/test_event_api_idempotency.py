@@ -127,7 +127,9 @@ def test_an_invalid_idempotency_key_is_refused_400(client, key, value):
     assert Event.objects.count() == 0
 
 
-@pytest.mark.parametrize("value", ["a", "x" * 255, "order 42 / retry", "~!@#$%^&*()_+{}|:\"<>?`-=[]\\;',./", "550e8400-e29b-41d4"])
+@pytest.mark.parametrize("value", [
+    "a", "x" * 255, "order 42 / retry", "~!@#$%^&*()_+{}|:\"<>?`-=[]\\;',./", "550e8400-e29b-41d4",
+])
 def test_printable_ascii_keys_up_to_255_characters_are_accepted(client, key, value):
     first = send(client, key, {"email": "ann@example.com"}, idempotency_key=value)
     again = send(client, key, {"email": "ann@example.com"}, idempotency_key=value)

@@ -191,7 +191,8 @@ def test_under_gunicorn_chunked_bodies_are_read_within_the_limit_and_bad_bytes_g
     key = api.create_api_key(name="crm")[1]
     with gunicorn(workers=1, threads=2, production=production) as (base, log):
         accepted = raw_http(base, chunked(URL, key, json.dumps({"email": "ann@example.com", "context": {"n": 1}}).encode()))
-        over = raw_http(base, chunked(URL, key, json.dumps({"email": "ann@example.com", "context": {"pad": "x" * 70_000}}).encode(),
+        over = raw_http(base, chunked(URL, key,
+                                      json.dumps({"email": "ann@example.com", "context": {"pad": "x" * 70_000}}).encode(),
                                       chunk_size=4096))
         batch = raw_http(base, chunked(f"{URL}/batch", key, json.dumps({"events": [{"phone": "+33612345678"}] * 3}).encode()))
         refused = [

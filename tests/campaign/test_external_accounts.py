@@ -29,7 +29,6 @@ from campaign.integrations.audience import AudienceClient
 from campaign.integrations.http import ConfigurationError, ServiceClient, ServiceError
 from campaign.models import ExternalAccount
 from tests import factories
-from tests.https_server import https_server, https_server_session, tls_certificates  # noqa: F401 - fixtures
 
 TOKEN = "accounts-token-7c1e9b3d5a"  # a test value, checked never to leak
 TOKEN_ENV = "CAMPAIGN_TOKEN_TEST_EXTERNAL_ACCOUNTS"
@@ -307,7 +306,7 @@ def test_loopback_http_carries_the_token_when_the_setting_is_on(httpserver: HTTP
     httpserver.check_assertions()
 
 
-def test_https_carries_the_token_whatever_the_development_setting(https_server: HTTPServer, token: str,  # noqa: F811
+def test_https_carries_the_token_whatever_the_development_setting(https_server: HTTPServer, token: str,
                                                                   settings: Settings) -> None:
     settings.INTEGRATIONS_ALLOW_LOOPBACK_HTTP = False
     https_server.expect_request("/api/kpis", headers={"Authorization": f"Bearer {TOKEN}"}).respond_with_json({"rows": []})
@@ -344,7 +343,7 @@ def test_a_redirect_to_another_origin_is_not_followed_and_gets_no_token(httpserv
 
 
 def test_an_https_redirect_down_to_plain_http_on_the_same_host_is_not_followed(
-    https_server: HTTPServer, httpserver: HTTPServer, token: str,  # noqa: F811
+    https_server: HTTPServer, httpserver: HTTPServer, token: str,
 ) -> None:
     # Both listen on loopback: "localhost" over TLS, and plain http on 127.0.0.1 / another port.
     httpserver.expect_request("/api/kpis").respond_with_json({"rows": []})

@@ -18,9 +18,8 @@ from campaign.integrations.audience import AudienceClient, Member, MembersPage
 from campaign.integrations.deliverability import BounceRuleSpec, DeliverabilityClient, DomainRuleSpec, MxRuleSpec
 from campaign.integrations.http import MAX_ATTEMPTS, ConfigurationError, ServiceError, ServiceUnavailable
 from campaign.models import ExternalAccount
-from tests.https_server import https_server, https_server_session, tls_certificates  # noqa: F401 - fixtures
 
-TOKEN = "clients-token-5f1c9a7e3b"  # noqa: S105 - a test value, checked never to leak
+TOKEN = "clients-token-5f1c9a7e3b"  # a test value, checked never to leak
 TOKEN_ENV = "CAMPAIGN_TOKEN_TEST_INTEGRATION_CLIENTS"
 
 
@@ -49,7 +48,7 @@ def audience_client(httpserver: HTTPServer, token: str, waits: list[float]) -> A
 
 
 @pytest.fixture
-def rules_client(https_server: HTTPServer, token: str, waits: list[float]) -> DeliverabilityClient:  # noqa: F811
+def rules_client(https_server: HTTPServer, token: str, waits: list[float]) -> DeliverabilityClient:
     return DeliverabilityClient(account(ExternalAccount.Kind.DELIVERABILITY, https_server.url_for("/api/")))
 
 
@@ -226,7 +225,9 @@ def test_rules_are_fetched_over_https_and_returned_validated(rules_client, https
 
     rules = rules_client.fetch_rules()
 
-    assert rules.bounce_rules == [BounceRuleSpec(r"user (unknown|not found)", 2, 1, 10), BounceRuleSpec("quota exceeded", 1, 5, 20)]
+    assert rules.bounce_rules == [
+        BounceRuleSpec(r"user (unknown|not found)", 2, 1, 10), BounceRuleSpec("quota exceeded", 1, 5, 20),
+    ]
     assert rules.mx_rules == [MxRuleSpec("*.mail.example.com", 5, 3600, {"tls": "required"}), MxRuleSpec("mx.other.example")]
     assert rules.domain_rules == [DomainRuleSpec("example.com", {"max_per_hour": 100}), DomainRuleSpec("example.org")]
     https_server.check_assertions()

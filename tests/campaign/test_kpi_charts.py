@@ -16,7 +16,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def delivery():  # noqa: ANN201
+def delivery():
     delivery = factories.DeliveryFactory()
     for offset, (sent, delivered, opens, clicks) in enumerate([(100, 96, 24, 3), (50, 49, 0, 0), (10, 7, 7, 7)]):
         DeliveryAggregate.objects.create(day=datetime.date(2026, 11, 20 + offset), delivery=delivery, channel="email",

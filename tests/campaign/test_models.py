@@ -73,7 +73,7 @@ def test_codes_are_stored_as_plain_integers() -> None:
 # --- Unique rows --------------------------------------------------------------------------------
 
 
-def assert_refused_as_duplicate(create) -> None:  # noqa: ANN001 - a zero-argument callable
+def assert_refused_as_duplicate(create) -> None:
     with pytest.raises(IntegrityError), transaction.atomic():
         create()
 

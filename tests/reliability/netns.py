@@ -140,7 +140,7 @@ class Forwarder:
         self.process = subprocess.Popen(
             ["socat", f"TCP-LISTEN:{port},bind={host},fork,reuseaddr", f"TCP:{target[0]}:{target[1]}"],
             stdout=subprocess.DEVNULL, stderr=log_path.open("ab"), start_new_session=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - one prctl call, no lock taken
+            preexec_fn=_die_with_parent,  # one prctl call, no lock taken
         )
 
     def wait_listening(self) -> None:
@@ -272,7 +272,8 @@ class Host:
 
     def run(self, argv: Sequence[str], *, timeout: float = 30) -> subprocess.CompletedProcess[str]:
         """Run a short command inside the namespace and return its result."""
-        return subprocess.run(["ip", "netns", "exec", self.name, *argv], capture_output=True, text=True, timeout=timeout, check=False)
+        return subprocess.run(["ip", "netns", "exec", self.name, *argv],
+                              capture_output=True, text=True, timeout=timeout, check=False)
 
     def __repr__(self) -> str:
         return f"Host({self.name}, {self.inside_address})"
@@ -295,7 +296,7 @@ class Hosts:
         for host in reversed(self.created):
             try:
                 host.delete()
-            except Exception as error:  # noqa: BLE001 - delete every host, then report
+            except Exception as error:  # delete every host, then report
                 errors.append(f"{host.name}: {error}")
         self.created.clear()
         if errors:

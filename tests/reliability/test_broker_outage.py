@@ -33,7 +33,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from campaign.models import Campaign, Delivery, SendingFeedback
 from tests.reliability.conftest import Cluster, forwarded_url, wait_for
 from tests.workflows import sample_workflow
-from tests.workflows.conftest import effects
+from tests.workflows.helpers import effects
 from tests.workflows.sample_workflow import QUICK_ID, SAMPLE_ID, SAMPLE_QUEUE
 from workflows.models import FINAL_RUN_STATUSES, RunStatus, Workflow, WorkflowRun
 from workflows.schedules import ensure_workflow
@@ -66,7 +66,8 @@ def wait_listening(port: int, process: subprocess.Popen[bytes], log: Path) -> No
             if probe.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.1)
-    raise RuntimeError(f"the broker did not listen on {port} within {BROKER_READY_TIMEOUT_S} s:\n{log.read_text(errors='replace')}")
+    raise RuntimeError(f"the broker did not listen on {port} within {BROKER_READY_TIMEOUT_S} s:\n"
+                       f"{log.read_text(errors='replace')}")
 
 
 class BrokerServer:
@@ -317,4 +318,5 @@ def test_worker_and_beat_ride_through_a_broker_outage_and_lose_no_run(cluster: C
     reconnect_s = max(0.0, reconnected - (back_local - killed_local).total_seconds())
     print(f"{broker.kind}: outage {outage_s:.1f} s (restart {restart_s:.1f} s), worker reconnected {reconnect_s:.1f} s "
           f"after the broker was back, first run after it done "
-          f"{recovered_s:.1f} s after the broker was back (queueing it took a CLI start); runs of the sample workflow: {statuses}")
+          f"{recovered_s:.1f} s after the broker was back (queueing it took a CLI start); "
+          f"runs of the sample workflow: {statuses}")

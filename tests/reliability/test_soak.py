@@ -189,7 +189,8 @@ def copy_database(source: str, target: str) -> None:
 def control_url(name: str) -> str:
     params = connection.settings_dict
     password = f":{params['PASSWORD']}" if params.get("PASSWORD") else ""
-    return f"postgres://{params.get('USER') or 'postgres'}{password}@{params.get('HOST') or '127.0.0.1'}:{params.get('PORT') or 5432}/{name}"
+    user, host, port = params.get("USER") or "postgres", params.get("HOST") or "127.0.0.1", params.get("PORT") or 5432
+    return f"postgres://{user}{password}@{host}:{port}/{name}"
 
 
 def overlaps() -> tuple[int, list[str]]:
@@ -279,7 +280,7 @@ def test_soak_with_a_fault_at_a_steady_pace_loses_and_doubles_nothing(cluster: C
         while first_slot <= last_slot:
             slots.append(first_slot)
             first_slot += datetime.timedelta(minutes=1)
-        for task, counts in per_task.items():
+        for counts in per_task.values():
             for slot in slots:
                 sends[min(counts[slot], 2)] += 1
         missed = [(task, slot) for task, counts in per_task.items() for slot in slots if counts[slot] == 0]
@@ -314,7 +315,8 @@ def test_soak_with_a_fault_at_a_steady_pace_loses_and_doubles_nothing(cluster: C
     print(f"soak: runs {dict(runs)}; overlaps explained by a takeover {taken_over}; drained in {drain_s:.1f} s")
     print(f"soak: slots {len(slots)} x {len(tasks)} tasks: sent once {sends[1]}, missed {len(missed)}, "
           f"sent twice {len(doubled)}, duplicates skipped by the engine {dedup_skips}")
-    not_succeeded = sorted({(wid, f"{status}: {reason}") for wid, status, reason in final_passes[-1] if status != RunStatus.SUCCEEDED})
+    not_succeeded = sorted({(wid, f"{status}: {reason}")
+                            for wid, status, reason in final_passes[-1] if status != RunStatus.SUCCEEDED})
     print(f"soak: settled after {len(final_passes)} canonical passes (the control after {control_passes}); in the last "
           f"pass not succeeded: {not_succeeded}")
     print(f"soak: rows compared with the control {rows - sum(soaked[t][0] for t in differing)}/{rows} in {len(tables)} "

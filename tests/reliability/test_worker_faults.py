@@ -29,7 +29,7 @@ from tests.reliability.conftest import (
     wait_for,
 )
 from tests.workflows import sample_workflow
-from tests.workflows.conftest import effects
+from tests.workflows.helpers import effects
 from tests.workflows.sample_workflow import SAMPLE_ID, SAMPLE_QUEUE
 from workflows import commands, leases, reaper
 from workflows.models import ActivityRun, ActivityStatus, RunStatus, Workflow, WorkflowLog, WorkflowRun

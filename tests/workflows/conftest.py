@@ -1,26 +1,25 @@
-"""Fixtures for the engine's tests: the sample workflow and a real Celery worker process."""
+"""Fixtures for the engine's tests: the sample workflow and a real Celery worker process; and for
+the KPI tests, the fake analytics service (``fake_analytics.py``). Helpers are in ``helpers.py``."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
-from campaign.models import Campaign, Delivery, SendingFeedback, TrackingLog
+from campaign.integrations import analytics
+from campaign.models import Campaign, Channel, Delivery, ExternalAccount, SendingFeedback
+from tests.factories import CampaignFactory, DeliveryFactory, ExternalAccountFactory
 from tests.workflows import sample_workflow
-from workflows.models import WorkflowRun
+from tests.workflows.fake_analytics import TOKEN, TOKEN_ENV, FakeAnalytics
+from tests.workflows.helpers import TEST_LEASE_SECONDS
 from workflows.schedules import ensure_workflow
 from workflows.worker_process import WorkerProcess
 from workflows.worker_process import current_database_url as database_url
 
-#: Short enough that a takeover test waits seconds, long enough that a live run renews in time.
-TEST_LEASE_SECONDS = 4
-
 
 @pytest.fixture
-def sample(db, settings):  # noqa: ANN001 - pytest fixtures
+def sample(db, settings):
     """The sample workflow's row, the delivery its effects point to, and 50 source rows."""
     settings.WORKFLOW_LEASE_SECONDS = TEST_LEASE_SECONDS
     workflow = ensure_workflow(sample_workflow.definition)
@@ -33,39 +32,8 @@ def sample(db, settings):  # noqa: ANN001 - pytest fixtures
     return workflow
 
 
-def wait_for(condition: Callable[[], bool], *, what: str, timeout: float = 60) -> None:
-    """Poll ``condition`` (a real worker doing something) until it holds; fail saying what and
-    with the runs recorded so far."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    runs = list(WorkflowRun.objects.values_list("pk", "workflow_id", "status", "reason"))
-    raise AssertionError(f"timed out waiting for {what}; runs: {runs}")
-
-
-def fail_on_call(number: int, real: Callable[..., Any]) -> Callable[..., Any]:
-    """``real``, except that its ``number``-th call raises: a crash between two batches."""
-    calls = {"n": 0}
-
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == number:
-            raise RuntimeError("simulated crash")
-        return real(*args, **kwargs)
-
-    return wrapper
-
-
-def effects() -> tuple[int, int]:
-    """(effect rows, distinct sources among them): equal and complete when exactly-once held."""
-    rows = TrackingLog.objects.filter(url__startswith="sample:")
-    return rows.count(), rows.values("url").distinct().count()
-
-
 @pytest.fixture
-def worker(transactional_db, settings) -> Iterator[WorkerProcess]:  # noqa: ANN001
+def worker(transactional_db, settings) -> Iterator[WorkerProcess]:
     """A real worker on the sample workflow's queue, talking to the test database."""
     env = {
         "SECRET_KEY": settings.SECRET_KEY,
@@ -78,3 +46,31 @@ def worker(transactional_db, settings) -> Iterator[WorkerProcess]:  # noqa: ANN0
         yield process
     finally:
         process.stop()
+
+
+# -- the KPI tests' fake analytics service ---------------------------------------------------------
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The client's waits between attempts, recorded instead of slept."""
+    recorded: list[float] = []
+    monkeypatch.setattr(analytics, "wait", recorded.append)
+    return recorded
+
+
+@pytest.fixture
+def service(db, httpserver, monkeypatch, waits) -> FakeAnalytics:
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    ExternalAccountFactory(name="analytics", kind=ExternalAccount.Kind.ANALYTICS, base_url=httpserver.url_for("/"),
+                           token_env=TOKEN_ENV, enabled=True, timeout_s=5)
+    return FakeAnalytics(httpserver, TOKEN)
+
+
+@pytest.fixture
+def deliveries(db) -> dict[str, Delivery]:
+    campaign = CampaignFactory(label="Spring sale")
+    return {
+        "news": DeliveryFactory(label="Newsletter", campaign=campaign),
+        "reminder": DeliveryFactory(label="Reminder", campaign=campaign),
+        "receipt": DeliveryFactory(label="Receipts (May)", campaign=None, kind=Delivery.Kind.TRANSACTIONAL),
+        "sms": DeliveryFactory(label="SMS promo", campaign=campaign, channel=Channel.SMS),
+    }

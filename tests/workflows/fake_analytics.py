@@ -1,6 +1,6 @@
 """An analytics service as the protocol describes it, on pytest-httpserver (a real HTTP server on
-loopback), and the fixtures and independent expectations shared by the kpiSharing and
-kpiReconciliation tests.
+loopback), and the independent expectations shared by the kpiSharing and kpiReconciliation tests
+(their fixtures are in ``conftest.py``).
 
 The service adds the counters of each pushed row to its totals per (date, delivery_id), applies a batch id
 once (a replay answers the same ``accepted`` and adds nothing), answers ``GET /kpis`` with its
@@ -16,16 +16,13 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-import pytest
 from django.utils import timezone
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from campaign.integrations import analytics
-from campaign.models import Channel, Delivery, DeliveryAggregate, ExternalAccount, SharedKpi
-from tests.factories import CampaignFactory, DeliveryFactory, ExternalAccountFactory
+from campaign.models import Channel, Delivery, DeliveryAggregate, SharedKpi
 
-TOKEN = "analytics-token-3f9c1a7e5b"  # noqa: S105 - a test value, checked never to leak
+TOKEN = "analytics-token-3f9c1a7e5b"  # a test value, checked never to leak
 TOKEN_ENV = "CAMPAIGN_TOKEN_TEST_KPI_ANALYTICS"
 COUNTERS = ("sent", "delivered", "opened", "unique_opens", "clicked", "unique_clicks", "unsubscribed", "bounces")
 # protocol name → DeliveryAggregate column, written out again here rather than imported
@@ -111,34 +108,7 @@ class FakeAnalytics:
         return Response(json.dumps({"rows": rows}), content_type="application/json")
 
 
-# -- fixtures and expectations shared by the KPI tests -------------------------------------------
-@pytest.fixture
-def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The client's waits between attempts, recorded instead of slept."""
-    recorded: list[float] = []
-    monkeypatch.setattr(analytics, "wait", recorded.append)
-    return recorded
-
-
-@pytest.fixture
-def service(db, httpserver, monkeypatch, waits) -> FakeAnalytics:  # noqa: ANN001 - pytest fixtures
-    monkeypatch.setenv(TOKEN_ENV, TOKEN)
-    ExternalAccountFactory(name="analytics", kind=ExternalAccount.Kind.ANALYTICS, base_url=httpserver.url_for("/"),
-                           token_env=TOKEN_ENV, enabled=True, timeout_s=5)
-    return FakeAnalytics(httpserver, TOKEN)
-
-
-@pytest.fixture
-def deliveries(db) -> dict[str, Delivery]:  # noqa: ANN001
-    campaign = CampaignFactory(label="Spring sale")
-    return {
-        "news": DeliveryFactory(label="Newsletter", campaign=campaign),
-        "reminder": DeliveryFactory(label="Reminder", campaign=campaign),
-        "receipt": DeliveryFactory(label="Receipts (May)", campaign=None, kind=Delivery.Kind.TRANSACTIONAL),
-        "sms": DeliveryFactory(label="SMS promo", campaign=campaign, channel=Channel.SMS),
-    }
-
-
+# -- expectations shared by the KPI tests -------------------------------------------------------
 def today() -> date:
     return timezone.localdate()
 

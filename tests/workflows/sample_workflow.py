@@ -42,7 +42,8 @@ def consume(ctx: ActivityContext) -> None:
     ctx.set_progress_total(SendingFeedback.objects.filter(id__gt=ctx.get_cursor("source", 0)).count())
 
     def step(cursor: int, limit: int) -> Batch:
-        ids = list(SendingFeedback.objects.filter(id__gt=cursor, id__lte=last).order_by("id").values_list("id", flat=True)[:limit])
+        ids = list(SendingFeedback.objects.filter(id__gt=cursor, id__lte=last)
+                   .order_by("id").values_list("id", flat=True)[:limit])
         TrackingLog.objects.bulk_create(
             TrackingLog(delivery_log_id=source_id, delivery_id=delivery_id, url_type=UrlType.CLICK, url=f"sample:{source_id}")
             for source_id in ids
@@ -70,7 +71,8 @@ definition = register(WorkflowDefinition(
         DurationProperty("sleep_ms", 0, minimum=0, maximum=10_000, unit="ms",
                          help="Pause inside each batch, to catch a run mid-way."),
         BooleanProperty("fail", False, help="Make the first activity fail."),
-        IntegerProperty("wait_for_skips", 0, minimum=0, maximum=1_000, help="Hold the first activity until this many runs were skipped."),
+        IntegerProperty("wait_for_skips", 0, minimum=0, maximum=1_000,
+                        help="Hold the first activity until this many runs were skipped."),
     ),
     soft_time_limit_s=120,
     hard_time_limit_s=150,

@@ -11,7 +11,7 @@ from campaign import reports
 _render_report_pdf = reports.render_report_pdf
 
 
-def _slow_render_report_pdf(*args, **kwargs) -> bytes:  # noqa: ANN002, ANN003
+def _slow_render_report_pdf(*args, **kwargs) -> bytes:
     time.sleep(float(os.environ.get("SLOW_RENDER_S", "30")))
     return _render_report_pdf(*args, **kwargs)
 

@@ -71,7 +71,8 @@ def expected() -> dict:
     start, end = datetime(2026, 2, 1, tzinfo=PARIS), datetime(2026, 3, 1, tzinfo=PARIS)
     active_start = datetime(2025, 3, 1, tzinfo=PARIS)
     rows = logs()
-    counted = [row for row in rows if start <= utc(row[2]) < end and row[3] in (SENT, FAILED) and DELIVERIES[row[0]][1] != Delivery.Kind.PROOF]
+    counted = [row for row in rows
+               if start <= utc(row[2]) < end and row[3] in (SENT, FAILED) and DELIVERIES[row[0]][1] != Delivery.Kind.PROOF]
     messages: dict[str, dict[str, int]] = defaultdict(lambda: {"messages": 0, "retries": 0, "total": 0})
     for row in counted:
         messages[DELIVERIES[row[0]][0]]["messages"] += 1
@@ -106,7 +107,7 @@ def expected() -> dict:
 
 
 @pytest.fixture
-def dataset(db, settings):  # noqa: ANN001
+def dataset(db, settings):
     settings.TIME_ZONE = "Europe/Paris"
     create_billing_user()
     deliveries = {key: DeliveryFactory(label=key, channel=channel, kind=kind) for key, (channel, kind) in DELIVERIES.items()}
@@ -144,7 +145,7 @@ def create_billing_user() -> None:
     migration.create_billing_user(apps, None)
 
 
-def test_billing_user_migration_creates_it_once_with_no_usable_password(db, settings) -> None:  # noqa: ANN001
+def test_billing_user_migration_creates_it_once_with_no_usable_password(db, settings) -> None:
     get_user_model().objects.filter(username="billing").delete()
     create_billing_user()
     create_billing_user()
@@ -152,7 +153,7 @@ def test_billing_user_migration_creates_it_once_with_no_usable_password(db, sett
     assert not user.has_usable_password() and user.email == settings.BILLING_EMAIL and not user.is_staff
 
 
-def test_figures_match_an_independent_computation(dataset) -> None:  # noqa: ANN001
+def test_figures_match_an_independent_computation(dataset) -> None:
     want = expected()
     # Sanity of the dataset itself: the cases the test is about are present.
     assert want["active_profiles"] == 6  # p1 (targeted twice) .. p5 once each, + the anonymous transactional group
@@ -169,7 +170,7 @@ def test_figures_match_an_independent_computation(dataset) -> None:  # noqa: ANN
     assert metrics.database_size_bytes > 0
 
 
-def test_database_size_on_postgresql_is_pg_database_size(db, is_postgres) -> None:  # noqa: ANN001
+def test_database_size_on_postgresql_is_pg_database_size(db, is_postgres) -> None:
     from django.db import connection
 
     if not is_postgres:
@@ -180,7 +181,7 @@ def test_database_size_on_postgresql_is_pg_database_size(db, is_postgres) -> Non
     assert abs(billing.database_size_bytes() - size) < 1024 * 1024
 
 
-def test_report_is_emailed_once_per_period_with_the_pdf(dataset) -> None:  # noqa: ANN001
+def test_report_is_emailed_once_per_period_with_the_pdf(dataset) -> None:
     want = expected()
     for _ in range(2):
         run = commands.run_now("billing", actor="test", sync=True, overrides={"month": "2026-02"})
@@ -200,7 +201,7 @@ def test_report_is_emailed_once_per_period_with_the_pdf(dataset) -> None:  # noq
     assert resent.status == RunStatus.SUCCEEDED and len(mail.outbox) == 2
 
 
-def test_rerun_updates_the_periods_row(dataset) -> None:  # noqa: ANN001
+def test_rerun_updates_the_periods_row(dataset) -> None:
     commands.run_now("billing", actor="test", sync=True, overrides={"month": "2026-02"})
     before = CustomerMetrics.objects.get()
     DeliveryLog.objects.create(delivery=dataset["sms"], address="+33600000000", created_at=utc("2026-02-20 10:00"), status=SENT)
@@ -211,7 +212,7 @@ def test_rerun_updates_the_periods_row(dataset) -> None:  # noqa: ANN001
     assert after.computed_at > before.computed_at
 
 
-def test_missing_billing_user_skips_the_email(dataset) -> None:  # noqa: ANN001
+def test_missing_billing_user_skips_the_email(dataset) -> None:
     get_user_model().objects.filter(username="billing").delete()
     run = commands.run_now("billing", actor="test", sync=True, overrides={"month": "2026-02"})
     assert run.status == RunStatus.SKIPPED and "billing" in run.reason

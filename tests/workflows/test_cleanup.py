@@ -11,8 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from datetime import date, datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -69,13 +68,13 @@ from workflows.models import (
     WorkflowRun,
 )
 
-NOW = datetime(2026, 6, 15, 12, 0, tzinfo=dt_timezone.utc)
+NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 SECOND = timedelta(seconds=1)
 FINISHED, FAILED = Delivery.State.FINISHED, Delivery.State.FAILED
 
 
 @pytest.fixture
-def frozen(db, time_machine):  # noqa: ANN001 - pytest fixtures
+def frozen(db, time_machine):
     time_machine.move_to(NOW, tick=False)
     return NOW
 
@@ -154,7 +153,7 @@ def test_a_changed_retention_moves_the_boundary(frozen):
 def test_an_aggregate_day_goes_once_its_last_second_is_past_retention(db, time_machine):
     day = date(2025, 6, 1)
     aggregate = DeliveryAggregateFactory(day=day)
-    day_ends = datetime(2025, 6, 2, tzinfo=dt_timezone.utc)  # instance time zone: UTC
+    day_ends = datetime(2025, 6, 2, tzinfo=UTC)  # instance time zone: UTC
 
     time_machine.move_to(day_ends + timedelta(days=360) - SECOND, tick=False)
     assert run_cleanup().counters["delivery_aggregates_removed"] == 0
@@ -488,7 +487,7 @@ def test_a_failing_activity_stops_the_later_ones_and_the_journal_says_which(froz
     statuses = dict(ActivityRun.objects.filter(run=run).values_list("name", "status"))
     names = cleanup.definition.activity_names
     failed_at = names.index("purge_events")
-    assert statuses == {**{name: ActivityStatus.SUCCEEDED for name in names[:failed_at]}, "purge_events": ActivityStatus.FAILED}
+    assert statuses == {**dict.fromkeys(names[:failed_at], ActivityStatus.SUCCEEDED), "purge_events": ActivityStatus.FAILED}
     assert not DeliveryLog.objects.filter(pk=log.pk).exists(), "the activities before it ran"
     assert Event.objects.filter(pk=event.pk).exists() and EventHistory.objects.filter(pk=archived.pk).exists()
     message = WorkflowLog.objects.get(run=run, activity="purge_events", level=LogLevel.ERROR, message__startswith="Activity")

@@ -24,7 +24,6 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from tests.workflows.conftest import database_url
 from workflows import commands, schedules
 from workflows.context import ActivityContext
 from workflows.definition import WorkflowDefinition, all_definitions, register
@@ -33,6 +32,7 @@ from workflows.models import RunStatus, Trigger, Workflow, WorkflowAudit, Workfl
 from workflows.properties import IntegerProperty
 from workflows.schedules import ensure_workflow, sync_workflows
 from workflows.serializers import ACTIVITY_KEYS, RUN_KEYS, SCHEDULE_KEYS, WORKFLOW_KEYS
+from workflows.worker_process import current_database_url as database_url
 
 #: The platform's workflow ids.
 BUILTIN_IDS = {
@@ -640,7 +640,8 @@ def test_run_sync_draws_a_progress_bar_only_on_a_terminal(db: None, stream: type
     SendingFeedback.objects.bulk_create(SendingFeedback(delivery_log_id=i, outcome="delivered") for i in range(1, 31))
 
     stderr = stream()
-    call_command("workflow", "run", sample_workflow.SAMPLE_ID, "--sync", "--set", "batch_size=10", stdout=StringIO(), stderr=stderr)
+    call_command("workflow", "run", sample_workflow.SAMPLE_ID, "--sync", "--set", "batch_size=10",
+                 stdout=StringIO(), stderr=stderr)
 
     output = stderr.getvalue()
     assert ("\r[##########--------------------] 10 / 30 rows (33%)" in output) is drawn

@@ -35,14 +35,13 @@ from tests.factories import (
     MxRuleFactory,
     SendingFeedbackFactory,
 )
-from tests.https_server import https_server, https_server_session, tls_certificates  # noqa: F401 - fixtures
 from workflows import commands
 from workflows.builtin import deliverability_update as module
 from workflows.builtin import update_delivery_exec_info
 from workflows.models import ActivityRun, RunStatus, WorkflowLog, WorkflowRun
 
 ID = module.WORKFLOW_ID
-TOKEN = "deliverability-token-7c2a9e41b8"  # noqa: S105 - a test value, checked never to leak
+TOKEN = "deliverability-token-7c2a9e41b8"  # a test value, checked never to leak
 TOKEN_ENV = "CAMPAIGN_TOKEN_TEST_DELIVERABILITY_UPDATE"
 LOCAL, SERVICE = RuleSource.LOCAL, RuleSource.SERVICE
 HARD, SOFT, IGNORED = FailureType.HARD, FailureType.SOFT, FailureType.IGNORED
@@ -83,7 +82,8 @@ def snapshot() -> dict[str, list[tuple[Any, ...]]]:
 def rules_now() -> dict[str, set[tuple[Any, ...]]]:
     return {
         "bounce": set(BounceRule.objects.values_list("pattern", "failure_type", "failure_reason", "priority", "source")),
-        "mx": {(mask, connections, per_hour, json.dumps(options, sort_keys=True), source) for mask, connections, per_hour, options, source
+        "mx": {(mask, connections, per_hour, json.dumps(options, sort_keys=True), source)
+               for mask, connections, per_hour, options, source
                in MxRule.objects.values_list("mx_mask", "max_connections", "max_messages_per_hour", "options", "source")},
         "domain": {(domain, json.dumps(options, sort_keys=True), source)
                    for domain, options, source in DomainRule.objects.values_list("domain", "options", "source")},
@@ -98,14 +98,14 @@ def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 @pytest.fixture
-def account(db, https_server: HTTPServer, monkeypatch: pytest.MonkeyPatch, waits: list[float]) -> ExternalAccount:  # noqa: ANN001, F811
+def account(db, https_server: HTTPServer, monkeypatch: pytest.MonkeyPatch, waits: list[float]) -> ExternalAccount:
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     return ExternalAccountFactory(name="deliverability", kind=ExternalAccount.Kind.DELIVERABILITY,
                                   base_url=https_server.url_for("/api/"), token_env=TOKEN_ENV, timeout_s=2, enabled=True)
 
 
 @pytest.fixture
-def current_rules(db) -> None:  # noqa: ANN001
+def current_rules(db) -> None:
     """Rules from the previous update (service) and rules an operator added (local)."""
     BounceRuleFactory(pattern="user unknown", failure_type=HARD, failure_reason=FailureReason.USER_UNKNOWN, priority=10,
                       source=SERVICE)
@@ -260,13 +260,14 @@ def bounce(**overrides: Any) -> dict[str, Any]:
     ("{not json", "answered a body that is not JSON"),
     ([], "malformed answer: GET /rules: expected an object, got a list"),
     ({"bounce_rules": [], "mx_rules": []}, "malformed answer: GET /rules: no 'domain_rules' in the answer"),
-    (bounce(pattern="quota (exceeded"), "malformed answer: GET /rules bounce_rules[1].pattern 'quota (exceeded' is not a valid "
-                                         "regular expression: missing ), unterminated subpattern at position 6"),
+    (bounce(pattern="quota (exceeded"), ("malformed answer: GET /rules bounce_rules[1].pattern 'quota (exceeded' is not a valid "
+                                         "regular expression: missing ), unterminated subpattern at position 6")),
     (bounce(failure_type=4), "malformed answer: GET /rules bounce_rules[1].failure_type: expected 1 (soft), 2 (hard) or 3"),
     (bounce(failure_reason=42), "malformed answer: GET /rules bounce_rules[1].failure_reason: expected one of"),
     (bounce(priority="high"), "malformed answer: GET /rules bounce_rules[1].priority: expected an integer, got 'high'"),
     ({**RULES, "mx_rules": [{"mx_mask": 3}]}, "malformed answer: GET /rules mx_rules[0].mx_mask"),
-    ({**RULES, "domain_rules": [{"domain": "a.example"}, {"domain": "a.example"}]}, "domain_rules[1]: domain 'a.example' already"),
+    ({**RULES, "domain_rules": [{"domain": "a.example"}, {"domain": "a.example"}]},
+     "domain_rules[1]: domain 'a.example' already"),
 ], ids=["not-json", "list", "missing-list", "bad-regex", "failure-type", "failure-reason", "priority", "mx-mask", "dup-domain"])
 def test_a_malformed_answer_fails_the_run_and_writes_nothing(account, current_rules, https_server, body, reason):
     https_server.expect_request("/api/rules").respond_with_data(body if isinstance(body, str) else json.dumps(body),
@@ -328,7 +329,8 @@ def test_update_delivery_exec_info_qualifies_bounces_with_the_new_rules(account,
     exec_info = commands.run_now(update_delivery_exec_info.WORKFLOW_ID, actor="test", sync=True)
     assert exec_info.status == RunStatus.SUCCEEDED, exec_info.reason
     first.refresh_from_db()
-    assert (first.status, first.failure_type, first.failure_reason) == (LogStatus.FAILED, HARD, FailureReason.REFUSED)  # old "quota"
+    # Still the old "quota" rule's qualification.
+    assert (first.status, first.failure_type, first.failure_reason) == (LogStatus.FAILED, HARD, FailureReason.REFUSED)
 
     https_server.expect_request("/api/rules").respond_with_json(RULES)
     assert run().status == RunStatus.SUCCEEDED

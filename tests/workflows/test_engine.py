@@ -11,7 +11,7 @@ from django.db import close_old_connections, connection
 from django.utils import timezone
 
 from campaign.models import SendingFeedback
-from tests.workflows.conftest import effects
+from tests.workflows.helpers import effects
 from tests.workflows.sample_workflow import SAMPLE_ID
 from workflows import commands, leases
 from workflows import definition as definition_module
@@ -71,7 +71,7 @@ def _count_to(rows: int):
         taken = min(limit, rows - position)
         return Batch(rows=taken, cursor=position + taken, counters={"rows": taken})
 
-    def activity(ctx) -> None:  # noqa: ANN001
+    def activity(ctx) -> None:
         ctx.set_progress_total(rows)
         ctx.batches(None, step, start=0, batch_size=2)
 
@@ -248,7 +248,7 @@ def test_success_resets_the_consecutive_errors(sample):
 def test_transient_failure_is_raised_for_a_retry_and_not_counted(sample, monkeypatch):
     from tests.workflows import sample_workflow
 
-    def flaky(ctx):  # noqa: ANN001
+    def flaky(ctx):
         raise TransientError("analytics answered 503")
 
     flaky.__name__ = "prepare"
@@ -347,7 +347,7 @@ def test_simultaneous_triggers_give_one_run_and_skip_the_others(sample):
         try:
             barrier.wait()
             execute(RunRequest(workflow_id=SAMPLE_ID, trigger=Trigger.SCHEDULE))
-        except BaseException as error:  # noqa: BLE001 - collected and asserted below
+        except BaseException as error:  # collected and asserted below
             errors.append(error)
         finally:
             close_old_connections()
@@ -432,7 +432,7 @@ def test_an_activity_can_skip_the_run_with_a_reason(sample, monkeypatch):
     from tests.workflows import sample_workflow
     from workflows.context import SkipRun
 
-    def no_account(ctx):  # noqa: ANN001
+    def no_account(ctx):
         raise SkipRun("no enabled analytics account")
 
     no_account.__name__ = "prepare"

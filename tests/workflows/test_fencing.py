@@ -21,7 +21,7 @@ from campaign import report_shares
 from campaign.models import Channel, ReportSend, ReportShare, SendingFeedback
 from tests.factories import DeliveryAggregateFactory, DeliveryFactory, ReportFactory, UserFactory
 from tests.workflows import freeze_hook, sample_workflow
-from tests.workflows.conftest import TEST_LEASE_SECONDS, effects, wait_for
+from tests.workflows.helpers import TEST_LEASE_SECONDS, effects, wait_for
 from tests.workflows.sample_workflow import QUICK_ID, SAMPLE_ID
 from workflows import commands, leases, reaper
 from workflows.context import RunFence, unit_committing
@@ -132,7 +132,7 @@ def test_the_reaper_closes_a_running_run_that_holds_no_lease(sample, time_machin
 
 
 # -- real workers ----------------------------------------------------------------------------------
-def worker_env(settings, **extra: str) -> dict[str, str]:  # noqa: ANN001
+def worker_env(settings, **extra: str) -> dict[str, str]:
     return {
         "SECRET_KEY": settings.SECRET_KEY,
         "DATABASE_URL": database_url(),

@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from campaign.models import DeliveryLog, Event, FailureReason, FailureType, Quarantine, TrackingLog
 from tests.factories import DeliveryLogFactory, EventFactory, QuarantineFactory, TrackingLogFactory
-from tests.workflows.conftest import TEST_LEASE_SECONDS, wait_for
+from tests.workflows.helpers import TEST_LEASE_SECONDS, wait_for
 from workflows import commands, leases
 from workflows.builtin import cleanup
 from workflows.models import ActivityRun, ActivityStatus, RunStatus, Workflow, WorkflowLog, WorkflowRun

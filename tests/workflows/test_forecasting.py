@@ -18,7 +18,7 @@ from django.urls import reverse
 
 from campaign.models import AppSubscription, Delivery, DeliveryLog, ForecastLog, Profile, Quarantine
 from tests import factories
-from tests.workflows.conftest import fail_on_call
+from tests.workflows.helpers import fail_on_call
 from workflows import commands
 from workflows.builtin import forecasting
 from workflows.engine import RunRequest, execute
@@ -187,12 +187,12 @@ def counters_of(expected: dict[Key, Row]) -> dict[str, int]:
 
 
 @pytest.fixture
-def frozen(time_machine):  # noqa: ANN001 - pytest fixture
+def frozen(time_machine):
     time_machine.move_to(NOW, tick=False)
 
 
 @pytest.fixture
-def data(db, frozen) -> Dataset:  # noqa: ANN001
+def data(db, frozen) -> Dataset:
     return build()
 
 

@@ -46,13 +46,13 @@ def broker_down(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         assert celery_app.conf.broker_url == saved, "the broker override leaked into later tests"
 
 
-def get_health(client) -> tuple[int, dict]:  # noqa: ANN001 - pytest-django client
+def get_health(client) -> tuple[int, dict]:
     response = client.get("/healthz")
     assert response["Content-Type"] == "application/json"
     return response.status_code, response.json()
 
 
-def test_healthz_is_200_when_database_broker_and_beat_are_fine(client, healthy) -> None:  # noqa: ANN001
+def test_healthz_is_200_when_database_broker_and_beat_are_fine(client, healthy) -> None:
     status, body = get_health(client)
 
     assert status == 200, body
@@ -64,19 +64,19 @@ def test_healthz_is_200_when_database_broker_and_beat_are_fine(client, healthy) 
         assert check["message"]
 
 
-def test_healthz_needs_no_login_and_is_never_cached(client, healthy) -> None:  # noqa: ANN001
+def test_healthz_needs_no_login_and_is_never_cached(client, healthy) -> None:
     response = client.get("/healthz")
 
     assert response.status_code == 200
     assert "no-store" in response["Cache-Control"]
 
 
-def test_healthz_refuses_other_methods_than_get(client) -> None:  # noqa: ANN001
+def test_healthz_refuses_other_methods_than_get(client) -> None:
     assert client.post("/healthz").status_code == 405
     assert client.delete("/healthz").status_code == 405
 
 
-def test_healthz_is_503_when_the_broker_is_unreachable(client, healthy, broker_down) -> None:  # noqa: ANN001
+def test_healthz_is_503_when_the_broker_is_unreachable(client, healthy, broker_down) -> None:
     status, body = get_health(client)
 
     assert status == 503
@@ -88,14 +88,14 @@ def test_healthz_is_503_when_the_broker_is_unreachable(client, healthy, broker_d
     assert body["checks"]["broker"]["ms"] < health.BROKER_TIMEOUT_S * 2 * 1000
 
 
-def test_healthz_never_shows_the_broker_password(client, healthy, broker_down) -> None:  # noqa: ANN001
+def test_healthz_never_shows_the_broker_password(client, healthy, broker_down) -> None:
     response = client.get("/healthz")
 
     assert response.status_code == 503
     assert b"not-for-your-eyes" not in response.content
 
 
-def test_filesystem_broker_fails_when_its_folder_is_missing(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+def test_filesystem_broker_fails_when_its_folder_is_missing(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("CELERY_BROKER_URL", raising=False)  # it would win over the app's conf
     folder = tmp_path / "queue"
     app = celery_app.__class__("probe", set_as_current=False)
@@ -111,7 +111,7 @@ def test_filesystem_broker_fails_when_its_folder_is_missing(tmp_path, monkeypatc
     assert present.ok is True
 
 
-def test_healthz_is_503_when_beat_never_ticked(client, healthy) -> None:  # noqa: ANN001
+def test_healthz_is_503_when_beat_never_ticked(client, healthy) -> None:
     SchedulerHeartbeat.objects.all().delete()
 
     status, body = get_health(client)
@@ -123,7 +123,7 @@ def test_healthz_is_503_when_beat_never_ticked(client, healthy) -> None:  # noqa
     assert beat["last_tick_at"] is None
 
 
-def test_healthz_is_503_when_the_heartbeat_is_older_than_the_threshold(client, healthy) -> None:  # noqa: ANN001
+def test_healthz_is_503_when_the_heartbeat_is_older_than_the_threshold(client, healthy) -> None:
     ticked_at = datetime.datetime(2030, 3, 4, 10, 0, 0, tzinfo=datetime.UTC)
     with time_machine.travel(ticked_at, tick=False):
         SchedulerHeartbeat.objects.update_or_create(pk=1, defaults={"beat_at": timezone.now()})
@@ -142,7 +142,7 @@ def test_healthz_is_503_when_the_heartbeat_is_older_than_the_threshold(client, h
     assert stale["checks"]["beat"]["age_s"] == limit + 1
 
 
-def test_beat_threshold_comes_from_the_setting_else_the_default(settings) -> None:  # noqa: ANN001
+def test_beat_threshold_comes_from_the_setting_else_the_default(settings) -> None:
     SchedulerHeartbeat.objects.update_or_create(pk=1, defaults={"beat_at": timezone.now() - datetime.timedelta(seconds=200)})
 
     settings.WORKFLOW_BEAT_STALE_SECONDS = None  # unset in the environment
@@ -153,7 +153,7 @@ def test_beat_threshold_comes_from_the_setting_else_the_default(settings) -> Non
     assert health.check_beat().ok is False
 
 
-def test_overdue_grace_comes_from_the_setting_else_the_default(settings) -> None:  # noqa: ANN001
+def test_overdue_grace_comes_from_the_setting_else_the_default(settings) -> None:
     settings.WORKFLOW_OVERDUE_GRACE_SECONDS = None
     assert health.check_workflows().details["grace_s"] == health.DEFAULT_OVERDUE_GRACE_SECONDS
     settings.WORKFLOW_OVERDUE_GRACE_SECONDS = 42
@@ -167,7 +167,7 @@ def every_quarter_hour(workflow_id: str) -> PeriodicTask:
     return task
 
 
-def test_a_started_workflow_whose_slot_passed_beyond_the_grace_is_listed_overdue(client, healthy) -> None:  # noqa: ANN001
+def test_a_started_workflow_whose_slot_passed_beyond_the_grace_is_listed_overdue(client, healthy) -> None:
     task = every_quarter_hour("kpiSharing")
     last_run = datetime.datetime(2030, 3, 4, 12, 0, 0, tzinfo=datetime.UTC)
     grace = health.DEFAULT_OVERDUE_GRACE_SECONDS
@@ -194,7 +194,7 @@ def test_a_started_workflow_whose_slot_passed_beyond_the_grace_is_listed_overdue
     assert body["checks"]["beat"]["ok"] is True
 
 
-def test_a_paused_workflow_is_never_overdue(healthy) -> None:  # noqa: ANN001
+def test_a_paused_workflow_is_never_overdue(healthy) -> None:
     task = every_quarter_hour("kpiSharing")
     PeriodicTask.objects.filter(pk=task.pk).update(last_run_at=timezone.now() - datetime.timedelta(days=2))
     Workflow.objects.filter(pk="kpiSharing").update(state=WorkflowState.PAUSED)
@@ -202,7 +202,7 @@ def test_a_paused_workflow_is_never_overdue(healthy) -> None:  # noqa: ANN001
     assert health.overdue_workflows(grace_s=300) == []
 
 
-def test_a_started_workflow_with_a_disabled_schedule_is_reported_as_drift_not_as_overdue(client, healthy) -> None:  # noqa: ANN001
+def test_a_started_workflow_with_a_disabled_schedule_is_reported_as_drift_not_as_overdue(client, healthy) -> None:
     PeriodicTask.objects.filter(name="cleanup").update(enabled=False)
 
     status, body = get_health(client)
@@ -214,7 +214,7 @@ def test_a_started_workflow_with_a_disabled_schedule_is_reported_as_drift_not_as
     ]
 
 
-def test_a_schedule_never_fired_counts_from_its_last_change(healthy) -> None:  # noqa: ANN001
+def test_a_schedule_never_fired_counts_from_its_last_change(healthy) -> None:
     task = every_quarter_hour("kpiSharing")
     changed_at = timezone.now() - datetime.timedelta(hours=3)
     PeriodicTask.objects.filter(pk=task.pk).update(last_run_at=None, date_changed=changed_at)
@@ -229,7 +229,7 @@ def test_a_schedule_never_fired_counts_from_its_last_change(healthy) -> None:  #
 # --- schedule drift -----------------------------------------------------------------------------
 
 def test_a_deleted_periodic_task_turns_healthz_to_503_naming_the_workflow_and_repair_restores_it(
-    client, healthy,  # noqa: ANN001
+    client, healthy,
 ) -> None:
     workflow = Workflow.objects.get(pk="billing")
     schedules.set_crontab(workflow, "15 3 * * 1-5", "Europe/Paris")
@@ -254,7 +254,7 @@ def test_a_deleted_periodic_task_turns_healthz_to_503_naming_the_workflow_and_re
     assert (schedules.crontab_text(task.crontab), str(task.crontab.timezone)) == ("15 3 * * 1-5", "Europe/Paris")
 
 
-def test_a_schedule_sending_another_task_is_named_with_both_task_names(healthy) -> None:  # noqa: ANN001
+def test_a_schedule_sending_another_task_is_named_with_both_task_names(healthy) -> None:
     PeriodicTask.objects.filter(name="cleanup").update(task="workflows.billing")
 
     result = health.check_schedules()
@@ -267,7 +267,7 @@ def test_a_schedule_sending_another_task_is_named_with_both_task_names(healthy) 
 
 
 @pytest.mark.parametrize("command", [commands.pause, commands.stop])
-def test_the_disabled_schedule_of_a_paused_or_stopped_workflow_is_no_drift(client, healthy, command) -> None:  # noqa: ANN001
+def test_the_disabled_schedule_of_a_paused_or_stopped_workflow_is_no_drift(client, healthy, command) -> None:
     command("kpiSharing", actor="test")
     assert PeriodicTask.objects.get(name="kpiSharing").enabled is False
 
@@ -277,7 +277,7 @@ def test_the_disabled_schedule_of_a_paused_or_stopped_workflow_is_no_drift(clien
     assert body["checks"]["schedules"]["drift"] == []
 
 
-def test_an_enabled_schedule_of_a_paused_workflow_is_drift(healthy) -> None:  # noqa: ANN001
+def test_an_enabled_schedule_of_a_paused_workflow_is_drift(healthy) -> None:
     commands.pause("kpiSharing", actor="test")
     PeriodicTask.objects.filter(name="kpiSharing").update(enabled=True)  # e.g. the beat admin's "Enable" action
 
@@ -286,7 +286,7 @@ def test_an_enabled_schedule_of_a_paused_workflow_is_drift(healthy) -> None:  # 
     ]
 
 
-def test_an_on_demand_workflow_never_drifts(healthy) -> None:  # noqa: ANN001
+def test_an_on_demand_workflow_never_drifts(healthy) -> None:
     reports = Workflow.objects.get(pk="reportSendingNow")
     assert reports.periodic_task_id is None
 
@@ -294,10 +294,10 @@ def test_an_on_demand_workflow_never_drifts(healthy) -> None:  # noqa: ANN001
     assert schedules.drift_of(reports) == []
 
 
-def test_healthz_reports_a_failed_database_without_crashing(monkeypatch) -> None:  # noqa: ANN001
+def test_healthz_reports_a_failed_database_without_crashing(monkeypatch) -> None:
     from django.db import OperationalError
 
-    def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def broken(*args, **kwargs):
         raise OperationalError("server closed the connection unexpectedly")
 
     monkeypatch.setattr(SchedulerHeartbeat.objects, "filter", broken)
@@ -310,7 +310,7 @@ def test_healthz_reports_a_failed_database_without_crashing(monkeypatch) -> None
 
 # --- the heartbeat itself (written by workflows.scheduler) -----------------------------------
 
-def test_beat_tick_writes_the_heartbeat_and_never_sleeps_past_a_lease_renewal(monkeypatch) -> None:  # noqa: ANN001
+def test_beat_tick_writes_the_heartbeat_and_never_sleeps_past_a_lease_renewal(monkeypatch) -> None:
     # The parent tick would send due tasks to the broker; its scheduling is django-celery-beat's.
     monkeypatch.setattr("django_celery_beat.schedulers.DatabaseScheduler.tick", lambda self, *a, **k: 300.0)
     scheduler = DatabaseScheduler(app=celery_app, lazy=True)
@@ -330,7 +330,7 @@ def test_beat_tick_writes_the_heartbeat_and_never_sleeps_past_a_lease_renewal(mo
     assert after_an_interval == start + datetime.timedelta(seconds=HEARTBEAT_INTERVAL_S)
 
 
-def test_a_heartbeat_from_the_scheduler_makes_the_beat_check_pass(monkeypatch) -> None:  # noqa: ANN001
+def test_a_heartbeat_from_the_scheduler_makes_the_beat_check_pass(monkeypatch) -> None:
     monkeypatch.setattr("django_celery_beat.schedulers.DatabaseScheduler.tick", lambda self, *a, **k: 5.0)
     assert health.check_beat().ok is False
 

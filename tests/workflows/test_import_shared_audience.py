@@ -39,7 +39,7 @@ from workflows.engine import RunRequest, execute
 from workflows.models import ActivityRun, RunStatus, Trigger, Workflow, WorkflowLog, WorkflowRun, WorkflowState
 
 ID = module.WORKFLOW_ID
-TOKEN = "audience-token-1e6b3f9d2a"  # noqa: S105 - a test value, checked never to leak
+TOKEN = "audience-token-1e6b3f9d2a"  # a test value, checked never to leak
 TOKEN_ENV = "CAMPAIGN_TOKEN_TEST_IMPORT_AUDIENCE"
 VISITOR, DECLARED = "visitor", "declared"
 SHA256 = SharedAudience.IdHashing.SHA256
@@ -69,7 +69,7 @@ def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 @pytest.fixture
-def account(db, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch, waits: list[float]) -> ExternalAccount:  # noqa: ANN001
+def account(db, httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch, waits: list[float]) -> ExternalAccount:
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     return ExternalAccountFactory(name="audience", kind=ExternalAccount.Kind.AUDIENCE, base_url=httpserver.url_for("/"),
                                   token_env=TOKEN_ENV, timeout_s=2, enabled=True)
@@ -113,11 +113,11 @@ def expected_import(pages: Sequence[Sequence[tuple[str, str]]], *, hashed: bool)
                 unknown.add((id_type, key))
             elif id_type == DECLARED or profile_id not in matched:
                 matched[profile_id] = id_type
-    return Expected({(profile_id, id_type) for profile_id, id_type in matched.items()}, len(unknown))
+    return Expected(set(matched.items()), len(unknown))
 
 
 @pytest.fixture
-def profiles(db) -> list[Profile]:  # noqa: ANN001
+def profiles(db) -> list[Profile]:
     """Six profiles: 0-1 visitor ids only, 2-3 declared ids only, 4 both, 5 neither."""
     return [
         ProfileFactory(visitor_id="v-0"), ProfileFactory(visitor_id="v-1"),
@@ -429,7 +429,7 @@ def test_an_unset_token_variable_fails_naming_the_variable_not_the_token(account
 
 
 # -- the hash column ------------------------------------------------------------------------------
-def test_profile_save_keeps_the_declared_id_hash(db):  # noqa: ANN001
+def test_profile_save_keeps_the_declared_id_hash(db):
     profile = ProfileFactory(declared_id="CRM-1")
     assert profile.declared_id_sha256 == sha("CRM-1") == declared_id_hash("CRM-1")
     profile.declared_id = "CRM-2"
@@ -440,7 +440,7 @@ def test_profile_save_keeps_the_declared_id_hash(db):  # noqa: ANN001
     assert Profile.objects.get(pk=profile.pk).declared_id_sha256 is None
 
 
-def test_the_database_hash_equals_the_python_hash(db):  # noqa: ANN001
+def test_the_database_hash_equals_the_python_hash(db):
     ids = ["CRM-1", "Zoë-ß-東京", "a b\\c'd"]
     Profile.objects.bulk_create([Profile(email=f"p{n}@example.com", declared_id=value) for n, value in enumerate(ids)])
     Profile.objects.filter(declared_id__in=ids).update(declared_id_sha256=module.Sha256Hex("declared_id"))
@@ -486,7 +486,7 @@ def test_readers_see_the_old_or_the_new_membership_never_a_mix(httpserver, monke
                     during_pause.append((seen, StagedAudienceMember.objects.filter(audience_id=audience.pk).count()))
                     if len(during_pause) >= 5:
                         resume.set()
-        except BaseException as error:  # noqa: BLE001 - reported by the test thread
+        except BaseException as error:  # reported by the test thread
             errors.append(error)
             resume.set()
         finally:

@@ -18,17 +18,14 @@ from werkzeug import Response
 from campaign.integrations.analytics import AnalyticsClient
 from campaign.models import DeliveryAggregate, KpiShareState
 from tests.factories import DeliveryFactory
-from tests.workflows.fake_analytics import (  # noqa: F401 - fixtures
+from tests.workflows.fake_analytics import (
     COLUMN,
     COUNTERS,
     aggregate,
-    deliveries,
     expected_batch_id,
     ledger,
     local_window_totals,
-    service,
     today,
-    waits,
     wire_row,
 )
 from workflows import commands, leases
@@ -68,7 +65,7 @@ def expected_corrections(local: dict, remote: dict) -> dict[tuple[str, int], dic
 
 
 @pytest.fixture
-def skewed(service, deliveries) -> dict[str, Any]:  # noqa: ANN001
+def skewed(service, deliveries) -> dict[str, Any]:
     """Local rows and service totals that differ in every way a row can."""
     moment = timezone.now() - timedelta(hours=1)
     equal = aggregate(deliveries["news"], 3, updated=moment, seed=1)
@@ -90,7 +87,7 @@ def skewed(service, deliveries) -> dict[str, Any]:  # noqa: ANN001
     return {"missing_remotely": missing_remotely, "higher": higher, "lower": lower}
 
 
-def remote_totals(service) -> dict[tuple[str, int], dict[str, int]]:  # noqa: ANN001
+def remote_totals(service) -> dict[tuple[str, int], dict[str, int]]:
     return {key: {name: row[name] for name in COUNTERS} for key, row in service.totals.items()}
 
 
@@ -201,7 +198,10 @@ def test_a_row_of_the_wrong_shape_or_outside_the_window_fails_the_run(service, s
 
     outside = wire_row(skewed["lower"])
     outside["date"] = (today() + timedelta(days=1)).isoformat()
-    last_chunk = lambda request: Response(json.dumps({"rows": [outside]}), content_type="application/json")  # noqa: E731
+
+    def last_chunk(request: Any) -> Response:
+        return Response(json.dumps({"rows": [outside]}), content_type="application/json")
+
     service.script("GET", *[Response('{"rows": []}', content_type="application/json")] * 8, last_chunk)
     result = run()
     assert result.status == RunStatus.FAILED and "is outside the requested" in result.reason
@@ -294,7 +294,7 @@ def test_a_sharing_run_during_a_reconciliation_waits_then_is_skipped_and_runs_af
     during: list[Any] = []
     fetch = AnalyticsClient.fetch_kpis
 
-    def fetch_and_share(self, **kwargs):  # noqa: ANN001, ANN202 - kpiSharing is triggered while reconciling
+    def fetch_and_share(self, **kwargs):
         if not during:
             with pytest.raises(Requeue) as waiting:
                 execute(RunRequest(workflow_id=kpi_sharing.SHARING_ID, trigger=Trigger.SCHEDULE))
@@ -335,7 +335,7 @@ def test_a_batch_left_pending_during_a_reconciliation_stops_it_writing_the_ledge
     stale_id = expected_batch_id([stale], {key: told})
     fetch = AnalyticsClient.fetch_kpis
 
-    def fetch_while_sharing_saves_a_batch(self, **kwargs):  # noqa: ANN001, ANN202
+    def fetch_while_sharing_saves_a_batch(self, **kwargs):
         KpiShareState.objects.filter(channel="email").update(
             pending_batch_id=stale_id, pending_rows=[stale],
             pending_watermark_updated_at=row.updated_at, pending_watermark_aggregate_id=row.pk)

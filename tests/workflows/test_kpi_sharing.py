@@ -17,20 +17,17 @@ from werkzeug import Response
 
 from campaign.integrations import analytics
 from campaign.models import DeliveryAggregate, ExternalAccount, KpiShareState
-from tests.workflows.fake_analytics import (  # noqa: F401 - fixtures
+from tests.workflows.fake_analytics import (
     APPLY_THEN_FAIL,
     COLUMN,
     COUNTERS,
     TOKEN,
     TOKEN_ENV,
     aggregate,
-    deliveries,
     expected_batch_id,
     ledger,
     local_window_totals,
-    service,
     today,
-    waits,
     wire_row,
 )
 from workflows import commands
@@ -44,7 +41,7 @@ WORKFLOW_ID = "kpiSharing"
 
 # -- fixtures -------------------------------------------------------------------------------------
 @pytest.fixture
-def rows(deliveries) -> list[DeliveryAggregate]:  # noqa: ANN001
+def rows(deliveries) -> list[DeliveryAggregate]:
     """Five email rows in the window (two with the same updated_at), an SMS row, an email row too old."""
     base = timezone.now() - timedelta(hours=2)
     created = [
@@ -191,7 +188,7 @@ def test_lookback_days_bounds_the_days_shared(service, rows):
 def test_a_run_paused_between_batches_continues_where_it_stopped(service, rows, monkeypatch):
     push = analytics.AnalyticsClient.push_kpis
 
-    def push_then_pause(self, **kwargs):  # noqa: ANN001, ANN202 - an operator pauses during the first push
+    def push_then_pause(self, **kwargs):
         accepted = push(self, **kwargs)
         if len(service.posts) == 1:
             commands.pause(WORKFLOW_ID, actor="test")
@@ -264,7 +261,7 @@ def worker_died() -> None:
 def test_a_crash_after_the_batch_was_saved_resends_the_same_batch(service, rows, monkeypatch):
     real_push = analytics.AnalyticsClient.push_kpis
 
-    def crash(self, **kwargs):  # noqa: ANN001, ANN202 - the worker dies before the request goes out
+    def crash(self, **kwargs):
         raise KeyboardInterrupt("worker killed")
 
     monkeypatch.setattr(analytics.AnalyticsClient, "push_kpis", crash)
@@ -288,11 +285,11 @@ def test_a_crash_between_the_push_and_its_acknowledgement_resends_the_batch_and_
 ):
     real_push = analytics.AnalyticsClient.push_kpis
 
-    def push_then_die(self, **kwargs):  # noqa: ANN001, ANN202 - the service applied it; the worker dies
+    def push_then_die(self, **kwargs):
         real_push(self, **kwargs)
         raise KeyboardInterrupt("worker killed")
 
-    def die_before_commit(sender, *, workflow_id, unit, **kwargs):  # noqa: ANN001, ANN202, ARG001
+    def die_before_commit(sender, *, workflow_id, unit, **kwargs):
         if workflow_id == WORKFLOW_ID and unit == 2:  # unit 1 saved the batch, unit 2 records it
             raise KeyboardInterrupt("worker killed")
 
@@ -329,7 +326,7 @@ def test_a_run_that_lost_its_lease_after_the_service_applied_a_batch_records_not
     real_push = analytics.AnalyticsClient.push_kpis
     successors: list[WorkflowRun] = []
 
-    def push_then_lose_the_lease(self, **kwargs):  # noqa: ANN001, ANN202
+    def push_then_lose_the_lease(self, **kwargs):
         accepted = real_push(self, **kwargs)
         monkeypatch.setattr(analytics.AnalyticsClient, "push_kpis", real_push)
         # Frozen past its lease after the answer: the next run takes the workflow over meanwhile.
@@ -418,7 +415,7 @@ def test_a_timeout_is_retried_then_fails_as_transient(service, rows, waits):
 
     answered: list[int] = []
 
-    def slow(request):  # noqa: ANN001, ANN202
+    def slow(request):
         time.sleep(0.5)
         answered.append(1)
         return Response('{"accepted": 5}', content_type="application/json")

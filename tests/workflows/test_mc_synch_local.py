@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from campaign.models import DeliveryLog, Event, EventHistory, EventStatus
 from tests import factories
-from tests.workflows.conftest import TEST_LEASE_SECONDS, fail_on_call, wait_for
+from tests.workflows.helpers import TEST_LEASE_SECONDS, fail_on_call, wait_for
 from workflows import commands
 from workflows.builtin import mc_synch_local
 from workflows.leases import ABANDONED
@@ -83,7 +83,7 @@ def state_without_archive_time() -> tuple[dict[int, dict[str, Any]], dict[int, d
 
 
 @pytest.fixture
-def events(db) -> dict[int, dict[str, Any]]:  # noqa: ANN001
+def events(db) -> dict[int, dict[str, Any]]:
     return make_events(timezone.now())
 
 

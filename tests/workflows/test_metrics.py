@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db
 Samples = dict[tuple[str, frozenset], float]
 
 
-def scrape(client, **headers: str) -> Samples:  # noqa: ANN001 - pytest-django client
+def scrape(client, **headers: str) -> Samples:
     response = client.get("/metrics", **headers)
     assert response.status_code == 200, response.content
     assert response["Content-Type"].startswith("text/plain; version=")
@@ -59,7 +59,7 @@ def cleanup_runs() -> dict[str, datetime.datetime]:
     return {"last_success": last_success}
 
 
-def test_metrics_count_runs_by_workflow_and_status(client, cleanup_runs) -> None:  # noqa: ANN001
+def test_metrics_count_runs_by_workflow_and_status(client, cleanup_runs) -> None:
     samples = scrape(client)
 
     assert value(samples, "workflow_runs_total", workflow="cleanup", status="succeeded") == 2
@@ -72,7 +72,7 @@ def test_metrics_count_runs_by_workflow_and_status(client, cleanup_runs) -> None
     assert value(samples, "workflow_runs_total", workflow="forecasting", status="succeeded") == 0
 
 
-def test_metrics_duration_histogram_matches_the_runs_that_executed(client, cleanup_runs) -> None:  # noqa: ANN001
+def test_metrics_duration_histogram_matches_the_runs_that_executed(client, cleanup_runs) -> None:
     samples = scrape(client)
 
     def bucket(le: str) -> float:
@@ -88,15 +88,16 @@ def test_metrics_duration_histogram_matches_the_runs_that_executed(client, clean
     assert value(samples, "workflow_run_duration_seconds_bucket", workflow="billing", le="+Inf") == 1
 
 
-def test_metrics_last_success_and_rows_processed(client, cleanup_runs) -> None:  # noqa: ANN001
+def test_metrics_last_success_and_rows_processed(client, cleanup_runs) -> None:
     samples = scrape(client)
 
-    assert value(samples, "workflow_last_success_timestamp_seconds", workflow="cleanup") == cleanup_runs["last_success"].timestamp()
+    assert value(samples, "workflow_last_success_timestamp_seconds", workflow="cleanup") \
+        == cleanup_runs["last_success"].timestamp()
     assert value(samples, "workflow_rows_processed_total", workflow="cleanup") == 10 + 20 + 5 + 7
     assert ("workflow_last_success_timestamp_seconds", frozenset({("workflow", "forecasting")})) not in samples
 
 
-def test_counters_never_go_down_when_cleanup_purges_old_runs(client) -> None:  # noqa: ANN001
+def test_counters_never_go_down_when_cleanup_purges_old_runs(client) -> None:
     Workflow.objects.filter(pk="billing").update(history_days=3)
     long_ago = timezone.now() - datetime.timedelta(days=10)
     make_run("billing", RunStatus.SUCCEEDED, duration_s=40.0, rows=100, finished_at=long_ago)
@@ -122,7 +123,7 @@ def test_counters_never_go_down_when_cleanup_purges_old_runs(client) -> None:  #
     assert value(final, "workflow_last_success_timestamp_seconds", workflow="billing") == long_ago.timestamp()
 
 
-def test_metrics_state_gauges_and_consecutive_errors(client) -> None:  # noqa: ANN001
+def test_metrics_state_gauges_and_consecutive_errors(client) -> None:
     Workflow.objects.filter(pk="billing").update(state=WorkflowState.PAUSED, consecutive_errors=3)
 
     samples = scrape(client)
@@ -135,7 +136,7 @@ def test_metrics_state_gauges_and_consecutive_errors(client) -> None:  # noqa: A
     assert value(samples, "workflow_consecutive_errors", workflow="cleanup") == 0
 
 
-def test_metrics_expose_the_beat_heartbeat(client) -> None:  # noqa: ANN001
+def test_metrics_expose_the_beat_heartbeat(client) -> None:
     beat_at = datetime.datetime(2030, 5, 6, 9, 30, tzinfo=datetime.UTC)
     SchedulerHeartbeat.objects.create(pk=1, beat_at=beat_at)
 
@@ -144,7 +145,7 @@ def test_metrics_expose_the_beat_heartbeat(client) -> None:  # noqa: ANN001
     assert value(samples, "workflow_beat_last_tick_timestamp_seconds") == beat_at.timestamp()
 
 
-def test_metrics_cost_a_fixed_number_of_queries_whatever_the_number_of_runs(cleanup_runs) -> None:  # noqa: ANN001
+def test_metrics_cost_a_fixed_number_of_queries_whatever_the_number_of_runs(cleanup_runs) -> None:
     with CaptureQueriesContext(connection) as few_runs:
         metrics.render()
     for _ in range(20):
@@ -156,13 +157,13 @@ def test_metrics_cost_a_fixed_number_of_queries_whatever_the_number_of_runs(clea
     assert value(parse(text), "workflow_runs_total", workflow="kpiSharing", status="succeeded") == 20
 
 
-def test_metrics_are_open_when_no_token_is_set(client, settings) -> None:  # noqa: ANN001
+def test_metrics_are_open_when_no_token_is_set(client, settings) -> None:
     settings.METRICS_TOKEN = ""
 
     assert client.get("/metrics").status_code == 200
 
 
-def test_metrics_require_the_bearer_token_when_one_is_set(client, settings) -> None:  # noqa: ANN001
+def test_metrics_require_the_bearer_token_when_one_is_set(client, settings) -> None:
     settings.METRICS_TOKEN = "scrape-me-0123456789"
 
     missing = client.get("/metrics")
@@ -178,7 +179,7 @@ def test_metrics_require_the_bearer_token_when_one_is_set(client, settings) -> N
     assert value(samples, "workflow_runs_total", workflow="cleanup", status="succeeded") == 0
 
 
-def test_metrics_token_setting_is_read_at_each_request(client, settings) -> None:  # noqa: ANN001
+def test_metrics_token_setting_is_read_at_each_request(client, settings) -> None:
     settings.METRICS_TOKEN = ""
     assert client.get("/metrics").status_code == 200
 
@@ -188,5 +189,5 @@ def test_metrics_token_setting_is_read_at_each_request(client, settings) -> None
     assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer rotated-token").status_code == 200
 
 
-def test_metrics_refuse_other_methods_than_get(client) -> None:  # noqa: ANN001
+def test_metrics_refuse_other_methods_than_get(client) -> None:
     assert client.post("/metrics").status_code == 405

@@ -17,7 +17,7 @@ from django.utils import timezone
 from campaign.audience import push_targets
 from campaign.models import AppSubscription, DeliveryLog, Profile
 from tests import factories
-from tests.workflows.conftest import fail_on_call
+from tests.workflows.helpers import fail_on_call
 from workflows import commands
 from workflows.builtin import mobile_app_opt_out_mgt
 from workflows.models import RunStatus, Workflow, WorkflowLog, WorkflowRun
@@ -135,7 +135,7 @@ def expected_outcome(data: Dataset, *, until: datetime) -> tuple[dict[int, tuple
 
 
 @pytest.fixture
-def data(db) -> Dataset:  # noqa: ANN001
+def data(db) -> Dataset:
     return build(timezone.now())
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from tests.workflows.conftest import database_url
+from workflows.worker_process import current_database_url as database_url
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
@@ -44,7 +44,7 @@ def process_env() -> dict[str, str]:
 
 
 @pytest.fixture
-def procfile_workers(transactional_db) -> Iterator[list[tuple[subprocess.Popen[bytes], Path]]]:  # noqa: ANN001
+def procfile_workers(transactional_db) -> Iterator[list[tuple[subprocess.Popen[bytes], Path]]]:
     env = process_env()
     started = []
     for command in procfile_entries("worker").values():

@@ -9,7 +9,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from campaign.config import ConfigError, parse_workflow_queues
-from tests.workflows.conftest import effects, wait_for
+from tests.workflows.helpers import effects, wait_for
 from tests.workflows.sample_workflow import SAMPLE_ID
 from workflows import commands
 from workflows.definition import get_definition, load_definitions, queue_of

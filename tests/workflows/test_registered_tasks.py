@@ -27,12 +27,13 @@ from campaign import report_shares
 from campaign.celery import app
 from campaign.models import ReportShare
 from tests.factories import ReportFactory, UserFactory
-from tests.workflows.conftest import database_url, wait_for
+from tests.workflows.helpers import wait_for
 from workflows.definition import all_definitions, builtin_definitions
 from workflows.housekeeping import HOUSEKEEPING_SCHEDULES
 from workflows.models import LogLevel, Workflow, WorkflowLog, WorkflowState
 from workflows.tasks import REAP_ABANDONED_RUNS_TASK, REPORT_LONG_PAUSES_TASK
 from workflows.worker_process import WorkerProcess
+from workflows.worker_process import current_database_url as database_url
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
@@ -42,7 +43,7 @@ QUEUE = f"registered-tasks-{os.getpid()}"
 
 
 @pytest.fixture
-def project_worker(settings) -> Iterator[WorkerProcess]:  # noqa: ANN001 - pytest-django settings
+def project_worker(settings) -> Iterator[WorkerProcess]:
     """A worker with the project's workflows only (no test module), on the test database."""
     process = WorkerProcess(queues=[QUEUE], env={"SECRET_KEY": settings.SECRET_KEY, "DATABASE_URL": database_url()})
     process.env.pop("WORKFLOW_EXTRA_MODULES", None)  # as in production: the builtin workflows only

@@ -27,7 +27,7 @@ from tests.factories import (
     SuperUserFactory,
     UserFactory,
 )
-from tests.workflows.conftest import TEST_LEASE_SECONDS, wait_for
+from tests.workflows.helpers import TEST_LEASE_SECONDS, wait_for
 from workflows import commands
 from workflows.engine import RunRequest, execute
 from workflows.models import RunStatus, WorkflowRun
@@ -41,33 +41,34 @@ SLOW_RENDER_MODULE = "tests.workflows.slow_render"
 
 
 @pytest.fixture
-def media(settings, tmp_path):  # noqa: ANN001
+def media(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.ALLOWED_HOSTS = ["reports.example.org", "testserver"]
     return settings.MEDIA_ROOT
 
 
 @pytest.fixture
-def report(db):  # noqa: ANN001
+def report(db):
     delivery = DeliveryFactory(label="Newsletter", channel=Channel.EMAIL)
     yesterday = date.today() - timedelta(days=1)
-    DeliveryAggregateFactory(delivery=delivery, day=yesterday, sent=321, delivered=300, bounces=21, unique_opens=150, unique_clicks=30)
+    DeliveryAggregateFactory(delivery=delivery, day=yesterday, sent=321, delivered=300, bounces=21, unique_opens=150,
+                             unique_clicks=30)
     return ReportFactory(label="Daily KPIs", period_days=7)
 
 
-def make_share(report, users, **fields) -> ReportShare:  # noqa: ANN001
+def make_share(report, users, **fields) -> ReportShare:
     share = ReportShare.objects.create(report=report, **fields)
     share.recipients.set(users)
     return share
 
 
-def run(**overrides) -> object:  # noqa: ANN003
+def run(**overrides) -> object:
     finished = commands.run_now(WORKFLOW_ID, actor="test", sync=True, overrides=overrides)
     assert finished.status == RunStatus.SUCCEEDED, finished.reason
     return finished
 
 
-def test_send_now_share_emails_each_recipient_the_pdf(media, report) -> None:  # noqa: ANN001
+def test_send_now_share_emails_each_recipient_the_pdf(media, report) -> None:
     alice, bob = UserFactory(email="alice@example.com"), UserFactory(email="bob@example.com")
     share = make_share(report, [alice, bob])
     run(share_id=share.pk)
@@ -85,7 +86,7 @@ def test_send_now_share_emails_each_recipient_the_pdf(media, report) -> None:  #
     assert send.pdf_bytes == len(content)
 
 
-def test_second_trigger_for_the_same_due_time_sends_nothing(media, report) -> None:  # noqa: ANN001
+def test_second_trigger_for_the_same_due_time_sends_nothing(media, report) -> None:
     share = make_share(report, [UserFactory()])
     run(share_id=share.pk)
     second = run(share_id=share.pk)
@@ -95,7 +96,7 @@ def test_second_trigger_for_the_same_due_time_sends_nothing(media, report) -> No
     assert second.activities.get().counters == {"duplicates": 1}
 
 
-def test_a_send_in_progress_outside_a_run_is_not_sent_again(media, report) -> None:  # noqa: ANN001
+def test_a_send_in_progress_outside_a_run_is_not_sent_again(media, report) -> None:
     share = make_share(report, [UserFactory()], recurrence=Recurrence.DAILY, send_time=time(8))
     due = datetime(2026, 3, 2, 8, tzinfo=PARIS)
     ReportSend.objects.create(share=share, due_at=due, status=ReportSend.Status.RENDERING)
@@ -103,7 +104,7 @@ def test_a_send_in_progress_outside_a_run_is_not_sent_again(media, report) -> No
     assert mail.outbox == []
 
 
-def test_a_send_left_rendering_by_a_run_that_died_is_taken_over_and_sent_once(media, report) -> None:  # noqa: ANN001
+def test_a_send_left_rendering_by_a_run_that_died_is_taken_over_and_sent_once(media, report) -> None:
     share = make_share(report, [UserFactory(email="carol@example.com")], recurrence=Recurrence.DAILY, send_time=time(8))
     due = datetime(2026, 3, 2, 8, tzinfo=PARIS)
     dead = run(share_id=0)  # any earlier run: runs of the workflow never overlap, so it is not rendering now
@@ -119,7 +120,7 @@ def test_a_send_left_rendering_by_a_run_that_died_is_taken_over_and_sent_once(me
     assert again.activities.get().counters == {"duplicates": 1}
 
 
-def test_a_send_interrupted_while_emailing_is_never_sent_again(media, report) -> None:  # noqa: ANN001
+def test_a_send_interrupted_while_emailing_is_never_sent_again(media, report) -> None:
     share = make_share(report, [UserFactory()], recurrence=Recurrence.DAILY, send_time=time(8))
     due = datetime(2026, 3, 2, 8, tzinfo=PARIS)
     dead = run(share_id=0)
@@ -130,12 +131,12 @@ def test_a_send_interrupted_while_emailing_is_never_sent_again(media, report) ->
     assert ReportSend.objects.get(share=share).status == ReportSend.Status.EMAILING
 
 
-def test_a_send_is_emailing_while_its_messages_are_handed_over(media, report, monkeypatch) -> None:  # noqa: ANN001
+def test_a_send_is_emailing_while_its_messages_are_handed_over(media, report, monkeypatch) -> None:
     share = make_share(report, [UserFactory()])
     seen = []
 
     class Watching(LocmemBackend):
-        def send_messages(self, messages):  # noqa: ANN001, ANN202
+        def send_messages(self, messages):
             seen.append(ReportSend.objects.get(share=share).status)
             return super().send_messages(messages)
 
@@ -145,11 +146,11 @@ def test_a_send_is_emailing_while_its_messages_are_handed_over(media, report, mo
     assert ReportSend.objects.get(share=share).status == ReportSend.Status.SENT
 
 
-def test_a_failed_send_is_retried_by_the_next_trigger(media, report, monkeypatch) -> None:  # noqa: ANN001
+def test_a_failed_send_is_retried_by_the_next_trigger(media, report, monkeypatch) -> None:
     share = make_share(report, [UserFactory()], recurrence=Recurrence.DAILY, send_time=time(8))
     due = datetime(2026, 3, 2, 8, tzinfo=PARIS)
 
-    def broken(*args, **kwargs) -> bytes:  # noqa: ANN002, ANN003
+    def broken(*args, **kwargs) -> bytes:
         raise OSError("disk full")
 
     monkeypatch.setattr(report_shares.reports, "render_report_pdf", broken)
@@ -163,7 +164,7 @@ def test_a_failed_send_is_retried_by_the_next_trigger(media, report, monkeypatch
     assert ReportSend.objects.get(share=share).status == ReportSend.Status.SENT
 
 
-def test_oversized_pdf_is_sent_as_a_link(media, report, settings, client) -> None:  # noqa: ANN001
+def test_oversized_pdf_is_sent_as_a_link(media, report, settings, client) -> None:
     settings.REPORT_MAX_ATTACHMENT_BYTES = 1000
     share = make_share(report, [UserFactory()])
     run(share_id=share.pk)
@@ -176,7 +177,7 @@ def test_oversized_pdf_is_sent_as_a_link(media, report, settings, client) -> Non
     assert client.get(link.replace("/download/", "/download/x")).status_code == 404
 
 
-def test_links_start_with_site_url_else_the_first_allowed_host(settings) -> None:  # noqa: ANN001
+def test_links_start_with_site_url_else_the_first_allowed_host(settings) -> None:
     settings.ALLOWED_HOSTS = ["reports.example.org", "testserver"]
     settings.SITE_URL = ""
     assert report_shares.site_url() == "https://reports.example.org"
@@ -184,7 +185,7 @@ def test_links_start_with_site_url_else_the_first_allowed_host(settings) -> None
     assert report_shares.site_url() == "http://10.0.0.5:8000/campaign"
 
 
-def test_recurring_email_unsubscribe_link_confirms_then_removes(media, report, client) -> None:  # noqa: ANN001
+def test_recurring_email_unsubscribe_link_confirms_then_removes(media, report, client) -> None:
     alice, bob = UserFactory(), UserFactory()
     share = make_share(report, [alice, bob], recurrence=Recurrence.WEEKLY, day_of_week=0, send_time=time(8))
     run(share_id=share.pk, due_at=datetime(2026, 3, 2, 8, tzinfo=PARIS).isoformat())
@@ -198,7 +199,7 @@ def test_recurring_email_unsubscribe_link_confirms_then_removes(media, report, c
     assert list(share.recipients.all()) == [bob]
 
 
-def test_tampered_unsubscribe_link_is_refused(media, report, client) -> None:  # noqa: ANN001
+def test_tampered_unsubscribe_link_is_refused(media, report, client) -> None:
     alice, bob = UserFactory(), UserFactory()
     share = make_share(report, [alice, bob], recurrence=Recurrence.WEEKLY, day_of_week=0, send_time=time(8))
     token = report_shares.unsubscribe_token(share.pk, alice.pk)
@@ -208,7 +209,7 @@ def test_tampered_unsubscribe_link_is_refused(media, report, client) -> None:  #
     assert set(share.recipients.all()) == {alice, bob}
 
 
-def test_create_share_triggers_the_workflow_on_commit(media, report, django_capture_on_commit_callbacks, monkeypatch) -> None:  # noqa: ANN001
+def test_create_share_triggers_the_workflow_on_commit(media, report, django_capture_on_commit_callbacks, monkeypatch) -> None:
     calls = []
     monkeypatch.setattr(commands, "run_now", lambda workflow_id, **kwargs: calls.append((workflow_id, kwargs)))
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
@@ -220,14 +221,15 @@ def test_create_share_triggers_the_workflow_on_commit(media, report, django_capt
     assert share.periodic_task is None
 
 
-def test_recurring_share_gets_its_own_crontab_in_its_time_zone(media, report) -> None:  # noqa: ANN001
+def test_recurring_share_gets_its_own_crontab_in_its_time_zone(media, report) -> None:
     share = report_shares.create_share(report=report, recipients=[UserFactory()], recurrence=Recurrence.WEEKLY,
                                        day_of_week=0, send_time=time(7, 30), time_zone="Europe/Paris",
                                        start_date=date(2026, 1, 1), end_date=date(2026, 6, 30))
     task = ReportShare.objects.get(pk=share.pk).periodic_task
     assert task.task == "workflows.reportSendingNow" and '"share_id": ' + str(share.pk) in task.kwargs
     cron = task.crontab
-    assert (cron.minute, cron.hour, cron.day_of_week, cron.day_of_month, str(cron.timezone)) == ("30", "7", "1", "*", "Europe/Paris")
+    assert (cron.minute, cron.hour, cron.day_of_week, cron.day_of_month, str(cron.timezone)) \
+        == ("30", "7", "1", "*", "Europe/Paris")
     assert task.expires == datetime(2026, 7, 1, tzinfo=PARIS)
     share.recurrence = Recurrence.NOW
     share.save()
@@ -235,7 +237,7 @@ def test_recurring_share_gets_its_own_crontab_in_its_time_zone(media, report) ->
     assert ReportShare.objects.get(pk=share.pk).periodic_task is None
 
 
-def test_future_send_now_share_is_a_one_off_clocked_task(media, report) -> None:  # noqa: ANN001
+def test_future_send_now_share_is_a_one_off_clocked_task(media, report) -> None:
     share = report_shares.create_share(report=report, recipients=[UserFactory()], start_date=date.today() + timedelta(days=3),
                                        send_time=time(9), time_zone="Europe/Paris")
     task = ReportShare.objects.get(pk=share.pk).periodic_task
@@ -263,12 +265,15 @@ def _crontab_fires(share: ReportShare, start: datetime, end: datetime) -> list[d
     ({"recurrence": Recurrence.DAILY}, ["2026-01-01", "2026-01-02", "2026-01-03"]),
     ({"recurrence": Recurrence.WEEKLY, "day_of_week": 4}, ["2026-01-02", "2026-01-09", "2026-01-16"]),
     ({"recurrence": Recurrence.MONTHLY_DAY, "day_of_month": 31}, ["2026-01-31", "2026-03-31", "2026-05-31"]),
-    ({"recurrence": Recurrence.MONTHLY_WEEKDAY, "day_of_week": 0, "week_of_month": 2}, ["2026-01-12", "2026-02-09", "2026-03-09"]),
-    ({"recurrence": Recurrence.MONTHLY_WEEKDAY, "day_of_week": 6, "week_of_month": 5}, ["2026-01-25", "2026-02-22", "2026-03-29"]),
+    ({"recurrence": Recurrence.MONTHLY_WEEKDAY, "day_of_week": 0, "week_of_month": 2},
+     ["2026-01-12", "2026-02-09", "2026-03-09"]),
+    ({"recurrence": Recurrence.MONTHLY_WEEKDAY, "day_of_week": 6, "week_of_month": 5},
+     ["2026-01-25", "2026-02-22", "2026-03-29"]),
     ({"recurrence": Recurrence.YEARLY, "day_of_month": 29, "month": 3}, ["2026-03-29"]),
 ])
-def test_due_times_over_a_year_match_the_beat_crontab(db, fields, first) -> None:  # noqa: ANN001
-    share = ReportShare(report=ReportFactory(), send_time=time(2, 30), time_zone="Europe/Paris", end_date=date(2026, 12, 31), **fields)
+def test_due_times_over_a_year_match_the_beat_crontab(db, fields, first) -> None:
+    share = ReportShare(report=ReportFactory(), send_time=time(2, 30), time_zone="Europe/Paris", end_date=date(2026, 12, 31),
+                        **fields)
     start = datetime(2025, 12, 31, 12, tzinfo=PARIS)
     due = report_shares.next_due_times(share, start, 400)
     assert [moment.date().isoformat() for moment in due[:3]] == first
@@ -284,7 +289,7 @@ def test_due_times_over_a_year_match_the_beat_crontab(db, fields, first) -> None
         assert moment.tzinfo == PARIS and moment.time() == time(2, 30)
 
 
-def test_scheduled_trigger_uses_the_current_slot_and_skips_non_due_days(media, report, time_machine) -> None:  # noqa: ANN001
+def test_scheduled_trigger_uses_the_current_slot_and_skips_non_due_days(media, report, time_machine) -> None:
     share = make_share(report, [UserFactory()], recurrence=Recurrence.MONTHLY_WEEKDAY, day_of_week=6, week_of_month=5,
                        send_time=time(9), time_zone="Europe/Paris")
     time_machine.move_to(datetime(2026, 3, 22, 9, 1, tzinfo=PARIS), tick=False)  # a Sunday, not the last of March
@@ -298,25 +303,27 @@ def test_scheduled_trigger_uses_the_current_slot_and_skips_non_due_days(media, r
     assert ReportSend.objects.get().due_at == datetime(2026, 3, 29, 9, tzinfo=PARIS)
 
 
-def test_end_date_stops_scheduled_sends(media, report, time_machine) -> None:  # noqa: ANN001
+def test_end_date_stops_scheduled_sends(media, report, time_machine) -> None:
     share = make_share(report, [UserFactory()], recurrence=Recurrence.DAILY, send_time=time(9), end_date=date(2026, 3, 1))
     time_machine.move_to(datetime(2026, 3, 2, 9, 1, tzinfo=ZoneInfo("UTC")), tick=False)
     run(share_id=share.pk)
     assert mail.outbox == []
 
 
-def test_admin_form_refuses_addresses_of_non_users(db, report) -> None:  # noqa: ANN001
+def test_admin_form_refuses_addresses_of_non_users(db, report) -> None:
     member = UserFactory(email="member@example.com")
     base = {"report": report.pk, "recurrence": Recurrence.NOW, "time_zone": "UTC", "enabled": "on"}
     refused = ReportShareForm(data={**base, "addresses": "Member@example.com, stranger@example.org"})
     assert not refused.is_valid()
-    assert "stranger@example.org" in str(refused.errors["addresses"]) and "Not users of this instance" in str(refused.errors["addresses"])
+    assert "stranger@example.org" in str(refused.errors["addresses"])
+    assert "Not users of this instance" in str(refused.errors["addresses"])
     accepted = ReportShareForm(data={**base, "addresses": "Member@Example.com"})
     assert accepted.is_valid(), accepted.errors
     assert accepted.cleaned_data["recipients"] == [member]
 
 
-def test_admin_add_saves_recipients_and_triggers_once(db, report, client, django_capture_on_commit_callbacks, monkeypatch) -> None:  # noqa: ANN001
+def test_admin_add_saves_recipients_and_triggers_once(db, report, client, django_capture_on_commit_callbacks,
+                                                      monkeypatch) -> None:
     from tests.factories import SuperUserFactory
 
     admin_user = SuperUserFactory()
@@ -341,7 +348,7 @@ class _Inbox:
     def __init__(self) -> None:
         self.messages: list = []
 
-    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: ANN001, N802 - aiosmtpd's hook
+    async def handle_DATA(self, server, session, envelope) -> str:  # aiosmtpd's hook
         import email
         from email import policy
 
@@ -350,7 +357,7 @@ class _Inbox:
 
 
 @pytest.fixture
-def smtp_server(settings):  # noqa: ANN001
+def smtp_server(settings):
     import socket
 
     from aiosmtpd.controller import Controller
@@ -369,7 +376,7 @@ def smtp_server(settings):  # noqa: ANN001
     controller.stop()
 
 
-def test_real_smtp_server_receives_one_email_with_the_pdf_despite_duplicates(media, report, smtp_server) -> None:  # noqa: ANN001
+def test_real_smtp_server_receives_one_email_with_the_pdf_despite_duplicates(media, report, smtp_server) -> None:
     alice = UserFactory(email="alice@example.com")
     share = make_share(report, [alice], recurrence=Recurrence.DAILY, send_time=time(8), time_zone="Europe/Paris")
     due = datetime(2026, 3, 2, 8, tzinfo=PARIS).isoformat()
@@ -382,7 +389,7 @@ def test_real_smtp_server_receives_one_email_with_the_pdf_despite_duplicates(med
     assert "/reports/unsubscribe/" in message.get_body(("plain",)).get_content()
 
 
-def test_paused_workflow_does_not_break_saving_a_send_now_share(media, report, django_capture_on_commit_callbacks) -> None:  # noqa: ANN001
+def test_paused_workflow_does_not_break_saving_a_send_now_share(media, report, django_capture_on_commit_callbacks) -> None:
     commands.pause(WORKFLOW_ID, actor="test")
     with django_capture_on_commit_callbacks(execute=True):
         share = report_shares.create_share(report=report, recipients=[UserFactory()])
@@ -392,7 +399,7 @@ def test_paused_workflow_does_not_break_saving_a_send_now_share(media, report, d
     assert ReportSend.objects.get(share=share).status == ReportSend.Status.SENT and len(mail.outbox) == 1
 
 
-def test_deleting_a_share_deletes_its_beat_entry(media, report) -> None:  # noqa: ANN001
+def test_deleting_a_share_deletes_its_beat_entry(media, report) -> None:
     from django_celery_beat.models import PeriodicTask
 
     share = report_shares.create_share(report=report, recipients=[UserFactory()], recurrence=Recurrence.DAILY, send_time=time(6))
@@ -402,7 +409,7 @@ def test_deleting_a_share_deletes_its_beat_entry(media, report) -> None:  # noqa
     assert not PeriodicTask.objects.filter(pk=task_id).exists()
 
 
-def test_send_again_in_the_admin_releases_an_interrupted_send_and_its_run_sends_it(media, report, client) -> None:  # noqa: ANN001
+def test_send_again_in_the_admin_releases_an_interrupted_send_and_its_run_sends_it(media, report, client) -> None:
     share = make_share(report, [UserFactory(email="erin@example.com")], recurrence=Recurrence.DAILY, send_time=time(8))
     due = datetime(2026, 3, 2, 8, tzinfo=PARIS)
     interrupted = ReportSend.objects.create(share=share, due_at=due, status=ReportSend.Status.EMAILING, claimed_by_run=1)
@@ -430,7 +437,7 @@ def test_send_again_in_the_admin_releases_an_interrupted_send_and_its_run_sends_
     assert ReportSend.objects.get(pk=delivered.pk).status == ReportSend.Status.SENT
 
 
-def test_send_again_on_a_paused_workflow_says_so_and_leaves_the_send_as_it_was(media, report, client) -> None:  # noqa: ANN001
+def test_send_again_on_a_paused_workflow_says_so_and_leaves_the_send_as_it_was(media, report, client) -> None:
     share = make_share(report, [UserFactory()])
     interrupted = ReportSend.objects.create(share=share, due_at=share.created_at, status=ReportSend.Status.EMAILING)
     commands.pause(WORKFLOW_ID, actor="test")
@@ -445,7 +452,7 @@ def test_send_again_on_a_paused_workflow_says_so_and_leaves_the_send_as_it_was(m
     assert not WorkflowRun.objects.filter(workflow_id=WORKFLOW_ID).exists()
 
 
-def test_report_send_list_links_each_send_to_the_run_that_claimed_it(media, report, client) -> None:  # noqa: ANN001
+def test_report_send_list_links_each_send_to_the_run_that_claimed_it(media, report, client) -> None:
     share = make_share(report, [UserFactory()])
     sent = run(share_id=share.pk)
     client.force_login(SuperUserFactory())
@@ -455,7 +462,7 @@ def test_report_send_list_links_each_send_to_the_run_that_claimed_it(media, repo
     assert reverse("admin:workflows_workflowrun_change", args=[sent.pk]) in page.content.decode()
 
 
-def test_send_again_needs_the_change_permission_on_report_sends(media, report, client) -> None:  # noqa: ANN001
+def test_send_again_needs_the_change_permission_on_report_sends(media, report, client) -> None:
     share = make_share(report, [UserFactory()])
     ReportSend.objects.create(share=share, due_at=share.created_at, status=ReportSend.Status.FAILED)
     viewer = StaffUserFactory()
@@ -470,7 +477,7 @@ def test_send_again_needs_the_change_permission_on_report_sends(media, report, c
 
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
-def test_a_worker_killed_while_rendering_leaves_a_send_the_next_trigger_takes_over(settings, tmp_path) -> None:  # noqa: ANN001
+def test_a_worker_killed_while_rendering_leaves_a_send_the_next_trigger_takes_over(settings, tmp_path) -> None:
     settings.WORKFLOW_LEASE_SECONDS = TEST_LEASE_SECONDS
     settings.MEDIA_ROOT = tmp_path / "media"
     delivery = DeliveryFactory(label="Newsletter", channel=Channel.EMAIL)

@@ -130,7 +130,7 @@ def run(**overrides: object) -> WorkflowRun:
 
 
 @pytest.fixture
-def dataset(db, settings, time_machine) -> Dataset:  # noqa: ANN001 - pytest fixtures
+def dataset(db, settings, time_machine) -> Dataset:
     settings.TIME_ZONE = ZONE
     time_machine.move_to(utc("2024-04-02 01:00:00"), tick=True)
     deliveries = {key: DeliveryFactory(channel=channel, label=key) for key, channel in DELIVERIES.items()}

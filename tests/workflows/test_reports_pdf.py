@@ -35,7 +35,7 @@ def pct(numerator: int, denominator: int) -> str:
 
 
 @pytest.fixture
-def dataset(db):  # noqa: ANN001
+def dataset(db):
     campaign = CampaignFactory(label="Spring")
     deliveries = {
         "news": DeliveryFactory(label="Spring newsletter", campaign=campaign, channel=Channel.EMAIL),
@@ -43,7 +43,7 @@ def dataset(db):  # noqa: ANN001
         "other": DeliveryFactory(label="Other campaign mail", channel=Channel.EMAIL),
     }
     for key, day, *values in ROWS:
-        DeliveryAggregateFactory(delivery=deliveries[key], day=day, **dict(zip(COUNTERS, values)))
+        DeliveryAggregateFactory(delivery=deliveries[key], day=day, **dict(zip(COUNTERS, values, strict=True)))
     return campaign, deliveries
 
 
@@ -59,12 +59,12 @@ def pdf_text(pdf: bytes) -> tuple[PdfReader, str]:
     return reader, re.sub(r"\s+", " ", " ".join(page.extract_text() for page in reader.pages))
 
 
-def test_period_is_the_full_days_before_the_due_date(db) -> None:  # noqa: ANN001
+def test_period_is_the_full_days_before_the_due_date(db) -> None:
     period = reports.report_period(Report(label="x", period_days=7), DUE)
     assert (period.start, period.end, period.days) == (date(2026, 3, 3), date(2026, 3, 9), 7)
 
 
-def test_figures_sum_the_aggregates_of_the_period_only(dataset) -> None:  # noqa: ANN001
+def test_figures_sum_the_aggregates_of_the_period_only(dataset) -> None:
     report = ReportFactory(label="All deliveries", period_days=7)
     figures = reports.collect_figures(report, reports.report_period(report, DUE))
     assert figures.totals == expected({"news", "sms", "other"})
@@ -73,7 +73,7 @@ def test_figures_sum_the_aggregates_of_the_period_only(dataset) -> None:  # noqa
     assert {row["channel"]: row["sent"] for row in figures.by_channel} == {"email": 1200 + 800 + 430, "sms": 150}
 
 
-def test_campaign_report_keeps_only_that_campaigns_deliveries(dataset) -> None:  # noqa: ANN001
+def test_campaign_report_keeps_only_that_campaigns_deliveries(dataset) -> None:
     campaign, _ = dataset
     report = ReportFactory(label="Spring campaign", kind=Report.Kind.CAMPAIGN, campaign=campaign, period_days=7)
     figures = reports.collect_figures(report, reports.report_period(report, DUE))
@@ -81,7 +81,7 @@ def test_campaign_report_keeps_only_that_campaigns_deliveries(dataset) -> None: 
     assert [row["delivery"] for row in figures.by_delivery] == ["Spring newsletter", "Spring SMS"]
 
 
-def test_pdf_has_title_period_instance_and_independent_figures(dataset, settings) -> None:  # noqa: ANN001
+def test_pdf_has_title_period_instance_and_independent_figures(dataset, settings) -> None:
     settings.INSTANCE_NAME = "acme-marketing.example"
     report = ReportFactory(label="Weekly delivery KPIs", period_days=7)
     pdf = reports.render_report_pdf(report, reports.report_period(report, DUE))
@@ -105,7 +105,7 @@ def test_pdf_has_title_period_instance_and_independent_figures(dataset, settings
             f"{pct(sums['unique_opens'], sums['delivered'])} {pct(sums['unique_clicks'], sums['delivered'])}") in text
 
 
-def test_pdf_has_vector_charts(dataset) -> None:  # noqa: ANN001
+def test_pdf_has_vector_charts(dataset) -> None:
     report = ReportFactory(label="Charts", period_days=7)
     reader, text = pdf_text(reports.render_report_pdf(report, reports.report_period(report, DUE)))
     assert "Sent, delivered and bounces per day" in text
@@ -122,7 +122,7 @@ def test_pdf_has_vector_charts(dataset) -> None:  # noqa: ANN001
     assert re.search(r"\bl\b", lines_page.get_contents().get_data().decode("latin-1"))  # polyline segments
 
 
-def test_instance_name_falls_back_to_first_allowed_host(settings) -> None:  # noqa: ANN001
+def test_instance_name_falls_back_to_first_allowed_host(settings) -> None:
     settings.INSTANCE_NAME = ""
     settings.ALLOWED_HOSTS = ["reports.example.org", "localhost"]
     assert reports.instance_name() == "reports.example.org"
@@ -130,13 +130,13 @@ def test_instance_name_falls_back_to_first_allowed_host(settings) -> None:  # no
     assert reports.instance_name() == "Campaign workflows"
 
 
-def test_render_stops_after_its_time_limit(dataset) -> None:  # noqa: ANN001
+def test_render_stops_after_its_time_limit(dataset) -> None:
     report = ReportFactory(label="Slow", period_days=7)
     with pytest.raises(reports.RenderTimeout):
         reports.render_report_pdf(report, reports.report_period(report, DUE), limit_s=-1)
 
 
-def test_long_periods_chart_at_most_the_bucket_limit(dataset) -> None:  # noqa: ANN001
+def test_long_periods_chart_at_most_the_bucket_limit(dataset) -> None:
     report = ReportFactory(label="Year", period_days=365)
     figures = reports.collect_figures(report, reports.report_period(report, DUE))
     points = reports._buckets(figures.daily)

@@ -54,7 +54,8 @@ def test_every_workflow_has_the_spec_schedule_after_migrate(db):
         assert schedules.schedule_summary(workflow)["crontab"] == crontab, workflow_id
         if crontab:
             task = workflow.periodic_task
-            assert (task.name, task.task, json.loads(task.kwargs)) == (workflow_id, f"workflows.{workflow_id}", {"trigger": "schedule"})
+            assert (task.name, task.task, json.loads(task.kwargs)) \
+                == (workflow_id, f"workflows.{workflow_id}", {"trigger": "schedule"})
             assert task.enabled
 
 
@@ -305,7 +306,7 @@ def test_pause_disables_the_schedule_and_resume_fires_no_burst_of_missed_slots(d
     assert 0 < next_check <= 7 * 60, "the next regular slot (14:10)"
 
 
-def fires_per_local_day(crontab: str, zone: str, start: datetime, hours: int, time_machine) -> dict[str, int]:  # noqa: ANN001
+def fires_per_local_day(crontab: str, zone: str, start: datetime, hours: int, time_machine) -> dict[str, int]:
     """Drive django-celery-beat's own entry minute by minute, as beat would, and count firings."""
     schedule = CrontabSchedule.objects.create(
         minute=crontab.split()[0], hour=crontab.split()[1], day_of_month="*", month_of_year="*", day_of_week="*",

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -46,7 +45,7 @@ from workflows.engine import RunRequest, execute
 from workflows.models import RunStatus, Trigger, Workflow, WorkflowState
 
 ID = module.WORKFLOW_ID
-NOW = datetime(2026, 3, 10, 12, 0, tzinfo=dt_timezone.utc)
+NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
 BOUNCE, DELIVERED, DEFERRED = (SendingFeedback.Outcome.BOUNCE, SendingFeedback.Outcome.DELIVERED,
                                SendingFeedback.Outcome.DEFERRED)
@@ -369,7 +368,8 @@ def test_quarantine_is_kept_per_address_and_channel(frozen, rules):
 
     run_workflow()
 
-    assert (quarantine_of("+33600000001", Channel.SMS).status, quarantine_of("+33600000001", Channel.SMS).error_count) == (ERRONEOUS, 1)
+    sms = quarantine_of("+33600000001", Channel.SMS)
+    assert (sms.status, sms.error_count) == (ERRONEOUS, 1)
     assert quarantine_of("+33600000001", Channel.PUSH).status == QUARANTINED
 
 
@@ -430,7 +430,8 @@ def test_an_opt_out_blocklists_the_profile_for_the_delivery_channel_only(frozen,
     run = run_workflow()
 
     profile.refresh_from_db()
-    flags = {Channel.EMAIL: profile.blocklisted_email, Channel.SMS: profile.blocklisted_sms, Channel.PUSH: profile.blocklisted_push}
+    flags = {Channel.EMAIL: profile.blocklisted_email, Channel.SMS: profile.blocklisted_sms,
+             Channel.PUSH: profile.blocklisted_push}
     assert flags == {c: c == channel for c in flags}
     assert profile.updated_at == NOW
     assert Profile.objects.filter(pk=other.pk, blocklisted_email=False, blocklisted_sms=False, blocklisted_push=False).exists()
@@ -459,7 +460,8 @@ def test_pending_logs_past_validity_are_cancelled_and_the_delivery_finishes(froz
 
     run = run_workflow()
 
-    assert [(log.status, log.updated_at) for log in DeliveryLog.objects.filter(pk__in=[pending.pk, deferred.pk, sent.pk]).order_by("pk")] \
+    assert [(log.status, log.updated_at)
+            for log in DeliveryLog.objects.filter(pk__in=[pending.pk, deferred.pk, sent.pk]).order_by("pk")] \
         == [(LogStatus.CANCELLED, NOW), (LogStatus.CANCELLED, NOW), (LogStatus.SENT, NOW - DAY)]
     delivery.refresh_from_db()
     assert (delivery.state, delivery.finished_at) == (FINISHED, NOW)
@@ -656,7 +658,8 @@ def reference(*, now: datetime, threshold: int = 5, interval_days: int = 1, rese
         if entry["first_error_at"] is None:
             entry["first_error_at"] = at
 
-    blocklist = {row["id"]: row for row in Profile.objects.values("id", "blocklisted_email", "blocklisted_sms", "blocklisted_push")}
+    blocklist = {row["id"]: row
+                 for row in Profile.objects.values("id", "blocklisted_email", "blocklisted_sms", "blocklisted_push")}
     tracking = []
     for hit in TrackingHit.objects.order_by("id"):
         log = logs.get(hit.delivery_log_id)
@@ -695,8 +698,10 @@ def observed() -> dict[str, Any]:
         "quarantine": {(row.pop("address"), row.pop("channel")): row for row in Quarantine.objects.values(
             "address", "channel", "status", "error_count", "first_error_at", "last_error_at", "failure_type",
             "failure_reason", "error_text")},
-        "tracking": list(TrackingLog.objects.order_by("id").values_list("delivery_log_id", "delivery_id", "url_type", "url", "tracked_at")),
-        "profiles": {row["id"]: row for row in Profile.objects.values("id", "blocklisted_email", "blocklisted_sms", "blocklisted_push")},
+        "tracking": list(TrackingLog.objects.order_by("id")
+                         .values_list("delivery_log_id", "delivery_id", "url_type", "url", "tracked_at")),
+        "profiles": {row["id"]: row
+                     for row in Profile.objects.values("id", "blocklisted_email", "blocklisted_sms", "blocklisted_push")},
         "deliveries": {row["id"]: row for row in Delivery.objects.values("id", "state", "finished_at")},
     }
 

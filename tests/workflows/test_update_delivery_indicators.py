@@ -119,7 +119,7 @@ def track(log_or_id: DeliveryLog | int, url_type: int, times: int = 1, *, delive
 
 
 @pytest.fixture
-def dataset(db) -> dict[str, Delivery]:  # noqa: ANN001 - pytest fixture
+def dataset(db) -> dict[str, Delivery]:
     """Five deliveries, their logs last touched two days ago:
 
     - ``mixed``: every status, bounces of each type and several reasons, repeated opens, a click

@@ -9,8 +9,7 @@ field by field with what the run left.
 from __future__ import annotations
 
 import zoneinfo
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -24,7 +23,7 @@ from workflows.engine import RunRequest, execute
 from workflows.models import RunStatus, Trigger, WorkflowRun
 
 WORKFLOW_ID = "updateEventsStatus"
-NOW = datetime(2026, 3, 14, 12, 0, tzinfo=dt_timezone.utc)
+NOW = datetime(2026, 3, 14, 12, 0, tzinfo=UTC)
 
 #: Log status → event status, as the status rules say (written out, not imported).
 OUTCOMES = {1: "sent", 2: "delivery_failed", 0: "ignored", 7: "ignored"}
@@ -35,7 +34,7 @@ EVENT_FIELDS = ("id", "event_type", "channel", "email", "phone", "status", "temp
 
 
 @pytest.fixture
-def now(time_machine) -> datetime:  # noqa: ANN001 - pytest fixture
+def now(time_machine) -> datetime:
     time_machine.move_to(NOW, tick=False)
     return NOW
 
@@ -143,7 +142,8 @@ def assert_run_result(before: dict[int, dict[str, Any]], *, now: datetime, expir
             assert (log.created_at, log.updated_at) == (now, now)
             delivery = log.delivery
             assert (delivery.label, delivery.kind, delivery.template_id, delivery.channel, delivery.state, delivery.campaign_id) \
-                == (expected["delivery_label"], "transactional", expected["template_id"], expected["channel"], "in_progress", None)
+                == (expected["delivery_label"], "transactional", expected["template_id"], expected["channel"], "in_progress",
+                    None)
         else:
             assert got["delivery_log_id"] == event["delivery_log_id"]
     assert set(new_logs) == routed, "exactly one new log per routed event, none for the others"
@@ -232,7 +232,7 @@ def test_final_log_status_is_copied_to_the_event_pending_delivery(db, now):
     events = [factories.EventFactory(event_type="order") for _ in range(5)]
     run()
     logs = {event.pk: DeliveryLog.objects.get(event_id=event.pk) for event in events}
-    for event, status in zip(events, (1, 2, 0, 7, 6)):
+    for event, status in zip(events, (1, 2, 0, 7, 6), strict=True):
         DeliveryLog.objects.filter(pk=logs[event.pk].pk).update(status=status)
 
     second = run()
@@ -247,7 +247,7 @@ def test_final_log_status_is_copied_to_the_event_pending_delivery(db, now):
 
 
 def test_month_execution_delivery_is_created_once_and_reused_then_a_new_one_next_month(db, time_machine):
-    time_machine.move_to(datetime(2026, 1, 10, 9, 0, tzinfo=dt_timezone.utc), tick=False)
+    time_machine.move_to(datetime(2026, 1, 10, 9, 0, tzinfo=UTC), tick=False)
     order = template("Order", "order", "email")
     factories.EventFactory.create_batch(3, event_type="order")
     run(batch_size=2, check_batch_size=2)
@@ -256,7 +256,7 @@ def test_month_execution_delivery_is_created_once_and_reused_then_a_new_one_next
         ("Order — 2026-01", order.pk, "transactional", "in_progress")
 
     Delivery.objects.filter(pk=january.pk).update(state="finished")  # updateDeliveryExecInfo: nothing pending
-    time_machine.move_to(datetime(2026, 1, 31, 23, 0, tzinfo=dt_timezone.utc), tick=False)
+    time_machine.move_to(datetime(2026, 1, 31, 23, 0, tzinfo=UTC), tick=False)
     factories.EventFactory(event_type="order")
     run()
     assert Delivery.objects.count() == 1, "reused within the month"
@@ -264,7 +264,7 @@ def test_month_execution_delivery_is_created_once_and_reused_then_a_new_one_next
     january.refresh_from_db()
     assert january.state == "in_progress", "a finished execution delivery that gets a pending log is in progress again"
 
-    time_machine.move_to(datetime(2026, 2, 1, 0, 30, tzinfo=dt_timezone.utc), tick=False)
+    time_machine.move_to(datetime(2026, 2, 1, 0, 30, tzinfo=UTC), tick=False)
     factories.EventFactory(event_type="order")
     run()
     assert list(Delivery.objects.order_by("id").values_list("label", flat=True)) == ["Order — 2026-01", "Order — 2026-02"]
@@ -272,7 +272,7 @@ def test_month_execution_delivery_is_created_once_and_reused_then_a_new_one_next
 
 def test_month_follows_the_instance_time_zone(db, time_machine, settings):
     settings.TIME_ZONE = "Pacific/Auckland"  # UTC+13 in January
-    time_machine.move_to(datetime(2026, 1, 31, 12, 0, tzinfo=dt_timezone.utc), tick=False)  # 1 Feb, 01:00 there
+    time_machine.move_to(datetime(2026, 1, 31, 12, 0, tzinfo=UTC), tick=False)  # 1 Feb, 01:00 there
     template("Order", "order", "email")
     factories.EventFactory(event_type="order")
 
@@ -287,7 +287,7 @@ def test_month_follows_the_instance_time_zone(db, time_machine, settings):
 def test_month_bounds_keep_local_midnight_across_daylight_saving(settings):
     settings.TIME_ZONE = "Europe/Paris"
     zone = zoneinfo.ZoneInfo("Europe/Paris")
-    start, end = update_events_status.month_bounds(datetime(2026, 3, 30, 12, 0, tzinfo=dt_timezone.utc))  # after the change
+    start, end = update_events_status.month_bounds(datetime(2026, 3, 30, 12, 0, tzinfo=UTC))  # after the change
     assert (start, end) == (datetime(2026, 3, 1, tzinfo=zone), datetime(2026, 4, 1, tzinfo=zone))
     assert start.utcoffset() == timedelta(hours=1) and end.utcoffset() == timedelta(hours=2)
 
@@ -427,7 +427,8 @@ def test_event_appearing_in_the_middle_of_a_batch_is_left_pending_not_misrouted(
     batch = update_events_status.route_batch(after=0, limit=10)
 
     assert (batch.rows, batch.cursor) == (2, 20)
-    assert dict(Event.objects.values_list("id", "status")) == {10: "pending_delivery", 15: "pending", 20: "not_taken_into_account"}
+    assert dict(Event.objects.values_list("id", "status")) \
+        == {10: "pending_delivery", 15: "pending", 20: "not_taken_into_account"}
     monkeypatch.undo()
 
     run()

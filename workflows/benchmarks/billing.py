@@ -53,7 +53,8 @@ class BillingCase(BenchmarkCase):
         profiles = max(10, rows // 5)
         load(Profile, ("id", "email", "phone", "first_name", "last_name", "blocklisted_email", "blocklisted_sms",
                        "blocklisted_push", "created_at", "updated_at"),
-             ((i, f"p{i}@example.com", "", "", "", False, False, False, now - timedelta(days=500), now) for i in range(1, profiles + 1)))
+             ((i, f"p{i}@example.com", "", "", "", False, False, False, now - timedelta(days=500), now)
+              for i in range(1, profiles + 1)))
         reset_sequences(Profile)
         channels = [Channel.EMAIL] * EMAIL_DELIVERIES + [Channel.SMS] * 30 + [Channel.PUSH] * 30
         self._deliveries = [Delivery.objects.create(label=f"bench {i}", channel=channel, kind=Delivery.Kind.TRANSACTIONAL
@@ -102,13 +103,15 @@ class BillingCase(BenchmarkCase):
         self._next_log = first + rows
         reset_sequences(DeliveryLog)
         load(SendingFeedback, ("delivery_log_id", "outcome", "error_text", "received_at"),
-             ((first + rng.randrange(in_month), SendingFeedback.Outcome.DEFERRED, "", start + timedelta(seconds=rng.random() * month_s))
+             ((first + rng.randrange(in_month), SendingFeedback.Outcome.DEFERRED, "",
+               start + timedelta(seconds=rng.random() * month_s))
               for _ in range(max(1, rows // 50))))
 
     def sql_bound(self) -> None:
         start, end = self._period()
         period = billing.month_period("", today=timezone.localdate())
-        active_start = datetime.combine(billing._twelve_months_before(period.end + timedelta(days=1)), time(0), tzinfo=start.tzinfo)
+        active_start = datetime.combine(billing._twelve_months_before(period.end + timedelta(days=1)), time(0),
+                                        tzinfo=start.tzinfo)
         q = connection.ops.quote_name
         logs, deliveries, feedback, profiles = (q(m._meta.db_table) for m in (DeliveryLog, Delivery, SendingFeedback, Profile))
         a = connection.ops.adapt_datetimefield_value
@@ -154,7 +157,8 @@ class BillingCase(BenchmarkCase):
 
     def fingerprint(self) -> Any:
         row = CustomerMetrics.objects.get()
-        return {"deliveries": row.deliveries, "messages": sorted((k, tuple(sorted(v.items()))) for k, v in row.messages_by_channel.items()),
+        return {"deliveries": row.deliveries,
+                "messages": sorted((k, tuple(sorted(v.items()))) for k, v in row.messages_by_channel.items()),
                 "profiles": row.profiles, "active": row.active_profiles,
                 "email": sorted((r["day"], r["label"], r["messages"]) for r in row.email_deliveries)}
 

@@ -333,7 +333,8 @@ def _measured(server: Server, run: Callable[[], Any]) -> tuple[Any, float, float
     wall = time.perf_counter() - wall_before
     server_after = server.cpu_seconds()
     client_share = round((time.process_time() - cpu_before) / wall, 2)
-    server_share = round((server_after - server_before) / wall, 2) if server_before is not None and server_after is not None else None
+    server_share = (round((server_after - server_before) / wall, 2)
+                    if server_before is not None and server_after is not None else None)
     return result, client_share, server_share
 
 

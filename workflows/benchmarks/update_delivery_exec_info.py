@@ -174,7 +174,8 @@ class Generator:
             at = delivery.started_at + timedelta(seconds=self.delays[index])
             rows: list[tuple[str, str, datetime]] = []
             if outcome in (O_BOUNCE, O_BOUNCE_THEN_DELIVERED):
-                rows.append(("bounce", self._bounce_text(delivery.channel, profile_id, _address(delivery.channel, profile_id)), at))
+                text = self._bounce_text(delivery.channel, profile_id, _address(delivery.channel, profile_id))
+                rows.append(("bounce", text, at))
                 if outcome == O_BOUNCE_THEN_DELIVERED:
                     rows.append(("delivered", "", at + timedelta(hours=4)))
             elif outcome in (O_DEFERRED, O_DEFERRED_THEN_DELIVERED):
@@ -332,7 +333,7 @@ def _plain(value: Any) -> Any:
     return int(value)
 
 
-def FINGERPRINT_QUERIES(vendor: str) -> dict[str, str]:  # noqa: N802 - a table of queries
+def FINGERPRINT_QUERIES(vendor: str) -> dict[str, str]:  # a table of queries
     epoch = "CAST(EXTRACT(EPOCH FROM {0}) AS BIGINT)" if vendor == "postgresql" else "CAST(strftime('%s', {0}) AS INTEGER)"
     true = "TRUE" if vendor == "postgresql" else "1"
     return {

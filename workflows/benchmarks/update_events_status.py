@@ -109,13 +109,15 @@ class UpdateEventsStatusCase(BenchmarkCase):
         templates: dict[tuple[str, str], MessageTemplate] = {}
         for number in range(EVENT_TYPES):
             event_type = f"type{number:02d}"
-            channels = [Channel.EMAIL] + ([Channel.SMS] if number < SMS_TYPES else []) + ([Channel.PUSH] if number < PUSH_TYPES else [])
+            channels = ([Channel.EMAIL] + ([Channel.SMS] if number < SMS_TYPES else [])
+                        + ([Channel.PUSH] if number < PUSH_TYPES else []))
             for channel in channels:
                 published = number < PUBLISHED_TYPES
                 MessageTemplate.objects.create(label=f"{event_type} {channel} v1", event_type=event_type, channel=channel,
                                                published=published, published_at=now - timedelta(days=60) if published else None)
-                latest = MessageTemplate.objects.create(label=f"{event_type} {channel} v2", event_type=event_type, channel=channel,
-                                                        published=published, published_at=now - timedelta(days=5) if published else None)
+                latest = MessageTemplate.objects.create(
+                    label=f"{event_type} {channel} v2", event_type=event_type, channel=channel,
+                    published=published, published_at=now - timedelta(days=5) if published else None)
                 MessageTemplate.objects.create(label=f"{event_type} {channel} v3 draft", event_type=event_type, channel=channel)
                 if published:
                     templates[event_type, channel] = latest
@@ -126,7 +128,9 @@ class UpdateEventsStatusCase(BenchmarkCase):
                    for pair, template in templates.items()}
         # Three passes over the same seeded plan: pending events, routed events, their logs. (Each
         # load lists only the columns it has values for: the others stay NULL.)
-        plan = lambda: _plan(rows=rows, seed=seed, now=now, templates=templates, earlier=earlier)  # noqa: E731
+        def plan() -> Iterator[tuple[str, tuple[Any, ...]]]:
+            return _plan(rows=rows, seed=seed, now=now, templates=templates, earlier=earlier)
+
         load(Event, PENDING_FIELDS, (row for kind, row in plan() if kind == "pending"))
         load(Event, ROUTED_FIELDS, (row for kind, row in plan() if kind == "routed"))
         load(DeliveryLog, LOG_FIELDS, (row for kind, row in plan() if kind == "log"))
@@ -143,7 +147,8 @@ class UpdateEventsStatusCase(BenchmarkCase):
             )
             cursor.execute(
                 f"""
-                UPDATE {EVENTS} AS e SET status = CASE l.status WHEN 1 THEN 'sent' WHEN 2 THEN 'delivery_failed' ELSE 'ignored' END,
+                UPDATE {EVENTS} AS e
+                SET status = CASE l.status WHEN 1 THEN 'sent' WHEN 2 THEN 'delivery_failed' ELSE 'ignored' END,
                     processed_at = %s, updated_at = %s
                 FROM {LOGS} AS l
                 WHERE e.status = %s AND l.id = e.delivery_log_id AND l.status IN (0, 1, 2, 7)
@@ -166,7 +171,8 @@ class UpdateEventsStatusCase(BenchmarkCase):
         if connection.vendor == "postgresql":
             route_table = "json_to_recordset(%s::json) AS r(event_type text, channel text, delivery_id bigint)"
         else:
-            route_table = ("(SELECT json_extract(value, '$.event_type') AS event_type, json_extract(value, '$.channel') AS channel,"
+            route_table = ("(SELECT json_extract(value, '$.event_type') AS event_type,"
+                           " json_extract(value, '$.channel') AS channel,"
                            " json_extract(value, '$.delivery_id') AS delivery_id FROM json_each(%s)) AS r")
         with connection.cursor() as cursor:
             cursor.execute(f"SELECT COALESCE(MAX(id), 0) FROM {LOGS}")
@@ -176,7 +182,8 @@ class UpdateEventsStatusCase(BenchmarkCase):
                 INSERT INTO {LOGS} (delivery_id, profile_id, address, variant, event_id, status, failure_type,
                                     failure_reason, error_text, created_at, updated_at)
                 SELECT r.delivery_id, NULL,
-                       CASE e.channel WHEN 'email' THEN e.email WHEN 'sms' THEN e.phone ELSE COALESCE(NULLIF(e.email, ''), e.phone) END,
+                       CASE e.channel WHEN 'email' THEN e.email WHEN 'sms' THEN e.phone
+                                      ELSE COALESCE(NULLIF(e.email, ''), e.phone) END,
                        '', e.id, 6, 0, 0, '', %s, %s
                 FROM {EVENTS} AS e JOIN {route_table} ON r.event_type = e.event_type AND r.channel = e.channel
                 WHERE e.status = %s

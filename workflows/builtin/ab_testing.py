@@ -219,7 +219,8 @@ def _reported_once_committed(ctx: ActivityContext, ids: Sequence[int], *, page: 
 definition = register(WorkflowDefinition(
     id=WORKFLOW_ID,
     label="A/B testing",
-    description="Picks the winner of each A/B test whose test period has ended and sends it to the remainder population (or waits for confirmation).",
+    description="Picks the winner of each A/B test whose test period has ended and sends it to the remainder population "
+                "(or waits for confirmation).",
     schedule=Schedule("0 0 * * *"),
     activities=(decide_winners,),
 ))

@@ -92,7 +92,8 @@ def compute_metrics(period: reports.Period) -> dict[str, Any]:
     start, end = bounds(period)
     counted = DeliveryLog.objects.filter(created_at__gte=start, created_at__lt=end, status__in=COUNTED).exclude(
         delivery__kind=Delivery.Kind.PROOF)
-    messages = {row["delivery__channel"]: row["n"] for row in counted.values("delivery__channel").annotate(n=Count("id")).order_by()}
+    messages = {row["delivery__channel"]: row["n"]
+                for row in counted.values("delivery__channel").annotate(n=Count("id")).order_by()}
     retries = {
         row["delivery_log__delivery__channel"]: row["n"]
         for row in SendingFeedback.objects.filter(received_at__gte=start, received_at__lt=end,
@@ -106,7 +107,8 @@ def compute_metrics(period: reports.Period) -> dict[str, Any]:
         for channel in Channel.values if channel in messages or channel in retries
     }
     active_start = datetime.combine(_twelve_months_before(period.end + timedelta(days=1)), time(0), tzinfo=start.tzinfo)
-    window = DeliveryLog.objects.filter(created_at__gte=active_start, created_at__lt=end).exclude(delivery__kind=Delivery.Kind.PROOF)
+    window = (DeliveryLog.objects.filter(created_at__gte=active_start, created_at__lt=end)
+              .exclude(delivery__kind=Delivery.Kind.PROOF))
     active = window.aggregate(
         profiles=Count("profile_id", distinct=True),
         anonymous=Count("id", filter=Q(profile__isnull=True)),
@@ -171,7 +173,8 @@ def send(ctx: ActivityContext) -> None:
     pdf = reports.render_billing_pdf(metrics)
     lines = [f"Billing activity report for {period.label()} ({reports.instance_name()}):",
              f"  deliveries: {metrics.deliveries}",
-             *(f"  {channel} messages: {row['total']} ({row['retries']} retries)" for channel, row in metrics.messages_by_channel.items()),
+             *(f"  {channel} messages: {row['total']} ({row['retries']} retries)"
+               for channel, row in metrics.messages_by_channel.items()),
              f"  profiles: {metrics.profiles}, active over 12 months: {metrics.active_profiles}",
              f"  database size: {metrics.database_size_bytes} bytes", "", "The full report is attached."]
     message = EmailMessage(subject=f"[{reports.instance_name()}] Billing {period.start:%Y-%m}", body="\n".join(lines),

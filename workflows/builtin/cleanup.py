@@ -588,7 +588,8 @@ def tables_thinned(run: WorkflowRun) -> list[type[models.Model]]:
 definition = register(WorkflowDefinition(
     id=WORKFLOW_ID,
     label="Database cleanup",
-    description="Purges logs, events, aggregates and workflow history past their retention, releases quarantined addresses, then refreshes database statistics.",
+    description="Purges logs, events, aggregates and workflow history past their retention, releases quarantined addresses, "
+                "then refreshes database statistics.",
     schedule=Schedule("0 4 * * *"),
     activities=tuple(stops_the_run_on_failure(activity) for activity in (
         purge_delivery_logs,

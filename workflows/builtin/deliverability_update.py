@@ -97,7 +97,8 @@ def replace_service_rules(rules: Rules) -> None:
                options=rule.options, source=SERVICE)
         for rule in rules.mx_rules
     )
-    DomainRule.objects.bulk_create(DomainRule(domain=rule.domain, options=rule.options, source=SERVICE) for rule in rules.domain_rules)
+    DomainRule.objects.bulk_create(DomainRule(domain=rule.domain, options=rule.options, source=SERVICE)
+                                   for rule in rules.domain_rules)
 
 
 def check_patterns_on_database(bounce_rules: list[BounceRuleSpec]) -> None:

@@ -343,7 +343,8 @@ def compute_forecast(ctx: ActivityContext) -> None:
 definition = register(WorkflowDefinition(
     id=WORKFLOW_ID,
     label="Forecasting",
-    description="Computes the contacts planned by scheduled and provisional deliveries and the contact pressure per profile; excludes over-solicited profiles from lower-priority deliveries.",
+    description="Computes the contacts planned by scheduled and provisional deliveries and the contact pressure per profile; "
+                "excludes over-solicited profiles from lower-priority deliveries.",
     schedule=Schedule("0 1 * * *"),
     activities=(compute_forecast,),
     properties=(

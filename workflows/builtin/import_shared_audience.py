@@ -257,7 +257,8 @@ def clear_staging(ctx: ActivityContext, *, audience: SharedAudience | None = Non
     """Delete staged rows (one audience's, or all), at most STAGING_DELETE_BATCH per unit of work:
     fenced like every commit, so a run that lost its lease never deletes what the run that took
     over has staged since."""
-    rows = StagedAudienceMember.objects.all() if audience is None else StagedAudienceMember.objects.filter(audience_id=audience.pk)
+    rows = (StagedAudienceMember.objects.all() if audience is None
+            else StagedAudienceMember.objects.filter(audience_id=audience.pk))
 
     def step(position: None, limit: int) -> Batch:
         bound = _nth_id(rows, limit)
@@ -275,7 +276,8 @@ def _nth_id(rows: QuerySet[Any], n: int) -> int | None:
 definition = register(WorkflowDefinition(
     id=WORKFLOW_ID,
     label="Import shared audience",
-    description="Imports the members of each enabled shared audience from the audience service, replacing the membership atomically.",
+    description="Imports the members of each enabled shared audience from the audience service, "
+                "replacing the membership atomically.",
     schedule=Schedule("0 * * * *"),
     activities=(import_audiences,),
     expire_s=3600,  # a late message is dropped: the next slot does the same work

@@ -259,7 +259,8 @@ def update_quarantine(
         1 for key, state in changed.items()
         if state.status == Quarantine.Status.QUARANTINED and before.get(key, QuarantineState()).status != state.status
     )
-    return {"significant_errors": significant, "quarantine_rows_written": len(changed), "addresses_quarantined": newly_quarantined}
+    return {"significant_errors": significant, "quarantine_rows_written": len(changed),
+            "addresses_quarantined": newly_quarantined}
 
 
 # --------------------------------------------------------------------------------------------
@@ -503,7 +504,8 @@ def update_delivery_states(ctx: ActivityContext) -> None:
 definition = register(WorkflowDefinition(
     id=WORKFLOW_ID,
     label="Update delivery execution",
-    description="Consolidates raw sending feedback and tracking hits into delivery and tracking logs, qualifies bounces, maintains the quarantine and delivery states.",
+    description="Consolidates raw sending feedback and tracking hits into delivery and tracking logs, qualifies bounces, "
+                "maintains the quarantine and delivery states.",
     schedule=Schedule("*/10 * * * *"),
     activities=(consolidate_sending_feedback, consolidate_tracking_hits, update_delivery_states),
     properties=(

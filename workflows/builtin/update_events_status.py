@@ -38,8 +38,7 @@ in the middle of a batch is left as it is, for the next batch or run, never misr
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import connection
@@ -87,7 +86,7 @@ def _from_db_datetime(value: Any) -> datetime:
     """A datetime read by raw SQL (SQLite gives naive UTC text) as an aware datetime."""
     if isinstance(value, str):
         value = parse_datetime(value)
-    return value if timezone.is_aware(value) else value.replace(tzinfo=dt_timezone.utc)
+    return value if timezone.is_aware(value) else value.replace(tzinfo=UTC)
 
 
 def _pairs_table(alias: str, *, with_delivery: bool) -> str:
@@ -289,7 +288,8 @@ class MonthDeliveries:
         if key in self._ids:
             return self._ids[key], False
         existing = (
-            Delivery.objects.filter(template=template, kind=Delivery.Kind.TRANSACTIONAL, created_at__gte=start, created_at__lt=end)
+            Delivery.objects.filter(template=template, kind=Delivery.Kind.TRANSACTIONAL,
+                                    created_at__gte=start, created_at__lt=end)
             .order_by("id").values_list("id", flat=True).first()
         )
         created = existing is None

@@ -85,4 +85,4 @@ class Command(BaseCommand):
         ]
         widths = [max(len(line[column]) for line in table) for column in range(len(header))]
         for line in table:
-            self.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+            self.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())

@@ -143,7 +143,8 @@ class Command(BaseCommand):
                 self.stdout.write(line)
 
     def _report_workflows(self, results: list[Result]) -> None:
-        header = f"{'workflow':<26}{'rows':>11}{'seconds':>9}{'rows/s':>11}{'sql s':>8}{'ratio':>7}{'incr s':>8}{'incr %':>8}{'peak MB':>9}  same"
+        header = (f"{'workflow':<26}{'rows':>11}{'seconds':>9}{'rows/s':>11}{'sql s':>8}{'ratio':>7}"
+                  f"{'incr s':>8}{'incr %':>8}{'peak MB':>9}  same")
         self.stdout.write(header)
         for r in results:
             share = r.incremental_seconds / r.seconds if r.seconds else 0
@@ -195,7 +196,8 @@ def ingestion_lines(result: EventIngestionResult) -> list[str]:
         server = f"{load.server_cpu_share:.2f}" if load.server_cpu_share is not None else "n/a"
         integrity = ("none" if load.intact else
                      f"{load.refused} refused, {load.lost} lost, {load.duplicated} duplicated")
-        return (f"  {load.endpoint:<40}{load.clients:>8}{load.requests:>9,}{load.events / load.seconds if load.seconds else 0:>10,.0f}"
+        return (f"  {load.endpoint:<40}{load.clients:>8}{load.requests:>9,}"
+                f"{load.events / load.seconds if load.seconds else 0:>10,.0f}"
                 f"{load.requests_per_s:>8,.0f}{load.p50_ms:>8.1f}{load.p95_ms:>8.1f}{load.p99_ms:>8.1f}"
                 f"{load.client_cpu_share:>7.2f}{server:>7}  {integrity}")
 

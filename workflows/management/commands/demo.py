@@ -64,4 +64,4 @@ class Command(BaseCommand):
         ]
         widths = [max(len(row[column]) for row in rows) for column in range(4)]
         for row in rows:
-            self.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4])
+            self.stdout.write("  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + "  " + row[4])

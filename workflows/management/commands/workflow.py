@@ -127,7 +127,7 @@ def format_counters(counters: dict[str, Any]) -> str:
 def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     rows = [list(headers), *[list(row) for row in rows]]
     widths = [max(len(row[column]) for row in rows) for column in range(len(headers))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
 def describe_last_run(run: WorkflowRun | None) -> str:
@@ -178,7 +178,8 @@ class Command(BaseCommand):
         repair.add_argument("workflow_id", metavar="ID", nargs="?", default=None,
                             help="Workflow id, case-insensitive; every workflow when omitted.")
 
-    def _add(self, actions: Any, name: str, help_text: str, *, workflow_id: bool = True, with_json: bool = False) -> CommandParser:
+    def _add(self, actions: Any, name: str, help_text: str, *,
+             workflow_id: bool = True, with_json: bool = False) -> CommandParser:
         sub = actions.add_parser(name, help=help_text, description=help_text, epilog=EXIT_CODES_HELP,
                                  formatter_class=HelpFormatter)
         if workflow_id:
@@ -193,7 +194,7 @@ class Command(BaseCommand):
         handlers: dict[str, Callable[..., int]] = {
             "list": self.list_workflows, "show": self.show_workflow, "run": self.run_workflow,
             "runs": self.list_runs, "repair": self.repair_schedules,
-            **{name: self.change_state for name in STATE_COMMANDS},
+            **dict.fromkeys(STATE_COMMANDS, self.change_state),
         }
         try:
             with engine_logs_at_warning(enabled=options["verbosity"] < 2):
@@ -290,7 +291,8 @@ class Command(BaseCommand):
             return EXIT_OK
         exit_code = run_exit_code(run)
         if exit_code != EXIT_OK:
-            self.stderr.write(f"workflow: run #{run.pk} of {run.workflow_id} {run.status}: {one_line(run.reason) or 'no reason given'}")
+            self.stderr.write(f"workflow: run #{run.pk} of {run.workflow_id} {run.status}: "
+                              f"{one_line(run.reason) or 'no reason given'}")
         return exit_code
 
     def change_state(self, *, action: str, workflow_id: str, **options: Any) -> int:
@@ -374,7 +376,8 @@ class Command(BaseCommand):
         activities = list(run.activities.all())
         lines.append("Activities:" + ("  -" if not activities else ""))
         for activity in activities:
-            lines.append(f"  {activity.position + 1}. {activity.name}  {activity.status}  {format_counters(activity.counters or {})}"
+            lines.append(f"  {activity.position + 1}. {activity.name}  {activity.status}  "
+                         f"{format_counters(activity.counters or {})}"
                          + (f"  ({one_line(activity.message)})" if activity.message else ""))
         return "\n".join(lines)
 

@@ -1,0 +1,45 @@
+"""Helpers for the engine's tests: polling a real worker, injecting a crash, counting the sample
+workflow's effects. The fixtures are in ``conftest.py``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from campaign.models import TrackingLog
+from workflows.models import WorkflowRun
+
+#: Short enough that a takeover test waits seconds, long enough that a live run renews in time.
+TEST_LEASE_SECONDS = 4
+
+
+def wait_for(condition: Callable[[], bool], *, what: str, timeout: float = 60) -> None:
+    """Poll ``condition`` (a real worker doing something) until it holds; fail saying what and
+    with the runs recorded so far."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    runs = list(WorkflowRun.objects.values_list("pk", "workflow_id", "status", "reason"))
+    raise AssertionError(f"timed out waiting for {what}; runs: {runs}")
+
+
+def fail_on_call(number: int, real: Callable[..., Any]) -> Callable[..., Any]:
+    """``real``, except that its ``number``-th call raises: a crash between two batches."""
+    calls = {"n": 0}
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == number:
+            raise RuntimeError("simulated crash")
+        return real(*args, **kwargs)
+
+    return wrapper
+
+
+def effects() -> tuple[int, int]:
+    """(effect rows, distinct sources among them): equal and complete when exactly-once held."""
+    rows = TrackingLog.objects.filter(url__startswith="sample:")
+    return rows.count(), rows.values("url").distinct().count()
