@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import connection
 from pytest_httpserver import HTTPServer
 
+from campaign.integrations import http
 from tests.https_server import Certificates, make_certificates
 
 
@@ -34,6 +35,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "postgres" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The integration clients' waits between attempts, recorded instead of slept."""
+    recorded: list[float] = []
+    monkeypatch.setattr(http, "wait", recorded.append)
+    return recorded
 
 
 @pytest.fixture

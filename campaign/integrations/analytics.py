@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -40,12 +39,6 @@ IDENTITY = ("date", "campaign_id", "campaign_label", "delivery_id", "delivery_la
 ROW_KEYS = IDENTITY + COUNTERS
 
 _ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
-
-
-def wait(seconds: float) -> None:
-    """How the client waits between attempts (backoff, ``Retry-After``). Tests replace it to
-    observe the waits without sleeping."""
-    time.sleep(seconds)
 
 
 @dataclass(frozen=True)
@@ -109,7 +102,7 @@ class AnalyticsClient:
     """The two calls of the protocol, on one HTTP session of the account."""
 
     def __init__(self, account: ExternalAccount, *, sleep: Callable[[float], None] | None = None) -> None:
-        self._http = ServiceClient(account, sleep=sleep or (lambda seconds: wait(seconds)))
+        self._http = ServiceClient(account, sleep=sleep)
         self._secret = self._http.token
         self.account_name = account.name
 

@@ -20,7 +20,6 @@ returned. Retries, timeouts and the bearer token are the shared HTTP layer's
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -42,12 +41,6 @@ MAX_PAGE_MEMBERS = 100_000
 MAX_CURSOR_LENGTH = 2_000
 
 
-def wait(seconds: float) -> None:
-    """How the client waits between attempts (backoff, ``Retry-After``). Tests replace it to
-    observe the waits without sleeping."""
-    time.sleep(seconds)
-
-
 @dataclass(frozen=True)
 class Member:
     id: str
@@ -65,7 +58,7 @@ class AudienceClient:
 
     def __init__(self, account: ExternalAccount, *, sleep: Callable[[float], None] | None = None) -> None:
         self.account_name = account.name
-        self._http = ServiceClient(account, sleep=sleep or (lambda seconds: wait(seconds)))
+        self._http = ServiceClient(account, sleep=sleep)
         self._secret = self._http.token
 
     def members_page(self, *, external_id: str, cursor: str | None = None) -> MembersPage:

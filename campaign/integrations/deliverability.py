@@ -25,7 +25,6 @@ offending rule. Retries, timeouts and the bearer token are the shared HTTP layer
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,12 +47,6 @@ INT_MIN, INT_MAX = -(2**31), 2**31 - 1
 
 MX_KEYS = ("mx_mask", "max_connections", "max_messages_per_hour")
 DOMAIN_KEYS = ("domain",)
-
-
-def wait(seconds: float) -> None:
-    """How the client waits between attempts (backoff, ``Retry-After``). Tests replace it to
-    observe the waits without sleeping."""
-    time.sleep(seconds)
 
 
 @dataclass(frozen=True)
@@ -90,7 +83,7 @@ class DeliverabilityClient:
 
     def __init__(self, account: ExternalAccount, *, sleep: Callable[[float], None] | None = None) -> None:
         self.account_name = account.name
-        self._http = ServiceClient(account, require_https=True, sleep=sleep or (lambda seconds: wait(seconds)))
+        self._http = ServiceClient(account, require_https=True, sleep=sleep)
         self._secret = self._http.token
 
     def fetch_rules(self) -> Rules:

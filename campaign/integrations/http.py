@@ -48,6 +48,12 @@ class ServiceUnavailable(TransientError):
     """The service could not be reached or kept answering 429/5xx."""
 
 
+def wait(seconds: float) -> None:
+    """How every client waits between attempts (backoff, ``Retry-After``). Tests replace it to
+    observe the waits without sleeping."""
+    time.sleep(seconds)
+
+
 class ServiceError(PermanentError):
     """The service refused the call (4xx) or answered something this client does not understand."""
 
@@ -61,7 +67,8 @@ class ConfigurationError(PermanentError):
 class ServiceClient:
     account: ExternalAccount
     require_https: bool = False
-    sleep: Callable[[float], None] = time.sleep
+    #: How to wait between attempts; by default :func:`wait`, looked up at each call.
+    sleep: Callable[[float], None] | None = None
     session: requests.Session = field(default_factory=requests.Session)
     #: The bearer token, for the clients to scrub it from their errors.
     token: str = field(init=False, repr=False)
@@ -125,7 +132,7 @@ class ServiceClient:
             if attempt == MAX_ATTEMPTS or delay > RETRY_AFTER_MAX_S:
                 raise ServiceUnavailable(f"{reason} (after {attempt} attempt{'s' if attempt > 1 else ''})")
             logger.info("%s; retry %s in %.1fs", reason, attempt, delay)
-            self.sleep(delay)
+            (self.sleep or wait)(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _refuse_unsafe_destination(self, url: str, *, what: str) -> None:

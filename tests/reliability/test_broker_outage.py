@@ -30,10 +30,9 @@ from django.conf import settings
 from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from campaign.models import Campaign, Delivery, SendingFeedback
 from tests.reliability.conftest import Cluster, forwarded_url, wait_for
 from tests.workflows import sample_workflow
-from tests.workflows.helpers import effects
+from tests.workflows.helpers import effects, seed_sample_sources
 from tests.workflows.sample_workflow import QUICK_ID, SAMPLE_ID, SAMPLE_QUEUE
 from workflows.models import FINAL_RUN_STATUSES, RunStatus, Workflow, WorkflowRun
 from workflows.schedules import ensure_workflow
@@ -238,9 +237,7 @@ def sources(transactional_db: None) -> int:
     ensure_workflow(sample_workflow.definition)
     ensure_workflow(sample_workflow.quick_definition)
     Workflow.objects.filter(pk=SAMPLE_ID).update(properties=PROPERTIES)
-    Delivery.objects.create(label=sample_workflow.SAMPLE_DELIVERY_LABEL, campaign=Campaign.objects.create(label="broker outage"))
-    SendingFeedback.objects.bulk_create(SendingFeedback(delivery_log_id=index, outcome=SendingFeedback.Outcome.DELIVERED)
-                                        for index in range(1, SOURCES + 1))
+    seed_sample_sources(SOURCES, campaign_label="broker outage")
     return SOURCES
 
 

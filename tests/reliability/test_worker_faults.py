@@ -18,7 +18,7 @@ import pytest
 from django.db.models import Max
 from django.utils import timezone
 
-from campaign.models import Campaign, Delivery, SendingFeedback
+from campaign.models import SendingFeedback
 from tests.reliability.conftest import (
     LEASE_SECONDS,
     Cluster,
@@ -29,7 +29,7 @@ from tests.reliability.conftest import (
     wait_for,
 )
 from tests.workflows import sample_workflow
-from tests.workflows.helpers import effects
+from tests.workflows.helpers import effects, seed_sample_sources
 from tests.workflows.sample_workflow import SAMPLE_ID, SAMPLE_QUEUE
 from workflows import commands, leases, reaper
 from workflows.models import ActivityRun, ActivityStatus, RunStatus, Workflow, WorkflowLog, WorkflowRun
@@ -48,9 +48,7 @@ PROPERTIES = {"batch_size": 50, "sleep_ms": 150}
 def sources(transactional_db: None) -> int:
     ensure_workflow(sample_workflow.definition)
     Workflow.objects.filter(pk=SAMPLE_ID).update(properties=PROPERTIES)
-    Delivery.objects.create(label=sample_workflow.SAMPLE_DELIVERY_LABEL, campaign=Campaign.objects.create(label="reliability"))
-    SendingFeedback.objects.bulk_create(SendingFeedback(delivery_log_id=index, outcome=SendingFeedback.Outcome.DELIVERED)
-                                        for index in range(1, SOURCES + 1))
+    seed_sample_sources(SOURCES, campaign_label="reliability")
     return SOURCES
 
 #: Runs on a bystander host: one PostgreSQL session, a query every half second, until it fails.

@@ -7,12 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from campaign.integrations import analytics
-from campaign.models import Campaign, Channel, Delivery, ExternalAccount, SendingFeedback
+from campaign.models import Channel, Delivery, ExternalAccount
 from tests.factories import CampaignFactory, DeliveryFactory, ExternalAccountFactory
 from tests.workflows import sample_workflow
 from tests.workflows.fake_analytics import TOKEN, TOKEN_ENV, FakeAnalytics
-from tests.workflows.helpers import TEST_LEASE_SECONDS
+from tests.workflows.helpers import TEST_LEASE_SECONDS, seed_sample_sources
 from workflows.schedules import ensure_workflow
 from workflows.worker_process import WorkerProcess
 from workflows.worker_process import current_database_url as database_url
@@ -24,11 +23,7 @@ def sample(db, settings):
     settings.WORKFLOW_LEASE_SECONDS = TEST_LEASE_SECONDS
     workflow = ensure_workflow(sample_workflow.definition)
     ensure_workflow(sample_workflow.quick_definition)
-    campaign = Campaign.objects.create(label="engine tests")
-    Delivery.objects.create(label=sample_workflow.SAMPLE_DELIVERY_LABEL, campaign=campaign)
-    SendingFeedback.objects.bulk_create(
-        SendingFeedback(delivery_log_id=index, outcome=SendingFeedback.Outcome.DELIVERED) for index in range(1, 51)
-    )
+    seed_sample_sources(50, campaign_label="engine tests")
     return workflow
 
 
@@ -49,14 +44,6 @@ def worker(transactional_db, settings) -> Iterator[WorkerProcess]:
 
 
 # -- the KPI tests' fake analytics service ---------------------------------------------------------
-@pytest.fixture
-def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The client's waits between attempts, recorded instead of slept."""
-    recorded: list[float] = []
-    monkeypatch.setattr(analytics, "wait", recorded.append)
-    return recorded
-
-
 @pytest.fixture
 def service(db, httpserver, monkeypatch, waits) -> FakeAnalytics:
     monkeypatch.setenv(TOKEN_ENV, TOKEN)

@@ -7,11 +7,21 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from campaign.models import TrackingLog
+from campaign.models import Campaign, Delivery, SendingFeedback, TrackingLog
+from tests.workflows import sample_workflow
 from workflows.models import WorkflowRun
 
 #: Short enough that a takeover test waits seconds, long enough that a live run renews in time.
 TEST_LEASE_SECONDS = 4
+
+
+def seed_sample_sources(count: int, *, campaign_label: str) -> None:
+    """The sample workflow's inputs: the delivery its effects point to, and ``count`` delivered
+    feedback rows (delivery logs 1 to ``count``) for it to consolidate."""
+    Delivery.objects.create(label=sample_workflow.SAMPLE_DELIVERY_LABEL, campaign=Campaign.objects.create(label=campaign_label))
+    SendingFeedback.objects.bulk_create(
+        SendingFeedback(delivery_log_id=index, outcome=SendingFeedback.Outcome.DELIVERED) for index in range(1, count + 1)
+    )
 
 
 def wait_for(condition: Callable[[], bool], *, what: str, timeout: float = 60) -> None:

@@ -20,6 +20,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django_celery_beat.models import PeriodicTask
 
+from tests.workflows.admin_helpers import change_url, edit, form_data, staff_client
 from workflows import commands, schedules
 from workflows.admin import RECENT_RUNS
 from workflows.context import ActivityContext
@@ -78,10 +79,6 @@ def sample() -> Workflow:
 
 # -- helpers -------------------------------------------------------------------------------------
 
-def change_url(workflow_id: str) -> str:
-    return reverse("admin:workflows_workflow_change", args=[workflow_id])
-
-
 def command_url(workflow_id: str, command: str) -> str:
     return reverse("admin:workflows_workflow_command", args=[workflow_id, command])
 
@@ -94,47 +91,8 @@ def messages_of(response: HttpResponse) -> list[str]:
     return [str(message) for message in get_messages(response.wsgi_request)]
 
 
-def form_data(response: HttpResponse) -> dict[str, Any]:
-    """What a browser would submit for the change form rendered in ``response``: every field's
-    current value, and the inline formsets' management and hidden fields."""
-    data: dict[str, Any] = {}
-
-    def add(form: Any) -> None:
-        for name in form.fields:
-            value = form[name].value()
-            if value is None or value is False:
-                continue
-            data[form.add_prefix(name)] = "on" if value is True else value
-
-    add(response.context["adminform"].form)
-    for inline in response.context["inline_admin_formsets"]:
-        add(inline.formset.management_form)
-        for form in inline.formset.forms:
-            add(form)
-    return data
-
-
-def edit(client: Client, workflow_id: str, **changes: Any) -> HttpResponse:
-    """Load the workflow page, change some fields (None unticks a checkbox), submit."""
-    data = form_data(client.get(change_url(workflow_id)))
-    for name, value in changes.items():
-        if value is None:
-            data.pop(name, None)
-        else:
-            data[name] = value
-    return client.post(change_url(workflow_id), data)
-
-
 def act(client: Client, action: str, *workflow_ids: str) -> HttpResponse:
     return client.post(CHANGELIST, {"action": action, "_selected_action": list(workflow_ids), "index": 0}, follow=True)
-
-
-def staff_client(django_user_model: Any, *codenames: str) -> Client:
-    user = django_user_model.objects.create_user("operator", password="unused-password", is_staff=True)
-    user.user_permissions.set(Permission.objects.filter(content_type__app_label="workflows", codename__in=codenames))
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 def broker_headers(queue: str, task_id: str) -> dict[str, Any]:

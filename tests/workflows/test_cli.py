@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from io import StringIO
 from typing import Any
@@ -24,6 +23,7 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
+from tests.workflows.cli_helpers import Result, workflow_cli
 from workflows import commands, schedules
 from workflows.context import ActivityContext
 from workflows.definition import WorkflowDefinition, all_definitions, register
@@ -57,34 +57,6 @@ SAMPLE = register(WorkflowDefinition(
     activities=(count_rows,),
     properties=(IntegerProperty("rows", 3, minimum=0, maximum=1_000, help="How many rows to count."),),
 ))
-
-
-UNWRITTEN = register(WorkflowDefinition(
-    id="cliUnwritten", label="CLI unwritten", description="Test-only workflow declared without activities.",
-    schedule=None,
-))
-
-
-@dataclass(frozen=True)
-class Result:
-    exit_code: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> Any:
-        return json.loads(self.stdout)
-
-
-def workflow_cli(*args: str) -> Result:
-    ensure_workflow(UNWRITTEN)
-    stdout, stderr = StringIO(), StringIO()
-    try:
-        call_command("workflow", *args, stdout=stdout, stderr=stderr)
-    except SystemExit as exit_:
-        code = exit_.code
-    else:
-        code = 0
-    return Result(code, stdout.getvalue(), stderr.getvalue())
 
 
 def assert_one_line_reason(result: Result, *fragments: str) -> None:

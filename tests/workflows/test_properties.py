@@ -14,8 +14,8 @@ from django.core.exceptions import ValidationError
 from django.db.models import DateTimeField, ExpressionWrapper, F, Value
 from django.utils import timezone
 
-from tests.workflows.test_admin import change_url, edit, staff_client
-from tests.workflows.test_cli import workflow_cli
+from tests.workflows.admin_helpers import change_url, edit, staff_client
+from tests.workflows.cli_helpers import workflow_cli
 from workflows import commands, leases
 from workflows.builtin import mc_synch_local
 from workflows.definition import all_definitions, get_definition, load_definitions

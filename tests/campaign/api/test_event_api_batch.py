@@ -19,11 +19,6 @@ from campaign.models import Event
 BATCH_URL = "/api/events/order_confirmation/batch"
 
 
-@pytest.fixture
-def key(db) -> str:
-    return api.create_api_key(name="crm")[1]
-
-
 def send(client: Client, key: str, body: Any, *, raw: bytes | None = None, path: str = BATCH_URL, **extra: Any) -> Any:
     data = raw if raw is not None else json.dumps(body).encode()
     return client.post(path, data=data, content_type="application/json", HTTP_AUTHORIZATION=f"Bearer {key}", **extra)

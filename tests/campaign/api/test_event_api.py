@@ -6,25 +6,16 @@ Every refusal is checked for its status, its reason and that nothing was stored.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import IO, Any
 
 import pytest
 import requests
-from django.conf import settings as django_settings
 from django.core.management import CommandError, call_command
 from django.test import Client, RequestFactory
 from django.urls import reverse
@@ -33,21 +24,7 @@ from django.utils import timezone
 from campaign import api
 from campaign.models import APIKey, Event
 from tests import factories
-from workflows.worker_process import current_database_url
-
-URL = "/api/events/order_confirmation"
-
-
-@pytest.fixture
-def key(db) -> str:
-    return api.create_api_key(name="crm")[1]
-
-
-def post(client: Client, body: Any, *, key: str | None, path: str = URL, raw: bytes | None = None, **extra: Any) -> Any:
-    headers = {"HTTP_AUTHORIZATION": f"Bearer {key}"} if key is not None else {}
-    data = raw if raw is not None else json.dumps(body).encode()
-    return client.post(path, data=data, content_type="application/json", **headers, **extra)
-
+from tests.campaign.api.helpers import URL, gunicorn, post
 
 # --- accepted ----------------------------------------------------------------------------------
 
@@ -441,52 +418,6 @@ def test_admin_requires_permission_to_see_keys(client, db):
 
 LOAD_EVENTS = 10_000
 LOAD_CLIENTS = 8
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextlib.contextmanager
-def gunicorn(*, workers: int = 2, threads: int = 4, production: bool = False) -> Iterator[tuple[str, IO[bytes]]]:
-    """gunicorn from the venv on a free loopback port, on the test database: its base URL and its
-    log (standard output and error), readable while it runs. The WSGI application on gthread
-    workers, or with ``production`` the Procfile's ``gunicorn.conf.py`` (its asyncio worker)."""
-    port = free_port()
-    env = {**os.environ, "DATABASE_URL": current_database_url(), "SECRET_KEY": django_settings.SECRET_KEY,
-           "ALLOWED_HOSTS": "127.0.0.1", "VAR_DIR": str(django_settings.VAR_DIR)}
-    if production:
-        env.update(WEB_BIND=f"127.0.0.1:{port}", WEB_WORKERS=str(workers), WEB_THREADS=str(threads), WEB_ACCESS_LOG="off")
-        command = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py"]
-    else:
-        command = [sys.executable, "-m", "gunicorn", "campaign.wsgi", "--bind", f"127.0.0.1:{port}", "--workers",
-                   str(workers), "--threads", str(threads), "--worker-class", "gthread"]
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            command, cwd=django_settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    requests.get(f"{base}/api/events/x", timeout=10)
-                    break
-                except (requests.ConnectionError, requests.Timeout):
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        log.seek(0)
-                        raise RuntimeError(f"gunicorn did not start:\n{log.read().decode(errors='replace')}") from None
-                    time.sleep(0.2)
-            yield base, log
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
 
 
 @pytest.fixture

@@ -52,6 +52,7 @@ from tests.factories import (
     TrackingHitFactory,
     TrackingLogFactory,
 )
+from tests.workflows.admin_helpers import change_url, edit
 from workflows import commands
 from workflows.builtin import cleanup
 from workflows.builtin import cleanup_purges as purges
@@ -642,8 +643,6 @@ def test_a_retention_below_one_day_is_refused(db, name):
 
 
 def test_the_admin_refuses_a_retention_below_one_day_and_shows_the_default(admin_client):
-    from tests.workflows.test_admin import change_url, edit
-
     page = admin_client.get(change_url("cleanup"))
     field = page.context["adminform"].form.fields["property__tracking_logs_days"]
     assert field.help_text == ("Tracking logs older than this many days are removed. Default: 360 days. "

@@ -13,7 +13,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from campaign.integrations import audience, deliverability
+from campaign.integrations import audience
 from campaign.integrations.audience import AudienceClient, Member, MembersPage
 from campaign.integrations.deliverability import BounceRuleSpec, DeliverabilityClient, DomainRuleSpec, MxRuleSpec
 from campaign.integrations.http import MAX_ATTEMPTS, ConfigurationError, ServiceError, ServiceUnavailable
@@ -21,15 +21,6 @@ from campaign.models import ExternalAccount
 
 TOKEN = "clients-token-5f1c9a7e3b"  # a test value, checked never to leak
 TOKEN_ENV = "CAMPAIGN_TOKEN_TEST_INTEGRATION_CLIENTS"
-
-
-@pytest.fixture
-def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The waits between attempts, recorded instead of slept."""
-    recorded: list[float] = []
-    monkeypatch.setattr(audience, "wait", recorded.append)
-    monkeypatch.setattr(deliverability, "wait", recorded.append)
-    return recorded
 
 
 @pytest.fixture

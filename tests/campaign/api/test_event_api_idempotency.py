@@ -15,12 +15,7 @@ from django.test import Client
 
 from campaign import api
 from campaign.models import Event, EventHistory
-from tests.campaign.test_event_api import URL
-
-
-@pytest.fixture
-def key(db) -> str:
-    return api.create_api_key(name="crm")[1]
+from tests.campaign.api.helpers import URL
 
 
 def send(client: Client, key: str, body: Any, *, idempotency_key: str | None, path: str = URL, raw: bytes | None = None) -> Any:

@@ -23,7 +23,6 @@ from django.utils import timezone
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from campaign.integrations import audience as audience_client
 from campaign.models import (
     AudienceMember,
     ExternalAccount,
@@ -59,13 +58,6 @@ def journal(result: WorkflowRun) -> list[str]:
 
 def membership(audience: SharedAudience) -> set[tuple[int, str]]:
     return set(AudienceMember.objects.filter(audience=audience).values_list("profile_id", "id_type"))
-
-
-@pytest.fixture
-def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    recorded: list[float] = []
-    monkeypatch.setattr(audience_client, "wait", recorded.append)
-    return recorded
 
 
 @pytest.fixture

@@ -23,13 +23,6 @@ MAY_1, MAY_2 = date(2024, 5, 1), date(2024, 5, 2)
 
 
 @pytest.fixture
-def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    recorded: list[float] = []
-    monkeypatch.setattr(analytics, "wait", recorded.append)
-    return recorded
-
-
-@pytest.fixture
 def client(httpserver: HTTPServer, monkeypatch: pytest.MonkeyPatch, waits: list[float]) -> AnalyticsClient:
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     account = ExternalAccount(name="analytics", kind=ExternalAccount.Kind.ANALYTICS, base_url=httpserver.url_for("/api/"),

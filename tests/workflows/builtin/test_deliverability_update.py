@@ -15,7 +15,6 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from campaign.integrations import deliverability
 from campaign.models import (
     BounceRule,
     DeliveryLog,
@@ -88,13 +87,6 @@ def rules_now() -> dict[str, set[tuple[Any, ...]]]:
         "domain": {(domain, json.dumps(options, sort_keys=True), source)
                    for domain, options, source in DomainRule.objects.values_list("domain", "options", "source")},
     }
-
-
-@pytest.fixture
-def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    recorded: list[float] = []
-    monkeypatch.setattr(deliverability, "wait", recorded.append)
-    return recorded
 
 
 @pytest.fixture

@@ -9,9 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-import socket
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from django.core.exceptions import ValidationError
@@ -24,12 +22,7 @@ from hypothesis import strategies as st
 from campaign import api
 from campaign.api import parsing
 from campaign.models import Event
-from tests.campaign.test_event_api import URL, gunicorn, post
-
-
-@pytest.fixture
-def key(db) -> str:
-    return api.create_api_key(name="crm")[1]
+from tests.campaign.api.helpers import URL, gunicorn, post, raw_http
 
 
 def nested(depth: int, *, leaf: str = "1") -> str:
@@ -161,20 +154,6 @@ def test_chunked_body_on_a_server_that_does_not_end_its_input_is_refused_411(key
 
     assert response.status_code == 411 and "Content-Length" in json.loads(response.content)["error"]
     assert Event.objects.count() == 0
-
-
-def raw_http(base: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Send ``request`` on a new connection; the status, headers (lower-case names) and body."""
-    address = urlsplit(base)
-    with socket.create_connection((address.hostname, address.port), timeout=30) as connection:
-        connection.sendall(request)
-        received = b""
-        while chunk := connection.recv(65536):
-            received += chunk
-    head, _, body = received.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines[1:])
-    return int(lines[0].split()[1]), {name.lower(): value for name, value in headers.items()}, body
 
 
 def chunked(path: str, key: str, body: bytes, *, chunk_size: int = 7) -> bytes:

@@ -23,7 +23,7 @@ from pytest_django.fixtures import Settings
 from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
-from campaign.integrations import accounts, analytics, audience
+from campaign.integrations import accounts
 from campaign.integrations.analytics import AnalyticsClient
 from campaign.integrations.audience import AudienceClient
 from campaign.integrations.http import ConfigurationError, ServiceClient, ServiceError
@@ -41,14 +41,6 @@ def token(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     monkeypatch.setenv("SECRET_KEY", INSTANCE_SECRET)
     return TOKEN
-
-
-@pytest.fixture
-def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    recorded: list[float] = []
-    monkeypatch.setattr(analytics, "wait", recorded.append)
-    monkeypatch.setattr(audience, "wait", recorded.append)
-    return recorded
 
 
 @pytest.fixture

@@ -23,8 +23,7 @@ from hypothesis import strategies as st
 
 from campaign import api
 from campaign.models import Event
-from tests.campaign.test_event_api import gunicorn
-from tests.campaign.test_event_api_robustness import raw_http
+from tests.campaign.api.helpers import gunicorn, raw_http
 
 FUZZ = settings(max_examples=1000, deadline=timedelta(seconds=5), database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
