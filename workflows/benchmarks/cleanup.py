@@ -24,7 +24,7 @@ from django.utils import timezone
 from campaign.models import Campaign, Delivery, DeliveryLog, LogStatus, TrackingLog, UrlType
 from workflows.benchmarks import BenchmarkCase, register
 from workflows.benchmarks.data import load
-from workflows.builtin.cleanup import DELIVERY_LOGS
+from workflows.builtin.cleanup_retention import DELIVERY_LOGS
 
 LOG_COLUMNS = ("delivery_id", "address", "variant", "status", "failure_type", "failure_reason", "error_text",
                "created_at", "updated_at")

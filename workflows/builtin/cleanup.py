@@ -5,6 +5,10 @@ journal grow without bound. Every day at 04:00 this workflow removes what is pas
 releases the quarantined addresses that deserve another chance, then refreshes the database
 statistics of the tables it thinned.
 
+This module holds the activities, in order, and the definition with its properties; the retention
+rules and the purge of what is past them are :mod:`workflows.builtin.cleanup_retention`'s, and
+the SQL is :mod:`workflows.builtin.cleanup_purges`'s.
+
 Invariants it keeps:
 
 - **Bounded batches, one short unit of work each.** A purge deletes at most ``log_batch_size``
@@ -18,9 +22,10 @@ Invariants it keeps:
   ``now - retention`` (``now`` read when the activity starts): one second older it goes, one
   second younger it stays. A daily aggregate goes once its whole day (instance time zone) is
   older than that.
-- **Minimum age.** Nothing younger than :data:`MINIMUM_AGE` (1 day) is ever removed: retention
-  properties refuse values below 1 day, and :func:`cutoff` refuses a cutoff closer to now, so a
-  value that escaped validation cannot empty a table.
+- **Minimum age.** Nothing younger than :data:`~workflows.builtin.cleanup_retention.MINIMUM_AGE`
+  (1 day) is ever removed: retention properties refuse values below 1 day, and
+  :func:`~workflows.builtin.cleanup_retention.cutoff` refuses a cutoff closer to now, so a value
+  that escaped validation cannot empty a table.
 - **Only consolidated raw rows.** SendingFeedback and TrackingHit rows are removed only up to
   updateDeliveryExecInfo's cursors: a row that workflow has not read yet is kept, however old.
 - **Tracking rows outlive their logs.** TrackingLog points to DeliveryLog without a database
@@ -40,43 +45,48 @@ import functools
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.db import models
 from django.utils import timezone
 
-from campaign.models import (
-    AppSubscription,
-    Delivery,
-    DeliveryAggregate,
-    DeliveryLog,
-    Event,
-    EventHistory,
-    ForecastLog,
-    Quarantine,
-    SendingFeedback,
-    TrackingHit,
-    TrackingLog,
-)
-from workflows import metrics
+from campaign.models import AppSubscription, Delivery, DeliveryAggregate, DeliveryLog, ForecastLog, Quarantine, TrackingLog
 from workflows.builtin import cleanup_purges as purges
 from workflows.builtin.cleanup_purges import Selection, column
+from workflows.builtin.cleanup_retention import (
+    APP_SUBSCRIPTIONS,
+    ARCHIVED_EVENTS,
+    DELIVERIES,
+    DELIVERY_AGGREGATES,
+    DELIVERY_LOGS,
+    EVENTS,
+    FORECAST_LOGS,
+    MAXIMUM_RETENTION_DAYS,
+    MINIMUM_AGE,
+    RETENTIONS,
+    SENDING_FEEDBACK,
+    TRACKING_HITS,
+    TRACKING_LOGS,
+    AgeRule,
+    counter_name,
+    cutoff,
+    dry_run,
+    journal_removed,
+    purge,
+    purge_consolidated,
+    purge_expired,
+    purge_workflow_history,
+)
 from workflows.builtin.update_delivery_exec_info import FEEDBACK_CURSOR, HITS_CURSOR
-from workflows.builtin.update_delivery_exec_info import WORKFLOW_ID as EXEC_INFO_ID
-from workflows.context import ActivityContext, Batch, LeaseLost, RunHalted, cursors_of
+from workflows.context import ActivityContext, Batch, LeaseLost, RunHalted
 from workflows.definition import Activity, Schedule, WorkflowDefinition, register
-from workflows.errors import PermanentError, describe
-from workflows.models import ActivityMode, ActivityRun, LogLevel, RunStatus, Workflow, WorkflowLog, WorkflowRun
+from workflows.errors import describe
+from workflows.models import ActivityMode, ActivityRun, LogLevel, Workflow, WorkflowLog, WorkflowRun
 from workflows.properties import BooleanProperty, ChoiceProperty, DurationProperty, IntegerProperty
+from workflows.sql import table
 
 WORKFLOW_ID = "cleanup"
-
-#: The floor under every retention: nothing younger than this is ever removed.
-MINIMUM_AGE = timedelta(days=1)
-
-#: Longest retention accepted, in days (100 years: far beyond any policy, far from date overflow).
-MAXIMUM_RETENTION_DAYS = 36_500
 
 #: Rows per batch for the log tables (delivery logs, tracking logs, raw feedback and hits, forecast
 #: logs): narrow rows, deleted 20,000 at a time in ~50 ms on PostgreSQL (a million in ~2-2.5 s), so
@@ -88,87 +98,6 @@ DEFAULT_LOG_BATCH_SIZE = 20_000
 #: subscriptions, the journal, runs, quarantine rows): wider rows or costlier predicates.
 DEFAULT_BATCH_SIZE = 5_000
 
-#: A run brings along about this many rows (one per activity, plus any journal entry left), so runs
-#: go ``batch_size // ROWS_PER_RUN`` at a time and a batch stays near ``batch_size`` rows.
-ROWS_PER_RUN = 10
-
-#: Finished runs only: a queued, running or paused run is never purged, however old.
-FINAL_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.STOPPED, RunStatus.SKIPPED)
-
-
-# --------------------------------------------------------------------------------------------
-# Retention rules
-# --------------------------------------------------------------------------------------------
-
-def cutoff(now: datetime, days: int, *, what: str) -> datetime:
-    """``now - days``; refuses anything that would remove rows younger than :data:`MINIMUM_AGE`."""
-    if timedelta(days=days) < MINIMUM_AGE:
-        raise PermanentError(f"refusing to purge {what} younger than {MINIMUM_AGE.days} day (retention {days} days)")
-    return now - timedelta(days=days)
-
-
-@dataclass(frozen=True)
-class AgeRule:
-    """Rows of ``model`` whose ``age_field`` is older than the retention property ``retention``."""
-
-    name: str  # counters <name>_removed / <name>_to_remove
-    model: type[models.Model]
-    age_field: str
-    retention: str
-    default_days: int
-    what: str
-    help: str
-    log_table: bool = False
-    whole_days: bool = False  # ``age_field`` is a date: a day ages from its end
-
-    def batch_size(self, ctx: ActivityContext) -> int:
-        return ctx.properties["log_batch_size" if self.log_table else "batch_size"]
-
-    def expired(self, ctx: ActivityContext, now: datetime) -> tuple[Selection, str]:
-        """The expired rows, and the boundary in words for the journal."""
-        days = ctx.properties[self.retention]
-        before = cutoff(now, days, what=self.what)
-        age = column(self.model, self.age_field)
-        if self.whole_days:
-            # The day D ends at D+1 00:00: it is past retention when D+1 00:00 <= cutoff, i.e.
-            # D < the cutoff's date.
-            first_kept = timezone.localdate(before)
-            return (Selection(self.model, f"{age} < %s", (purges.db_date(first_kept),)),
-                    f"days before {first_kept:%Y-%m-%d} ({days} days)")
-        return (Selection(self.model, f"{age} < %s", (purges.db_datetime(before),)),
-                f"{self.age_field} before {before:%Y-%m-%d %H:%M:%S} UTC ({days} days)")
-
-
-DELIVERY_LOGS = AgeRule("delivery_logs", DeliveryLog, "updated_at", "delivery_logs_days", 180, "delivery logs",
-                        "Delivery logs not updated for this many days are removed (their tracking rows stay).",
-                        log_table=True)
-TRACKING_LOGS = AgeRule("tracking_logs", TrackingLog, "tracked_at", "tracking_logs_days", 360, "tracking logs",
-                        "Tracking logs older than this many days are removed.", log_table=True)
-SENDING_FEEDBACK = AgeRule("sending_feedback", SendingFeedback, "received_at", "sending_feedback_days", 30,
-                           "raw sending feedback rows",
-                           "Raw sending feedback older than this many days is removed, once consolidated.",
-                           log_table=True)
-TRACKING_HITS = AgeRule("tracking_hits", TrackingHit, "hit_at", "tracking_hits_days", 30, "raw tracking hits",
-                        "Raw tracking hits older than this many days are removed, once consolidated.", log_table=True)
-EVENTS = AgeRule("events", Event, "created_at", "events_days", 30, "events",
-                 "Real-time events created more than this many days ago are removed.")
-ARCHIVED_EVENTS = AgeRule("archived_events", EventHistory, "archived_at", "archived_events_days", 360,
-                          "archived events", "Archived events archived more than this many days ago are removed.")
-DELIVERY_AGGREGATES = AgeRule("delivery_aggregates", DeliveryAggregate, "day", "delivery_aggregates_days", 360,
-                              "delivery aggregates", "Daily aggregates of days older than this many days are removed.",
-                              whole_days=True)
-FORECAST_LOGS = AgeRule("forecast_logs", ForecastLog, "computed_at", "forecast_logs_days", 7, "forecast logs",
-                        "Forecast logs not recomputed for this many days are removed.", log_table=True)
-DELIVERIES = AgeRule("deliveries", Delivery, "finished_at", "deliveries_days", 730, "finished or failed deliveries",
-                     "Finished or failed deliveries that ended more than this many days ago are removed, with their "
-                     "logs, tracking logs, aggregates and forecast logs.")
-APP_SUBSCRIPTIONS = AgeRule("app_subscriptions", AppSubscription, "updated_at", "app_subscriptions_days", 180,
-                            "disabled app subscriptions",
-                            "Disabled app subscriptions not updated for this many days are removed.")
-
-RETENTIONS = (DELIVERY_LOGS, TRACKING_LOGS, SENDING_FEEDBACK, TRACKING_HITS, EVENTS, ARCHIVED_EVENTS,
-              DELIVERY_AGGREGATES, FORECAST_LOGS, DELIVERIES, APP_SUBSCRIPTIONS)
-
 #: Counter name prefix (``<name>_removed``) → the table it counts (to know which tables to vacuum).
 COUNTED_TABLES: dict[str, type[models.Model]] = {
     **{rule.name: rule.model for rule in RETENTIONS},
@@ -176,72 +105,6 @@ COUNTED_TABLES: dict[str, type[models.Model]] = {
     "workflow_runs": WorkflowRun,
     "activity_runs": ActivityRun,
 }
-
-
-# --------------------------------------------------------------------------------------------
-# Shared machinery
-# --------------------------------------------------------------------------------------------
-
-def dry_run(ctx: ActivityContext) -> bool:
-    return ctx.properties["dry_run"]
-
-
-def counter_name(ctx: ActivityContext, name: str) -> str:
-    return f"{name}_to_remove" if dry_run(ctx) else f"{name}_removed"
-
-
-def purge(ctx: ActivityContext, selection: Selection, *, name: str, order_by: str, batch_size: int) -> int:
-    """Delete the rows of ``selection`` in batches of ``batch_size``, oldest first by ``order_by``,
-    one unit of work each (a dry run counts them instead); returns how many.
-
-    The pass remembers where its last batch ended only in memory (a cursor-less ``ctx.batches``):
-    deleting is idempotent, so a pass resumed after a pause or a crash starts again from the oldest
-    row still there. Between batches the run renews its lease and obeys pause and stop.
-    """
-    counter = counter_name(ctx, name)
-    ctx.declare(counter)
-    if dry_run(ctx):
-        found = purges.count(selection)
-        ctx.count(counter, found)  # read-only: saved with the activity's end
-        return found
-
-    def step(position: purges.Walk | None, limit: int) -> Batch:
-        removed, following = purges.delete_batch(selection, order_by=order_by, after=position, limit=limit)
-        # An empty batch too: its unit then writes only the lease and the counters, and a run that
-        # finds nothing in most tables would otherwise wait for one disk flush per table.
-        purges.relax_durability()
-        return Batch(rows=removed, cursor=following, counters={counter: removed}, done=following is None)
-
-    return ctx.batches(None, step, start=None, batch_size=batch_size)
-
-
-def journal_removed(ctx: ActivityContext, removed: int, what: str) -> None:
-    """One journal line per purge that removed something (or would have, in a dry run); when
-    nothing went, the engine's "Done" line with its zero counters says so."""
-    if removed or dry_run(ctx):
-        verb = "Dry run: would remove" if dry_run(ctx) else "Removed"
-        ctx.log(f"{verb} {removed:,} {what}.")
-
-
-def purge_expired(ctx: ActivityContext, rule: AgeRule) -> None:
-    selection, boundary = rule.expired(ctx, timezone.now())
-    removed = purge(ctx, selection, name=rule.name, order_by=rule.age_field, batch_size=rule.batch_size(ctx))
-    journal_removed(ctx, removed, f"{rule.what} with {boundary}")
-
-
-def purge_consolidated(ctx: ActivityContext, rule: AgeRule, cursor: str) -> None:
-    """Like :func:`purge_expired`, but only rows updateDeliveryExecInfo has consolidated
-    (``id <=`` its cursor ``cursor``): an unconsolidated row stays, however old."""
-    cursors = cursors_of(EXEC_INFO_ID)
-    consolidated = cursors.get(cursor)
-    if not isinstance(consolidated, int) or isinstance(consolidated, bool):
-        ctx.declare(counter_name(ctx, rule.name))
-        ctx.log(f"Kept all {rule.what}: {EXEC_INFO_ID} has not consolidated any yet (no cursor {cursor!r}).")
-        return
-    expired, boundary = rule.expired(ctx, timezone.now())
-    selection = expired.narrowed(f"{expired.pk} <= %s", (consolidated,))
-    removed = purge(ctx, selection, name=rule.name, order_by=rule.age_field, batch_size=rule.batch_size(ctx))
-    journal_removed(ctx, removed, f"{rule.what} consolidated by {EXEC_INFO_ID} (id up to {consolidated:,}) with {boundary}")
 
 
 def stops_the_run_on_failure(activity: Activity) -> Activity:
@@ -356,7 +219,7 @@ def expired_deliveries(ctx: ActivityContext, now: datetime) -> tuple[Selection, 
     for rel in keeping_relations():
         referring = column(rel.related_model, rel.field.name)
         expired = expired.narrowed(f"{column(Delivery, 'id')} NOT IN (SELECT {referring} FROM "
-                                   f"{purges.table(rel.related_model)} WHERE {referring} IS NOT NULL)")
+                                   f"{table(rel.related_model)} WHERE {referring} IS NOT NULL)")
     return expired, boundary
 
 
@@ -438,69 +301,6 @@ def purge_app_subscriptions(ctx: ActivityContext) -> None:
     removed = purge(ctx, selection, name=APP_SUBSCRIPTIONS.name, order_by="updated_at",
                     batch_size=APP_SUBSCRIPTIONS.batch_size(ctx))
     journal_removed(ctx, removed, f"{APP_SUBSCRIPTIONS.what} with {boundary}")
-
-
-def purge_workflow_history(ctx: ActivityContext) -> None:
-    """Each workflow's journal entries and finished runs older than its own ``history_days``."""
-    now = timezone.now()
-    ctx.declare(*(counter_name(ctx, name) for name in ("journal_entries", "workflow_runs", "activity_runs")))
-    totals: Counter[str] = Counter()
-    for workflow_id, history_days in Workflow.objects.order_by("id").values_list("id", "history_days"):
-        if timedelta(days=history_days) < MINIMUM_AGE:
-            ctx.log(f"{workflow_id} keeps {history_days} days of history, below the minimum of {MINIMUM_AGE.days} "
-                    f"day: purged as if it kept {MINIMUM_AGE.days}.", level=LogLevel.WARNING)
-            history_days = MINIMUM_AGE.days
-        before = purges.db_datetime(cutoff(now, history_days, what=f"the history of {workflow_id}"))
-        journal = Selection(WorkflowLog, f"{column(WorkflowLog, 'workflow')} = %s AND {column(WorkflowLog, 'logged_at')} < %s",
-                            (workflow_id, before))
-        totals["journal_entries"] += purge(ctx, journal, name="journal_entries", order_by="logged_at",
-                                           batch_size=ctx.properties["batch_size"])
-        runs = Selection(WorkflowRun, f"{column(WorkflowRun, 'workflow')} = %s AND {column(WorkflowRun, 'finished_at')} < %s "
-                                      f"AND {column(WorkflowRun, 'status')} IN ({', '.join(['%s'] * len(FINAL_STATUSES))})",
-                         (workflow_id, before, *FINAL_STATUSES))
-        totals.update(_purge_runs(ctx, runs, journal=journal))
-    journal_removed(ctx, sum(totals.values()), f"rows: {totals['workflow_runs']:,} finished runs (with "
-                                               f"{totals['activity_runs']:,} activity rows) and {totals['journal_entries']:,} "
-                                               "journal entries older than each workflow's history days")
-
-
-def _purge_runs(ctx: ActivityContext, runs: Selection, *, journal: Selection) -> Counter[str]:
-    """Runs in batches, each taking its activity rows and any journal entry left along."""
-    removed: Counter[str] = Counter()
-    if dry_run(ctx):
-        of_runs = f"IN (SELECT {runs.pk} FROM {runs.table} WHERE {runs.where})"
-        counts = {
-            "workflow_runs": purges.count(runs),
-            "activity_runs": purges.count(Selection(ActivityRun, f"{column(ActivityRun, 'run')} {of_runs}", runs.params)),
-            # Entries the journal purge did not already count.
-            "journal_entries": purges.count(Selection(WorkflowLog, f"{column(WorkflowLog, 'run')} {of_runs}", runs.params)
-                                            .narrowed(f"NOT ({journal.where})", journal.params)),
-        }
-        for name, count in counts.items():
-            ctx.count(counter_name(ctx, name), count)  # read-only: saved with the activity's end
-        return Counter(counts)
-    per_batch = max(1, ctx.properties["batch_size"] // ROWS_PER_RUN)
-
-    def step(_position: None, limit: int) -> Batch:
-        # Always the oldest runs left: what a batch deleted no longer matches, so no position is kept.
-        ids = purges.first_ids(runs, order_by="finished_at", limit=limit)
-        purges.relax_durability()  # an empty batch too, as in purge(): one per workflow, most of them empty
-        if not ids:
-            return Batch(rows=0, done=True)
-        metrics.retire(ids)  # their counts stay in /metrics: counters never go down
-        counts = {
-            "journal_entries": purges.delete_all(purges.in_ids(WorkflowLog, "run", ids)),
-            "activity_runs": purges.delete_all(purges.in_ids(ActivityRun, "run", ids)),
-            "workflow_runs": purges.delete_all(purges.in_ids(WorkflowRun, "id", ids)),
-        }
-        removed.update(counts)  # read only once the batches return, all committed
-        # Progress counts the runs removed; the loop ends after a short batch of ids.
-        return Batch(rows=counts["workflow_runs"], counters={counter_name(ctx, name): count
-                                                             for name, count in counts.items()},
-                     done=len(ids) < limit)
-
-    ctx.batches(None, step, start=None, batch_size=per_batch)
-    return removed
 
 
 def release_quarantine(ctx: ActivityContext) -> None:

@@ -21,34 +21,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
 
 from django.db import connection, connections, models
 
 from campaign.models import Delivery, DeliveryLog, FailureReason, FailureType, LogStatus, Quarantine
+from workflows.sql import db_date, db_datetime, table
 
 #: What the ``statistics`` property may ask for. ``vacuum_analyze`` makes the space of the purged
 #: rows reusable and refreshes the planner statistics; ``analyze`` only refreshes the statistics.
 STATISTICS_MODES = ("vacuum_analyze", "analyze", "none")
 
 
-def table(model: type[models.Model]) -> str:
-    return connection.ops.quote_name(model._meta.db_table)
-
-
 def column(model: type[models.Model], field_name: str) -> str:
     """The quoted column of a field, qualified by its table (safe inside correlated subqueries)."""
     return f"{table(model)}.{connection.ops.quote_name(model._meta.get_field(field_name).column)}"
-
-
-def db_datetime(value: datetime) -> Any:
-    """A datetime as the backend stores it (SQLite: naive UTC text; PostgreSQL: as is)."""
-    return connection.ops.adapt_datetimefield_value(value)
-
-
-def db_date(value: date) -> Any:
-    return connection.ops.adapt_datefield_value(value)
 
 
 @dataclass(frozen=True)

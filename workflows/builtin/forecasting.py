@@ -64,6 +64,7 @@ from campaign.models import Channel, Delivery, DeliveryLog, ForecastLog, LogStat
 from workflows.context import ActivityContext, Batch
 from workflows.definition import Schedule, WorkflowDefinition, register
 from workflows.properties import DurationProperty, IntegerProperty
+from workflows.sql import db_datetime, table
 
 WORKFLOW_ID = "forecasting"
 
@@ -176,15 +177,6 @@ def forecast_targets(delivery: Delivery, *, after: int = 0, upto: int | None = N
 # --- Set-based statements over one slice of profiles ------------------------------------------------
 
 
-def _table(model: type) -> str:
-    return connection.ops.quote_name(model._meta.db_table)
-
-
-def _db_datetime(value: datetime) -> Any:
-    """``value`` as raw SQL expects it (naive UTC text on SQLite, the datetime on PostgreSQL)."""
-    return connection.ops.adapt_datetimefield_value(value)
-
-
 def _slice_condition(column: str, after: int, upto: int | None) -> tuple[str, list[int]]:
     if upto is None:
         return f"{column} > %s", [after]
@@ -215,12 +207,12 @@ def clear_slice(forecast: ForecastPass, *, after: int, upto: int | None) -> int:
     deliveries no longer in the forecast. Call inside the batch's transaction."""
     where, params = _slice_condition("profile_id", after, upto)
     in_forecast_sql, in_forecast_params = forecast_deliveries(forecast).order_by().values("id").query.sql_with_params()
-    table = _table(ForecastLog)
+    forecast_logs = table(ForecastLog)
     with connection.cursor() as cursor:
-        cursor.execute(f"DELETE FROM {table} WHERE {where} AND delivery_id NOT IN ({in_forecast_sql})",
+        cursor.execute(f"DELETE FROM {forecast_logs} WHERE {where} AND delivery_id NOT IN ({in_forecast_sql})",
                        [*params, *in_forecast_params])
         stale = cursor.rowcount
-        cursor.execute(f"DELETE FROM {table} WHERE {where}", params)
+        cursor.execute(f"DELETE FROM {forecast_logs} WHERE {where}", params)
     return stale
 
 
@@ -240,18 +232,18 @@ def planning_statement(deliveries: list[Delivery], forecast: ForecastPass, *, af
         target_sql, target_params = targets_of_delivery.query.sql_with_params()
         targets.append(f"SELECT %s AS delivery_id, %s AS priority, %s AS planned_at, %s AS channel, target.id AS profile_id "
                        f"FROM ({target_sql}) target")
-        params += [delivery.pk, delivery.priority, _db_datetime(delivery.scheduled_at), delivery.channel, *target_params]
+        params += [delivery.pk, delivery.priority, db_datetime(delivery.scheduled_at), delivery.channel, *target_params]
     in_forecast_sql, in_forecast_params = forecast_deliveries(forecast).order_by().values("id").query.sql_with_params()
     statuses = ", ".join(str(int(status)) for status in CONTACT_STATUSES)
     planned = "\n                UNION ALL\n                ".join(targets)
     sql = f"""
-        INSERT INTO {_table(ForecastLog)} (delivery_id, profile_id, channel, planned_at, excluded, computed_at)
+        INSERT INTO {table(ForecastLog)} (delivery_id, profile_id, channel, planned_at, excluded, computed_at)
         WITH planned AS (
                 {planned}
         ),
         past AS (
             SELECT l.profile_id, COUNT(*) AS sends
-            FROM {_table(DeliveryLog)} l
+            FROM {table(DeliveryLog)} l
             WHERE l.profile_id IN (SELECT p.profile_id FROM planned p)
               AND l.created_at >= %s AND l.created_at <= %s
               AND l.status IN ({statuses})
@@ -267,8 +259,8 @@ def planning_statement(deliveries: list[Delivery], forecast: ForecastPass, *, af
         )
         SELECT r.delivery_id, r.profile_id, r.channel, r.planned_at, r.pressure > %s, %s FROM ranked r
     """
-    params += [_db_datetime(forecast.start), _db_datetime(forecast.reference), *in_forecast_params,
-               forecast.fatigue_threshold, _db_datetime(forecast.reference)]
+    params += [db_datetime(forecast.start), db_datetime(forecast.reference), *in_forecast_params,
+               forecast.fatigue_threshold, db_datetime(forecast.reference)]
     return sql, params
 
 

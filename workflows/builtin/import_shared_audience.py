@@ -42,7 +42,7 @@ import re
 from typing import Any
 
 from django.db import connection
-from django.db.models import CharField, Func, QuerySet
+from django.db.models import CharField, Func
 from django.utils import timezone
 
 from campaign.integrations.audience import KIND, AudienceClient, Member, MembersPage
@@ -52,6 +52,7 @@ from workflows.context import ActivityContext, Batch, SkipRun
 from workflows.definition import Schedule, WorkflowDefinition, register
 from workflows.errors import PermanentError, TransientError
 from workflows.models import LogLevel
+from workflows.sql import db_datetime, nth_id, table
 
 WORKFLOW_ID = "importSharedAudience"
 
@@ -200,26 +201,25 @@ def stage_page(*, audience: SharedAudience, members: list[Member], hashed: bool)
 def insert_staged(*, audience_id: int, rows: list[tuple[str, str, int | None]]) -> None:
     """Insert (id_type, member_id, profile_id) rows: one statement over arrays on PostgreSQL, one
     prepared statement run for every row on SQLite (model instances would cost more than the SQL)."""
-    table = connection.ops.quote_name(StagedAudienceMember._meta.db_table)
+    staged = table(StagedAudienceMember)
     columns = "(audience_id, id_type, member_id, profile_id)"
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             for start in range(0, len(rows), STAGE_INSERT_BATCH):
                 chunk = rows[start:start + STAGE_INSERT_BATCH]
                 cursor.execute(
-                    f"INSERT INTO {table} {columns} SELECT %s, * FROM unnest(%s::varchar[], %s::varchar[], %s::bigint[])",
+                    f"INSERT INTO {staged} {columns} SELECT %s, * FROM unnest(%s::varchar[], %s::varchar[], %s::bigint[])",
                     [audience_id, [row[0] for row in chunk], [row[1] for row in chunk], [row[2] for row in chunk]],
                 )
         else:
-            cursor.executemany(f"INSERT INTO {table} {columns} VALUES (%s, %s, %s, %s)",
+            cursor.executemany(f"INSERT INTO {staged} {columns} VALUES (%s, %s, %s, %s)",
                                [(audience_id, *row) for row in rows])
 
 
 def replace_membership(*, audience: SharedAudience, now: Any) -> tuple[int, int]:
     """Replace the audience's members with the matched staged ids; returns (members, unknown ids).
     Inside one unit of work: readers see the old rows until it commits."""
-    members, staged, profiles = (connection.ops.quote_name(model._meta.db_table)
-                                 for model in (AudienceMember, StagedAudienceMember, Profile))
+    members, staged, profiles = (table(model) for model in (AudienceMember, StagedAudienceMember, Profile))
     with connection.cursor() as cursor:
         cursor.execute(f"DELETE FROM {members} WHERE audience_id = %s", [audience.pk])
         cursor.execute(
@@ -227,7 +227,7 @@ def replace_membership(*, audience: SharedAudience, now: Any) -> tuple[int, int]
             f"SELECT %s, s.profile_id, MIN(s.id_type), %s FROM {staged} s "
             f"JOIN {profiles} p ON p.id = s.profile_id "  # a profile deleted since it was matched is left out
             f"WHERE s.audience_id = %s GROUP BY s.profile_id",
-            [audience.pk, connection.ops.adapt_datetimefield_value(now), audience.pk],
+            [audience.pk, db_datetime(now), audience.pk],
         )
         member_count = cursor.rowcount
     unknown_count = (StagedAudienceMember.objects.filter(audience_id=audience.pk, profile__isnull=True)
@@ -242,7 +242,7 @@ def fill_declared_id_hashes(ctx: ActivityContext) -> None:
     missing = Profile.objects.filter(declared_id__isnull=False, declared_id_sha256__isnull=True)
 
     def fill(after: int, limit: int) -> Batch:
-        bound = _nth_id(missing.filter(id__gt=after), limit)
+        bound = nth_id(missing.filter(id__gt=after), limit)
         batch = missing.filter(id__gt=after) if bound is None else missing.filter(id__gt=after, id__lte=bound)
         filled = batch.update(declared_id_sha256=Sha256Hex("declared_id"))
         return Batch(rows=filled, cursor=bound, counters={"declared_ids_hashed": filled} if filled else None,
@@ -261,16 +261,11 @@ def clear_staging(ctx: ActivityContext, *, audience: SharedAudience | None = Non
             else StagedAudienceMember.objects.filter(audience_id=audience.pk))
 
     def step(position: None, limit: int) -> Batch:
-        bound = _nth_id(rows, limit)
+        bound = nth_id(rows, limit)
         (rows if bound is None else rows.filter(id__lte=bound)).delete()
         return Batch(rows=0, cursor=None, done=bound is None)
 
     ctx.batches(None, step, start=None, batch_size=STAGING_DELETE_BATCH)
-
-
-def _nth_id(rows: QuerySet[Any], n: int) -> int | None:
-    """The id of the ``n``-th row by id, or None when there are fewer: the end of a bounded batch."""
-    return next(iter(rows.order_by("id").values_list("id", flat=True)[n - 1:n]), None)
 
 
 definition = register(WorkflowDefinition(

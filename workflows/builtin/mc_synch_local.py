@@ -51,6 +51,7 @@ from workflows.context import ActivityContext, Batch, savepoint
 from workflows.definition import Schedule, WorkflowDefinition, register
 from workflows.models import LogLevel
 from workflows.properties import DurationProperty, IntegerProperty
+from workflows.sql import db_datetime, nth_id
 
 #: Events moved per batch (one transaction): on PostgreSQL 5,000 events take a few tens of
 #: milliseconds to copy and delete, so row locks are short, while the per-batch cost (cursor,
@@ -127,7 +128,7 @@ def copy_to_history(ids: list[int], *, archived_at: datetime) -> list[int]:
         "ON CONFLICT (id) DO NOTHING RETURNING id"
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [connection.ops.adapt_datetimefield_value(archived_at)])
+        cursor.execute(sql, [db_datetime(archived_at)])
         return [row[0] for row in cursor.fetchall()]
 
 
@@ -142,9 +143,7 @@ def delete_live(ids: list[int]) -> None:
 def next_batch_end(*, after_id: int, highest_id: int, limit: int, cutoff: datetime) -> int | None:
     """The id of the ``limit``-th archivable event after ``after_id`` (the keyset: one primary-key
     range scan from ``after_id``), or None when fewer are left up to ``highest_id``."""
-    ids = (archivable_events(cutoff=cutoff).filter(id__gt=after_id, id__lte=highest_id).order_by("id")
-           .values_list("id", flat=True)[limit - 1:limit])
-    return next(iter(ids), None)
+    return nth_id(archivable_events(cutoff=cutoff).filter(id__gt=after_id, id__lte=highest_id), limit)
 
 
 def archive_events(ctx: ActivityContext) -> None:

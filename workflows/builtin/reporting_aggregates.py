@@ -65,6 +65,7 @@ from campaign.models import Delivery, DeliveryAggregate, DeliveryLog, LogStatus,
 from workflows.context import ActivityContext, Batch
 from workflows.definition import Schedule, WorkflowDefinition, register
 from workflows.properties import DurationProperty, IntegerProperty
+from workflows.sql import db_date, db_datetime
 
 #: How far behind the start of the previous pass the next one looks for updated logs. A writer
 #: stamps ``updated_at`` before its transaction commits; any transaction shorter than this is seen.
@@ -150,15 +151,15 @@ def messages_upsert_sql(*, delivery_ids: Sequence[int], window: dict[str, Any] |
                         ) -> tuple[str, dict[str, Any]]:
     """Recompute and upsert the message counters of these deliveries: of every day with sent or
     bounced logs (``window`` None), or of the days of their logs updated in the window."""
-    params: dict[str, Any] = {"now": connection.ops.adapt_datetimefield_value(now)}
+    params: dict[str, Any] = {"now": db_datetime(now)}
     ids = _in_list(delivery_ids)
     logs, aggregates = DeliveryLog._meta.db_table, DeliveryAggregate._meta.db_table
     log_day = _local_day_sql("created_at", params)
     if window is None:
         pairs = "SELECT day, delivery_id FROM message_counts"
     else:
-        params["updated_after"] = connection.ops.adapt_datetimefield_value(datetime.fromisoformat(window["updated_after"]))
-        params["updated_until"] = connection.ops.adapt_datetimefield_value(datetime.fromisoformat(window["updated_until"]))
+        params["updated_after"] = db_datetime(datetime.fromisoformat(window["updated_after"]))
+        params["updated_until"] = db_datetime(datetime.fromisoformat(window["updated_until"]))
         pairs = (f"SELECT DISTINCT {log_day} AS day, delivery_id FROM {logs} WHERE delivery_id IN ({ids})"
                  " AND updated_at > %(updated_after)s AND updated_at <= %(updated_until)s")
     sql = f"""
@@ -188,16 +189,16 @@ def messages_upsert_sql(*, delivery_ids: Sequence[int], window: dict[str, Any] |
 def tracking_upsert_sql(*, days: Sequence[date], now: datetime) -> tuple[str, dict[str, Any]]:
     """Recompute and upsert the tracking counters of every delivery on these days: those with
     tracking rows, and those with a row showing tracking counters that no longer have any."""
-    params: dict[str, Any] = {"now": connection.ops.adapt_datetimefield_value(now)}
+    params: dict[str, Any] = {"now": db_datetime(now)}
     tracking, aggregates = TrackingLog._meta.db_table, DeliveryAggregate._meta.db_table
     tracking_day = _local_day_sql("tracked_at", params)
     ranges = []
     for index, (start, end) in enumerate(utc_ranges(days)):
-        params[f"from_{index}"] = connection.ops.adapt_datetimefield_value(start)
-        params[f"to_{index}"] = connection.ops.adapt_datetimefield_value(end)
+        params[f"from_{index}"] = db_datetime(start)
+        params[f"to_{index}"] = db_datetime(end)
         ranges.append(f"(tracked_at >= %(from_{index})s AND tracked_at < %(to_{index})s)")
     for index, day in enumerate(days):
-        params[f"day_{index}"] = connection.ops.adapt_datefield_value(day)
+        params[f"day_{index}"] = db_date(day)
     day_list = ", ".join(f"%(day_{index})s" for index in range(len(days)))
     some_tracking = " OR ".join(f"{name} > 0" for name in TRACKING_COUNTERS)
     sql = f"""

@@ -64,6 +64,7 @@ from workflows.context import ActivityContext, Batch
 from workflows.definition import Schedule, WorkflowDefinition, register
 from workflows.errors import PermanentError
 from workflows.properties import DurationProperty, IntegerProperty
+from workflows.sql import db_datetime, table
 
 WORKFLOW_ID = "updateDeliveryExecInfo"
 
@@ -267,15 +268,6 @@ def update_quarantine(
 # SQL helpers
 # --------------------------------------------------------------------------------------------
 
-def _table(model: type) -> str:
-    return connection.ops.quote_name(model._meta.db_table)
-
-
-def _db_datetime(value: datetime) -> Any:
-    """A datetime as the backend stores it (SQLite: naive UTC text; PostgreSQL: as is)."""
-    return connection.ops.adapt_datetimefield_value(value)
-
-
 def _json_rows(alias: str, columns: Sequence[str]) -> str:
     """A FROM item reading a JSON array of arrays (one ``%s`` parameter) as typed rows: one parameter
     whatever the batch size, on both backends."""
@@ -289,7 +281,7 @@ def _json_rows(alias: str, columns: Sequence[str]) -> str:
 def batch_range(model: type, *, after: int, up_to: int, limit: int) -> tuple[int, int]:
     """(rows, last id) of the next ``limit`` rows of ``model`` with ``after < id <= up_to``: the
     batch is then the id range (after, last id]."""
-    sql = (f"SELECT COUNT(*), MAX(id) FROM (SELECT id FROM {_table(model)} "
+    sql = (f"SELECT COUNT(*), MAX(id) FROM (SELECT id FROM {table(model)} "
            "WHERE id > %s AND id <= %s ORDER BY id LIMIT %s) AS batch")
     with connection.cursor() as cursor:
         cursor.execute(sql, [after, up_to, limit])
@@ -304,7 +296,7 @@ def batch_range(model: type, *, after: int, up_to: int, limit: int) -> tuple[int
 def _update_logs(*, after: int, up_to: int, qualified: dict[int, Qualification], now: datetime) -> int:
     """Apply the winning feedback of each log in the id range (after, up_to]: the last delivered or
     bounce row (deferred rows never change a log). Returns the number of logs updated."""
-    feedback, logs = _table(SendingFeedback), _table(DeliveryLog)
+    feedback, logs = table(SendingFeedback), table(DeliveryLog)
     payload = json.dumps([[fid, q.failure_type, q.failure_reason] for fid, q in qualified.items()])
     # No WITH prefix: Python's sqlite3 reports a row count only for statements starting with UPDATE.
     # The range on ``f`` repeats the one on ``winner``: without it PostgreSQL merge-joins the whole
@@ -327,12 +319,12 @@ def _update_logs(*, after: int, up_to: int, qualified: dict[int, Qualification],
             AND f.id > %s AND f.id <= %s
     """
     with connection.cursor() as cursor:
-        cursor.execute(sql, [_db_datetime(now), after, up_to, payload, after, up_to])
+        cursor.execute(sql, [db_datetime(now), after, up_to, payload, after, up_to])
         return cursor.rowcount
 
 
 def _outcome_counts(*, after: int, up_to: int) -> dict[str, int]:
-    sql = f"SELECT outcome, COUNT(*) FROM {_table(SendingFeedback)} WHERE id > %s AND id <= %s GROUP BY outcome"
+    sql = f"SELECT outcome, COUNT(*) FROM {table(SendingFeedback)} WHERE id > %s AND id <= %s GROUP BY outcome"
     with connection.cursor() as cursor:
         cursor.execute(sql, [after, up_to])
         return dict(cursor.fetchall())
@@ -383,9 +375,9 @@ def consolidate_sending_feedback(ctx: ActivityContext) -> None:
 def _insert_tracking_logs(*, after: int, up_to: int) -> int:
     """One TrackingLog per hit whose delivery log exists (the delivery is denormalised from it)."""
     sql = f"""
-        INSERT INTO {_table(TrackingLog)} (delivery_log_id, delivery_id, url_type, url, tracked_at)
+        INSERT INTO {table(TrackingLog)} (delivery_log_id, delivery_id, url_type, url, tracked_at)
         SELECT h.delivery_log_id, l.delivery_id, h.url_type, h.url, h.hit_at
-        FROM {_table(TrackingHit)} AS h JOIN {_table(DeliveryLog)} AS l ON l.id = h.delivery_log_id
+        FROM {table(TrackingHit)} AS h JOIN {table(DeliveryLog)} AS l ON l.id = h.delivery_log_id
         WHERE h.id > %s AND h.id <= %s
         ORDER BY h.id
     """
@@ -396,7 +388,7 @@ def _insert_tracking_logs(*, after: int, up_to: int) -> int:
 
 def _apply_opt_outs(*, after: int, up_to: int, now: datetime) -> int:
     """Set the blocklist flag of the delivery's channel on the profile of each opt-out hit."""
-    profiles = _table(Profile)
+    profiles = table(Profile)
     blocklisted = 0
     with connection.cursor() as cursor:
         for channel, column in BLOCKLIST_COLUMN.items():
@@ -405,14 +397,14 @@ def _apply_opt_outs(*, after: int, up_to: int, now: datetime) -> int:
                 UPDATE {profiles} SET {column} = %s, updated_at = %s
                 WHERE {column} = %s AND id IN (
                     SELECT l.profile_id
-                    FROM {_table(TrackingHit)} AS h
-                        JOIN {_table(DeliveryLog)} AS l ON l.id = h.delivery_log_id
-                        JOIN {_table(Delivery)} AS d ON d.id = l.delivery_id
+                    FROM {table(TrackingHit)} AS h
+                        JOIN {table(DeliveryLog)} AS l ON l.id = h.delivery_log_id
+                        JOIN {table(Delivery)} AS d ON d.id = l.delivery_id
                     WHERE h.id > %s AND h.id <= %s AND h.url_type = {UrlType.OPT_OUT}
                         AND d.channel = %s AND l.profile_id IS NOT NULL
                 )
                 """,
-                [True, _db_datetime(now), False, after, up_to, channel.value],
+                [True, db_datetime(now), False, after, up_to, channel.value],
             )
             blocklisted += cursor.rowcount
     return blocklisted
@@ -447,17 +439,17 @@ def consolidate_tracking_hits(ctx: ActivityContext) -> None:
 
 def _cancel_expired_batch(*, now: datetime, limit: int) -> int:
     """Cancel up to ``limit`` pending logs of deliveries whose validity has ended."""
-    logs = _table(DeliveryLog)
+    logs = table(DeliveryLog)
     sql = f"""
         UPDATE {logs} SET status = {LogStatus.CANCELLED}, updated_at = %s
         WHERE id IN (
-            SELECT l.id FROM {logs} AS l JOIN {_table(Delivery)} AS d ON d.id = l.delivery_id
+            SELECT l.id FROM {logs} AS l JOIN {table(Delivery)} AS d ON d.id = l.delivery_id
             WHERE l.status = {LogStatus.PENDING} AND d.validity_end < %s
             LIMIT %s
         )
     """
     with connection.cursor() as cursor:
-        cursor.execute(sql, [_db_datetime(now), _db_datetime(now), limit])
+        cursor.execute(sql, [db_datetime(now), db_datetime(now), limit])
         return cursor.rowcount
 
 
@@ -465,14 +457,14 @@ def _finish_deliveries(*, now: datetime) -> int:
     """in_progress → finished when no log is pending and the validity has ended or every log is
     final. A delivery without any log yet is still being prepared: it finishes only once its
     validity has ended. The in_progress deliveries are few (not a growing table): one statement."""
-    deliveries, logs = _table(Delivery), _table(DeliveryLog)
+    deliveries, logs = table(Delivery), table(DeliveryLog)
     sql = f"""
         UPDATE {deliveries} SET state = %s, finished_at = %s, updated_at = %s
         WHERE state = %s
             AND NOT EXISTS (SELECT 1 FROM {logs} AS l WHERE l.delivery_id = {deliveries}.id AND l.status = {LogStatus.PENDING})
             AND (validity_end < %s OR EXISTS (SELECT 1 FROM {logs} AS l WHERE l.delivery_id = {deliveries}.id))
     """
-    stamp = _db_datetime(now)
+    stamp = db_datetime(now)
     with connection.cursor() as cursor:
         cursor.execute(sql, [Delivery.State.FINISHED, stamp, stamp, Delivery.State.IN_PROGRESS, stamp])
         return cursor.rowcount

@@ -51,6 +51,7 @@ from campaign.rates import percent
 from workflows.context import ActivityContext, Batch, BatchStep
 from workflows.definition import Schedule, WorkflowDefinition, register
 from workflows.properties import BooleanProperty, IntegerProperty
+from workflows.sql import db_datetime, nth_key
 
 #: How far before a pass's opening the next timestamp watermark is set. It must exceed the longest
 #: transaction of updateDeliveryExecInfo (one batch: seconds) plus the clock skew between workers;
@@ -250,7 +251,7 @@ def _write_indicators(rows: Sequence[dict[str, Any]]) -> None:
         if name == "bounces_by_reason":
             return json.dumps(row[name], sort_keys=True)
         if name == "indicators_updated_at":
-            return connection.ops.adapt_datetimefield_value(row[name])
+            return db_datetime(row[name])
         return row[name]
 
     with connection.cursor() as cursor:
@@ -394,7 +395,7 @@ def _next_batch(rest: QuerySet, order: tuple[str, ...], limit: int) -> tuple[dic
         counts = dict(cursor.fetchall())
     if sum(counts.values()) < limit:
         return counts, None
-    return counts, next(iter(ordered.values_list(*order)[limit - 1:limit]), None)
+    return counts, nth_key(rest, limit, order)
 
 
 def _changed_rows_step(window: Window) -> BatchStep:

@@ -38,18 +38,18 @@ in the middle of a batch is left as it is, for the next batch or run, never misr
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection
 from django.db.models import F
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from campaign.models import Channel, Delivery, DeliveryLog, Event, EventStatus, LogStatus, MessageTemplate
 from workflows.context import ActivityContext, Batch
 from workflows.definition import Schedule, WorkflowDefinition, register
 from workflows.properties import DurationProperty, IntegerProperty
+from workflows.sql import db_datetime, from_db_datetime
 
 #: Events routed or expired per batch. Each routed event costs a log insert and an event update:
 #: 5,000 keeps a batch's transaction under a second (its row locks never block the event API,
@@ -75,18 +75,6 @@ OUTCOMES = {
 EVENTS = Event._meta.db_table
 LOGS = DeliveryLog._meta.db_table
 DELIVERIES = Delivery._meta.db_table
-
-
-def _db_datetime(value: datetime) -> Any:
-    """A datetime as the backend stores it (SQLite: naive UTC text; PostgreSQL: as is)."""
-    return connection.ops.adapt_datetimefield_value(value)
-
-
-def _from_db_datetime(value: Any) -> datetime:
-    """A datetime read by raw SQL (SQLite gives naive UTC text) as an aware datetime."""
-    if isinstance(value, str):
-        value = parse_datetime(value)
-    return value if timezone.is_aware(value) else value.replace(tzinfo=UTC)
 
 
 def _pairs_table(alias: str, *, with_delivery: bool) -> str:
@@ -137,10 +125,10 @@ def expire_batch(*, after: list[Any] | None, cutoff: datetime, limit: int) -> Ba
     instead of walking again the index entries of the rows it already changed (which stay in the
     index until vacuumed).
     """
-    now = _db_datetime(timezone.now())
+    now = db_datetime(timezone.now())
     position, parameters = "", []
     if after is not None:
-        after_at = _db_datetime(datetime.fromisoformat(after[0]))
+        after_at = db_datetime(datetime.fromisoformat(after[0]))
         position = " AND created_at >= %s AND (created_at > %s OR id > %s)"
         parameters = [after_at, after_at, after[1]]
     sql = f"""
@@ -153,8 +141,8 @@ def expire_batch(*, after: list[Any] | None, cutoff: datetime, limit: int) -> Ba
     """
     with connection.cursor() as db:
         db.execute(sql, [EventStatus.TOO_OLD, now, now, EventStatus.PENDING, EventStatus.PENDING,
-                         _db_datetime(cutoff), *parameters, limit])
-        expired = [(_from_db_datetime(created_at), event_id) for created_at, event_id in db.fetchall()]
+                         db_datetime(cutoff), *parameters, limit])
+        expired = [(from_db_datetime(created_at), event_id) for created_at, event_id in db.fetchall()]
     if not expired:
         return Batch(rows=0, cursor=after)
     last_at, last_id = max(expired)
@@ -212,7 +200,7 @@ def copy_outcomes_batch(*, after: int, limit: int) -> Batch:
                 FROM (SELECT 1) AS one LEFT JOIN changed ON true GROUP BY changed.status
                 """,
                 {"status": EventStatus.PENDING_DELIVERY, "after": after, "limit": limit,
-                 "now": _db_datetime(timezone.now())},
+                 "now": db_datetime(timezone.now())},
             )
             rows = db.fetchall()
             count, last = rows[0][0], rows[0][1]
@@ -225,7 +213,7 @@ def copy_outcomes_batch(*, after: int, limit: int) -> Batch:
             events = db.fetchall()
             count, last = len(events), events[-1][0] if events else after
             pairs = [[event_id, log_id] for event_id, log_id in events if log_id is not None]
-            now = _db_datetime(timezone.now())
+            now = db_datetime(timezone.now())
             db.execute(
                 f"""
                 WITH final AS (
@@ -347,7 +335,7 @@ def route_batch(*, after: int, limit: int, deliveries: MonthDeliveries | None = 
     if not count:
         return Batch(rows=0, cursor=after)
     now = timezone.now()
-    stamp = _db_datetime(now)
+    stamp = db_datetime(now)
     pairs = set(
         Event.objects.filter(id__gt=after, id__lte=last, status=EventStatus.PENDING)
         .values_list("event_type", "channel").distinct()

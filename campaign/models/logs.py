@@ -1,0 +1,125 @@
+"""The log tables: one row per message (DeliveryLog), the raw rows the sending and tracking sides
+append (SendingFeedback, TrackingHit), the tracking rows consolidated from them (TrackingLog), and
+the contacts the forecast expects (ForecastLog).
+
+These tables grow without bound and are purged on retention rules, so references *from* logs are
+foreign keys without a database constraint (``db_constraint=False``): purging a delivery log must
+not delete, block or break the tracking rows that point to it, which outlive it.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+from campaign.models.codes import Channel, FailureReason, FailureType, LogStatus, UrlType
+from campaign.models.deliveries import Delivery
+from campaign.models.profiles import Profile
+
+
+class DeliveryLog(models.Model):
+    """One message to one recipient (the platform's "broadlog")."""
+
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="logs", verbose_name="delivery")
+    profile = models.ForeignKey(
+        Profile, on_delete=models.SET_NULL, null=True, blank=True, related_name="delivery_logs",
+        verbose_name="profile", help_text="Empty for transactional messages.",
+    )
+    address = models.CharField("address", max_length=255, help_text="Email address, phone number or device token.")
+    variant = models.CharField("A/B variant", max_length=1, blank=True)
+    event_id = models.BigIntegerField(
+        "event", null=True, blank=True,
+        help_text="Id of the transactional event (live or archived: archiving keeps the id).",
+    )
+    status = models.SmallIntegerField("status", choices=LogStatus.choices, default=LogStatus.PENDING)
+    failure_type = models.SmallIntegerField("failure type", choices=FailureType.choices, default=FailureType.NONE)
+    failure_reason = models.SmallIntegerField("failure reason", choices=FailureReason.choices, default=FailureReason.NONE)
+    error_text = models.TextField("error text", blank=True, help_text="The raw bounce text.")
+    created_at = models.DateTimeField("created", default=timezone.now)
+    updated_at = models.DateTimeField("updated", default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["delivery", "status"], name="dlog_delivery_status_idx"),
+            models.Index(fields=["status", "delivery"], name="dlog_status_delivery_idx"),
+            models.Index(fields=["address"], name="dlog_address_idx"),
+            models.Index(fields=["profile", "created_at"], name="dlog_profile_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.address} ({self.get_status_display()})"
+
+
+class SendingFeedback(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns
+    """Raw, append-only feedback from the sending side; consolidated by updateDeliveryExecInfo
+    (cursor on ``id``)."""
+
+    class Outcome(models.TextChoices):
+        DELIVERED = "delivered", "Delivered"
+        BOUNCE = "bounce", "Bounce"
+        DEFERRED = "deferred", "Deferred"
+
+    delivery_log = models.ForeignKey(
+        DeliveryLog, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+", verbose_name="delivery log",
+    )
+    outcome = models.CharField("outcome", max_length=16, choices=Outcome.choices)
+    error_text = models.TextField("raw error text", blank=True)
+    received_at = models.DateTimeField("received", default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name_plural = "sending feedback"
+
+
+class TrackingHit(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns
+    """Raw, append-only hit from the tracking side; consolidated by updateDeliveryExecInfo
+    (cursor on ``id``)."""
+
+    delivery_log = models.ForeignKey(
+        DeliveryLog, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+", verbose_name="delivery log",
+    )
+    url_type = models.SmallIntegerField("URL type", choices=UrlType.choices)
+    url = models.URLField("URL", max_length=500, blank=True)
+    user_agent = models.CharField("user agent", max_length=300, blank=True)
+    hit_at = models.DateTimeField("hit", default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+
+class TrackingLog(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns
+    """A consolidated open, click, opt-out or mirror-page view. Kept longer than the delivery log
+    it points to, hence no database constraint on ``delivery_log``."""
+
+    delivery_log = models.ForeignKey(
+        DeliveryLog, on_delete=models.DO_NOTHING, db_constraint=False, related_name="tracking_logs",
+        verbose_name="delivery log",
+    )
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="tracking_logs", verbose_name="delivery")
+    url_type = models.SmallIntegerField("URL type", choices=UrlType.choices)
+    url = models.URLField("URL", max_length=500, blank=True)
+    tracked_at = models.DateTimeField("tracked", default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["delivery", "url_type"], name="tlog_delivery_type_idx"),
+            models.Index(fields=["delivery_log"], name="trackinglog_log_idx"),
+        ]
+
+
+class ForecastLog(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns
+    """A contact the forecast expects a scheduled or provisional delivery to make."""
+
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="forecast_logs", verbose_name="delivery")
+    profile = models.ForeignKey(Profile, on_delete=models.CASCADE, related_name="forecast_logs", verbose_name="profile")
+    channel = models.CharField("channel", max_length=8, choices=Channel.choices)
+    planned_at = models.DateTimeField("planned")
+    excluded = models.BooleanField("excluded", default=False, help_text="Over the fatigue threshold.")
+    computed_at = models.DateTimeField("computed", default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["planned_at"]
+        constraints = [models.UniqueConstraint(fields=["delivery", "profile"], name="forecastlog_delivery_profile_uniq")]
+        indexes = [models.Index(fields=["profile", "planned_at"], name="forecastlog_profile_idx")]
