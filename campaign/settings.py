@@ -137,6 +137,8 @@ BEAT_LEASE_SECONDS = CONFIG.beat_lease_seconds
 WORKFLOW_QUEUES = CONFIG.workflow_queues
 # Modules declaring workflows beyond workflows/builtin/ (the test suite adds its sample workflow).
 WORKFLOW_EXTRA_MODULES = CONFIG.extra_workflow_modules
+# The longest hard time limit a workflow may declare (workflows.definition checks every definition
+# against it) and Redis's visibility timeout, derived from it (campaign.config).
 WORKFLOW_MAX_HARD_TIME_LIMIT = WORKFLOW_MAX_HARD_TIME_LIMIT
 REDIS_VISIBILITY_TIMEOUT = REDIS_VISIBILITY_TIMEOUT
 
