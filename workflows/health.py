@@ -18,7 +18,7 @@ password masked). Five things must hold:
   is not further in the past than ``WORKFLOW_OVERDUE_GRACE_SECONDS``.
 
 Both thresholds are Django settings of the same names, parsed from the environment at start-up
-by :mod:`campaign.config` (a malformed value stops start-up naming the variable); unset, they are
+by :mod:`project.config` (a malformed value stops start-up naming the variable); unset, they are
 ``None`` and the defaults below apply.
 """
 

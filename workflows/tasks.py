@@ -8,7 +8,7 @@ ready (:mod:`workflows.apps`), for every definition registered then or later. Th
 imported once Django is set up: by the app's ``ready`` and by ``app.autodiscover_tasks()`` in every
 worker; the router, which Celery imports earlier, is :mod:`workflows.routing`.
 
-The tasks are declared on ``celery.current_app``, the deployment's app (campaign/celery.py), which the
+The tasks are declared on ``celery.current_app``, the deployment's app (project/celery.py), which the
 engine does not import: ``current_app.task`` is that app's own decorator, so each task is made and
 registered exactly as ``app.task`` would (Celery's ``shared_task`` would return a proxy instead).
 """
