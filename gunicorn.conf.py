@@ -2,7 +2,7 @@
 the Procfile), read from ``WEB_*`` environment variables with defaults safe for one small machine.
 docs/deployment.md explains each setting and the reverse proxy that goes in front.
 
-Workers are gunicorn's asyncio worker (``asgi``, module ``gunicorn.workers.gasgi``) running :mod:`campaign.asgi`: each worker's
+Workers are gunicorn's asyncio worker (``asgi``, module ``gunicorn.workers.gasgi``) running :mod:`project.asgi`: each worker's
 event loop reads request bodies, so a client that stalls mid-upload holds a socket, not a thread,
 and is answered 408 after ``WEB_BODY_TIMEOUT`` seconds; complete requests run the ordinary Django
 WSGI handler on ``WEB_THREADS`` threads per worker. Database connections: at most
@@ -28,7 +28,7 @@ def _int(name: str, default: int, minimum: int) -> int:
     return value
 
 
-wsgi_app = "campaign.asgi:application"
+wsgi_app = "project.asgi:application"
 worker_class = "asgi"  # gunicorn.workers.gasgi.ASGIWorker
 
 #: Addresses to listen on, comma-separated (``0.0.0.0:8000`` behind a proxy on another host).
@@ -37,7 +37,7 @@ bind = [address.strip() for address in os.environ.get("WEB_BIND", "127.0.0.1:800
 #: so a worker uses at most one core; more processes than cores only added switching in the load
 #: test (docs/performance.md).
 workers = _int("WEB_WORKERS", max(2, os.cpu_count() or 1), minimum=1)
-#: Django threads per worker (read by campaign.asgi); each keeps one database connection. A
+#: Django threads per worker (read by project.asgi); each keeps one database connection. A
 #: request mostly waits for PostgreSQL (a commit is a disk flush), so a worker keeps several in
 #: flight: 8 served 8 clients best on 2 cores.
 threads_per_worker = _int("WEB_THREADS", 8, minimum=1)

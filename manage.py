@@ -6,10 +6,10 @@ import sys
 
 
 def main() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "campaign.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
     from django.core.management import execute_from_command_line
 
-    from campaign.config import ConfigError
+    from project.config import ConfigError
 
     try:
         execute_from_command_line(sys.argv)

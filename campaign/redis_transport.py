@@ -14,7 +14,7 @@ an acknowledgement after the loss then either reaches Redis (it came back) or fa
 connection error, which Celery and kombu handle; a message whose requeue failed stays in Redis's
 ``unacked`` hash and is delivered again after the visibility timeout.
 
-Selected by ``CELERY_BROKER_TRANSPORT`` for ``redis://`` and ``rediss://`` URLs (campaign/config.py).
+Selected by ``CELERY_BROKER_TRANSPORT`` for ``redis://`` and ``rediss://`` URLs (project/config.py).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ checked by the configuration tests and by ``check --deploy`` in CI. Processes th
 (workers, beat, gunicorn) inherit ``DJANGO_SETTINGS_MODULE`` and so these settings too.
 """
 
-from campaign.settings import *  # noqa: F403 - the instance's settings, amended below
+from project.settings import *  # noqa: F403 - the instance's settings, amended below
 
 SECURE_SSL_REDIRECT = False
 SECURE_HSTS_SECONDS = 0

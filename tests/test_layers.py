@@ -1,5 +1,6 @@
 """The layers hold: ``workflows`` may import ``campaign``, ``campaign`` never imports ``workflows``,
-and no modules of ``workflows`` import one another in a circle.
+neither imports ``project`` (the wiring above both, bar the Celery app's re-export), and no modules
+of ``workflows`` import one another in a circle.
 
 Read from the source with ``ast``, so every import statement counts wherever it stands: at the top,
 inside a function (an import moved into a function to dodge a circle is still a circle) or under
@@ -134,6 +135,23 @@ def test_campaign_never_imports_workflows() -> None:
         if statement.target == "workflows" or statement.target.startswith("workflows.")
     ]
     assert offending == [], "campaign must not import workflows (the engine imports the domain):\n" + "\n".join(offending)
+
+
+#: The one import of the wiring from the apps: ``celery -A campaign`` finds the Celery app among the
+#: attributes of the campaign package, and importing it there loads it with Django.
+WIRING_IMPORTS_ALLOWED = {("campaign", "project.celery.app")}
+
+
+def test_the_apps_never_import_the_project_wiring() -> None:
+    offending = [
+        str(statement)
+        for package in ("campaign", "workflows")
+        for module, path in modules_of(ROOT, package).items()
+        for statement in imports_of(module, path)
+        if (statement.target == "project" or statement.target.startswith("project."))
+        and (module, statement.target) not in WIRING_IMPORTS_ALLOWED
+    ]
+    assert offending == [], "campaign and workflows must not import project (the wiring imports them):\n" + "\n".join(offending)
 
 
 def test_no_import_cycle_among_workflows_modules() -> None:

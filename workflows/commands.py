@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from celery import current_app
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
@@ -121,10 +122,8 @@ def enqueue(run: WorkflowRun, *, force: bool = False, wait_for_lease_s: float = 
     kwargs = {"run_id": run.pk, "trigger": run.trigger, "force": force, "wait_for_lease_s": wait_for_lease_s}
 
     def send() -> None:
-        from campaign.celery import app
-
         try:
-            app.send_task(definition.task_name, kwargs=kwargs, task_id=task_id)
+            current_app.send_task(definition.task_name, kwargs=kwargs, task_id=task_id)
         except (OperationalError, OSError) as error:  # the broker is down: say so on the run, not "queued" forever
             WorkflowRun.objects.filter(pk=run.pk, status=RunStatus.QUEUED).update(
                 status=RunStatus.FAILED, reason=f"broker unreachable: {type(error).__name__}", finished_at=timezone.now()

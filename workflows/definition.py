@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, ValidationError
 
-from campaign.config import WORKFLOW_MAX_HARD_TIME_LIMIT
 from workflows.properties import Property
 
 if TYPE_CHECKING:
@@ -83,9 +82,9 @@ class WorkflowDefinition:
     wait_for_exclusive_s: int = 120
 
     def __post_init__(self) -> None:
-        if not (0 < self.soft_time_limit_s < self.hard_time_limit_s <= WORKFLOW_MAX_HARD_TIME_LIMIT):
+        if not (0 < self.soft_time_limit_s < self.hard_time_limit_s <= settings.WORKFLOW_MAX_HARD_TIME_LIMIT):
             raise ValueError(
-                f"{self.id}: need 0 < soft limit < hard limit <= {WORKFLOW_MAX_HARD_TIME_LIMIT}s "
+                f"{self.id}: need 0 < soft limit < hard limit <= {settings.WORKFLOW_MAX_HARD_TIME_LIMIT}s "
                 "(the broker's visibility timeout is derived from that maximum)"
             )
         names = [activity.__name__ for activity in self.activities]

@@ -18,7 +18,7 @@ password masked). Five things must hold:
   is not further in the past than ``WORKFLOW_OVERDUE_GRACE_SECONDS``.
 
 Both thresholds are Django settings of the same names, parsed from the environment at start-up
-by :mod:`campaign.config` (a malformed value stops start-up naming the variable); unset, they are
+by :mod:`project.config` (a malformed value stops start-up naming the variable); unset, they are
 ``None`` and the defaults below apply.
 """
 
@@ -32,7 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from celery import Celery
+from celery import Celery, current_app
 from django.conf import settings
 from django.db import DatabaseError, connection
 from django.utils import timezone
@@ -137,9 +137,7 @@ def check_database() -> CheckResult:
 
 def check_broker(*, app: Celery | None = None, timeout_s: float = BROKER_TIMEOUT_S) -> CheckResult:
     """Connect to the broker Celery would publish to (``connection_for_write``)."""
-    from campaign.celery import app as project_app
-
-    celery_app = app or project_app
+    celery_app = app or current_app
 
     def body() -> tuple[bool, str, dict[str, Any]]:
         timeouts = {"socket_connect_timeout": timeout_s, "socket_timeout": timeout_s}

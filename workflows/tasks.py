@@ -7,6 +7,10 @@ A definition only declares a workflow; its task is made here (:func:`make_task`)
 ready (:mod:`workflows.apps`), for every definition registered then or later. This module is
 imported once Django is set up: by the app's ``ready`` and by ``app.autodiscover_tasks()`` in every
 worker; the router, which Celery imports earlier, is :mod:`workflows.routing`.
+
+The tasks are declared on ``celery.current_app``, the deployment's app (project/celery.py), which the
+engine does not import: ``current_app.task`` is that app's own decorator, so each task is made and
+registered exactly as ``app.task`` would (Celery's ``shared_task`` would return a proxy instead).
 """
 
 from __future__ import annotations
@@ -17,11 +21,10 @@ import random
 from datetime import datetime
 from typing import Any
 
-from celery import Task
+from celery import Task, current_app
 from celery.signals import task_prerun
 from django.db import close_old_connections
 
-from campaign.celery import app
 from workflows import (
     housekeeping,
     reaper,
@@ -70,7 +73,7 @@ def slot_of(task: Task) -> datetime | None:
 
 
 def make_task(definition: WorkflowDefinition) -> Task:
-    @app.task(
+    @current_app.task(
         name=definition.task_name,
         bind=True,
         acks_late=True,
@@ -135,15 +138,15 @@ REAP_ABANDONED_RUNS_SOFT_TIME_LIMIT_S = 40
 REAP_ABANDONED_RUNS_HARD_TIME_LIMIT_S = 50
 
 
-@app.task(name=REPORT_LONG_PAUSES_TASK, acks_late=True, ignore_result=True,
-          soft_time_limit=REPORT_LONG_PAUSES_SOFT_TIME_LIMIT_S, time_limit=REPORT_LONG_PAUSES_HARD_TIME_LIMIT_S)
+@current_app.task(name=REPORT_LONG_PAUSES_TASK, acks_late=True, ignore_result=True,
+                  soft_time_limit=REPORT_LONG_PAUSES_SOFT_TIME_LIMIT_S, time_limit=REPORT_LONG_PAUSES_HARD_TIME_LIMIT_S)
 def report_long_pauses() -> list[str]:
     """Journal and email the workflows paused for more than 7 days (weekly)."""
     return housekeeping.report_long_pauses()
 
 
-@app.task(name=REAP_ABANDONED_RUNS_TASK, acks_late=True, ignore_result=True,
-          soft_time_limit=REAP_ABANDONED_RUNS_SOFT_TIME_LIMIT_S, time_limit=REAP_ABANDONED_RUNS_HARD_TIME_LIMIT_S)
+@current_app.task(name=REAP_ABANDONED_RUNS_TASK, acks_late=True, ignore_result=True,
+                  soft_time_limit=REAP_ABANDONED_RUNS_SOFT_TIME_LIMIT_S, time_limit=REAP_ABANDONED_RUNS_HARD_TIME_LIMIT_S)
 def reap_abandoned_runs() -> list[int]:
     """Reap the runs whose worker died (every minute; see workflows.reaper)."""
     return reaper.reap_abandoned_runs()

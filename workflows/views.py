@@ -31,7 +31,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 @require_GET
 def prometheus_metrics(request: HttpRequest) -> HttpResponse:
     """Open, unless ``settings.METRICS_TOKEN`` is set: then ``Authorization: Bearer <token>`` is
-    required. The variable is parsed at start-up (:mod:`campaign.config`): rotating it means
+    required. The variable is parsed at start-up (:mod:`project.config`): rotating it means
     restarting ``web``."""
     token = settings.METRICS_TOKEN
     if token and not _bearer_matches(request, token):

@@ -98,7 +98,7 @@ def act(client: Client, action: str, *workflow_ids: str) -> HttpResponse:
 def broker_headers(queue: str, task_id: str) -> dict[str, Any]:
     """The headers of the message sent with ``task_id``, read back from the broker (filesystem or
     Redis, whichever the settings name)."""
-    from campaign.celery import app
+    from project.celery import app
 
     with app.connection_for_read() as connection_, connection_.SimpleQueue(queue) as simple:
         for _ in range(1000):

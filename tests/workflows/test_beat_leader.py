@@ -22,7 +22,7 @@ from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 from django_celery_beat.schedulers import ModelEntry
 
-from campaign.celery import app as celery_app
+from project.celery import app as celery_app
 from workflows import beat_leader, health
 from workflows.beat_leader import Leadership
 from workflows.models import BeatLease, BeatProcess, SchedulerHeartbeat

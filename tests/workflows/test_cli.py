@@ -92,7 +92,7 @@ def cli_sample(db: None) -> Workflow:
 @pytest.fixture
 def sent_tasks(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """Messages the commands hand to the broker (recorded instead of sent)."""
-    from campaign.celery import app
+    from project.celery import app
 
     sent: list[dict[str, Any]] = []
     monkeypatch.setattr(app, "send_task", lambda name, **options: sent.append({"name": name, **options}))

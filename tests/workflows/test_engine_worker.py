@@ -10,7 +10,7 @@ import time
 import pytest
 from django.conf import settings
 
-from campaign.celery import app as celery_app
+from project.celery import app as celery_app
 from tests.workflows.helpers import TEST_LEASE_SECONDS, effects, wait_for
 from tests.workflows.sample_workflow import SAMPLE_ID
 from workflows import commands

@@ -13,7 +13,7 @@ from django.core.management import call_command
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from campaign.celery import app as celery_app
+from project.celery import app as celery_app
 from workflows import commands, health, schedules
 from workflows.models import SchedulerHeartbeat, Workflow, WorkflowState
 from workflows.scheduler import HEARTBEAT_INTERVAL_S, DatabaseScheduler

@@ -8,7 +8,7 @@ import os
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
-from campaign.config import ConfigError, parse_workflow_queues
+from project.config import ConfigError, parse_workflow_queues
 from tests.workflows.helpers import effects, wait_for
 from tests.workflows.sample_workflow import SAMPLE_ID
 from workflows import commands

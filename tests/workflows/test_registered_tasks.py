@@ -24,8 +24,8 @@ from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from campaign import report_shares
-from campaign.celery import app
 from campaign.models import ReportShare
+from project.celery import app
 from tests.factories import ReportFactory, UserFactory
 from tests.workflows.helpers import wait_for
 from workflows.definition import all_definitions, builtin_definitions

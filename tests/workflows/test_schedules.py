@@ -14,7 +14,7 @@ from django.core.management import call_command
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 from django_celery_beat.schedulers import ModelEntry
 
-from campaign.celery import app
+from project.celery import app
 from workflows import commands, schedule_repair, schedules
 from workflows.definition import all_definitions
 from workflows.models import Workflow, WorkflowAudit

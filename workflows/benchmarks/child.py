@@ -21,7 +21,7 @@ def peak_rss_mb() -> float:
 
 
 def main(workflow_id: str, overrides_json: str) -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "campaign.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
     import django
 
     django.setup()

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from celery import current_app
 from django.conf import settings
 from django.core.management import call_command
 from django.db import connection
@@ -191,7 +192,6 @@ def run_fixed_cost(*, runs: int) -> FixedCostResult:
 
 
 def _through_worker(*, runs: int, poller: Poller) -> tuple[Latency, Latency]:
-    from campaign.celery import app
     from workflows import commands
     from workflows.benchmarks import noop_workflow
     from workflows.models import RunStatus, Trigger, WorkflowRun
@@ -204,7 +204,7 @@ def _through_worker(*, runs: int, poller: Poller) -> tuple[Latency, Latency]:
     def bare() -> float:
         number = next(numbers)
         since = time.perf_counter()
-        app.send_task(noop_workflow.BARE_TASK_NAME, args=[number], queue=noop_workflow.NOOP_QUEUE)
+        current_app.send_task(noop_workflow.BARE_TASK_NAME, args=[number], queue=noop_workflow.NOOP_QUEUE)
         seconds, _ = poller.wait(bare_sql, [number], since=since, what=f"bare task #{number}")
         return seconds
 

@@ -12,9 +12,9 @@ this workflow.
 
 from __future__ import annotations
 
+from celery import current_app
 from django.db import connection
 
-from campaign.celery import app
 from workflows.context import ActivityContext
 from workflows.definition import RetryPolicy, WorkflowDefinition, register
 
@@ -44,7 +44,7 @@ definition = register(WorkflowDefinition(
 ))
 
 
-@app.task(
+@current_app.task(
     name=BARE_TASK_NAME,
     acks_late=True,
     reject_on_worker_lost=True,

@@ -50,7 +50,7 @@ def gunicorn(*, workers: int = 2, threads: int = 4, production: bool = False) ->
         env.update(WEB_BIND=f"127.0.0.1:{port}", WEB_WORKERS=str(workers), WEB_THREADS=str(threads), WEB_ACCESS_LOG="off")
         command = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py"]
     else:
-        command = [sys.executable, "-m", "gunicorn", "campaign.wsgi", "--bind", f"127.0.0.1:{port}", "--workers",
+        command = [sys.executable, "-m", "gunicorn", "project.wsgi", "--bind", f"127.0.0.1:{port}", "--workers",
                    str(workers), "--threads", str(threads), "--worker-class", "gthread"]
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(

@@ -3,7 +3,7 @@ private network; a request the proxy marks as HTTPS is served, with HSTS and sec
 
 import pytest
 
-from campaign.config import load_config
+from project.config import load_config
 
 pytestmark = pytest.mark.django_db
 

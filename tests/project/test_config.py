@@ -1,4 +1,4 @@
-"""campaign.config.load_config: nothing set gives the embedded default; production URLs select
+"""project.config.load_config: nothing set gives the embedded default; production URLs select
 PostgreSQL and Redis; every malformed variable stops start-up with a message that names it.
 
 load_config is a function of a mapping, so these tests never touch ``os.environ``. It does create
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from campaign.config import (
+from project.config import (
     REDIS_VISIBILITY_TIMEOUT,
     WORKFLOW_MAX_HARD_TIME_LIMIT,
     Config,
@@ -284,7 +284,7 @@ def test_manage_py_exits_with_an_error_naming_a_malformed_variable(tmp_path: Pat
 def test_deployment_check_is_clean_under_the_production_defaults(tmp_path: Path) -> None:
     """Django's own deployment check, with nothing but the required production variables."""
     env = {
-        "PATH": os.environ["PATH"], "DJANGO_SETTINGS_MODULE": "campaign.settings", "VAR_DIR": str(tmp_path / "var"),
+        "PATH": os.environ["PATH"], "DJANGO_SETTINGS_MODULE": "project.settings", "VAR_DIR": str(tmp_path / "var"),
         "DATABASE_URL": POSTGRES_URL, "SECRET_KEY": SECRET_KEY, "ALLOWED_HOSTS": "campaign.example.com",
     }
 
@@ -334,9 +334,9 @@ def test_site_url_may_carry_a_path_prefix(tmp_path: Path) -> None:
 
 
 def test_settings_expose_the_parsed_variables(tmp_path: Path) -> None:
-    """campaign.settings copies them, so the code reads ``settings.X``, never the environment."""
+    """project.settings copies them, so the code reads ``settings.X``, never the environment."""
     env = {
-        "PATH": os.environ["PATH"], "DJANGO_SETTINGS_MODULE": "campaign.settings", "VAR_DIR": str(tmp_path / "var"),
+        "PATH": os.environ["PATH"], "DJANGO_SETTINGS_MODULE": "project.settings", "VAR_DIR": str(tmp_path / "var"),
         "INSTANCE_NAME": "acme", "SITE_URL": "https://campaign.example.com/", "WEB_BIND": "0.0.0.0:9000",
         "METRICS_TOKEN": "t0ken", "WORKFLOW_BEAT_STALE_SECONDS": "120",
     }

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from campaign.config import ConfigError, parse_int
+from project.config import ConfigError, parse_int
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -244,7 +244,7 @@ def from_environment(wsgi: WSGIApp, env: dict[str, str] | os._Environ[str] = os.
 
 
 def _build() -> BufferedWSGI:
-    from campaign.wsgi import application as wsgi_application  # loads the settings, or exits naming the bad variable
+    from project.wsgi import application as wsgi_application  # loads the settings, or exits naming the bad variable
 
     try:
         return from_environment(wsgi_application)

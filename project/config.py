@@ -67,7 +67,7 @@ def exit_on_config_error() -> None:
 
 @dataclass(frozen=True)
 class Config:
-    """The parsed configuration; ``campaign.settings`` copies it into Django settings."""
+    """The parsed configuration; ``project.settings`` copies it into Django settings."""
 
     var_dir: Path
     embedded: bool

@@ -19,8 +19,8 @@ import pytest
 from django.conf import settings as django_settings
 
 from campaign import api
-from campaign.asgi import wsgi_environ
 from campaign.models import Event
+from project.asgi import wsgi_environ
 from workflows.benchmarks.event_ingestion import GUNICORN_CONFIG, Server, web_server
 
 STALLED_CLIENTS = 20

@@ -1,3 +1,5 @@
+"""The root URLconf: the admin site, and the URLconfs of the apps, each under its prefix."""
+
 from django.contrib import admin
 from django.urls import include, path
 

@@ -1,4 +1,4 @@
-"""Django settings, all read from the environment by :mod:`campaign.config`.
+"""Django settings, all read from the environment by :mod:`project.config`.
 
 Nothing set gives the embedded default (SQLite, filesystem broker, file email under ``var/``);
 ``DATABASE_URL`` and ``CELERY_BROKER_URL`` switch to PostgreSQL and Redis. See docs/configuration.md.
@@ -7,7 +7,7 @@ Nothing set gives the embedded default (SQLite, filesystem broker, file email un
 import os
 from pathlib import Path
 
-from campaign.config import REDIS_VISIBILITY_TIMEOUT, WORKFLOW_MAX_HARD_TIME_LIMIT, load_config
+from project.config import REDIS_VISIBILITY_TIMEOUT, WORKFLOW_MAX_HARD_TIME_LIMIT, load_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 CONFIG = load_config(os.environ, base_dir=BASE_DIR)
@@ -41,8 +41,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
-ROOT_URLCONF = "campaign.urls"
-WSGI_APPLICATION = "campaign.wsgi.application"
+ROOT_URLCONF = "project.urls"
+WSGI_APPLICATION = "project.wsgi.application"
 
 TEMPLATES = [
     {
@@ -137,6 +137,8 @@ BEAT_LEASE_SECONDS = CONFIG.beat_lease_seconds
 WORKFLOW_QUEUES = CONFIG.workflow_queues
 # Modules declaring workflows beyond workflows/builtin/ (the test suite adds its sample workflow).
 WORKFLOW_EXTRA_MODULES = CONFIG.extra_workflow_modules
+# The longest hard time limit a workflow may declare (workflows.definition checks every definition
+# against it) and Redis's visibility timeout, derived from it (project.config).
 WORKFLOW_MAX_HARD_TIME_LIMIT = WORKFLOW_MAX_HARD_TIME_LIMIT
 REDIS_VISIBILITY_TIMEOUT = REDIS_VISIBILITY_TIMEOUT
 
