@@ -327,8 +327,20 @@ def render_billing_pdf(metrics: CustomerMetrics, *, generated: datetime | None =
     story.append(_table(["Figure", "Value"], [
         ["Deliveries", metrics.deliveries], ["Profiles", metrics.profiles],
         ["Active profiles (12 months)", metrics.active_profiles],
+        ["Active transactional recipients (12 months)", metrics.active_transactional_recipients],
         ["Database size (bytes)", metrics.database_size_bytes],
-    ], widths=[7 * cm, 5 * cm]))
+    ], widths=[9 * cm, 5 * cm]))
+    story.append(Paragraph("Active per channel (12 months)", styles["Heading2"]))
+    story.append(Paragraph(
+        "A profile is active when it was targeted or communicated with in the 12 months ending with the period, "
+        "counted once however many messages it received; profiles excluded while a delivery was prepared "
+        "(quarantine, denylist, typology rules) were not targeted. Transactional recipients (messages without a "
+        "profile) are counted by distinct address, apart from the profiles. A profile reached on several channels "
+        "counts once in the total above and once on each of its channels' lines below.", styles["Normal"]))
+    story.append(_table(["Channel", "Profiles", "Transactional recipients"], [
+        [channel, row["profiles"], row["transactional_recipients"]]
+        for channel, row in sorted(metrics.active_by_channel.items())
+    ] or [["(none)", 0, 0]], widths=[5 * cm, 3.5 * cm, 5 * cm]))
     story.append(Paragraph("Messages per channel (retries included)", styles["Heading2"]))
     story.append(_table(["Channel", "Messages", "Retries", "Total"], [
         [channel, row["messages"], row["retries"], row["total"]] for channel, row in sorted(metrics.messages_by_channel.items())

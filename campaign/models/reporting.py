@@ -257,6 +257,16 @@ class CustomerMetrics(models.Model):  # noqa: DJ008 - rows without a natural nam
     database_size_bytes = models.BigIntegerField("database size (bytes)", default=0)
     email_deliveries = models.JSONField("email deliveries", default=list, blank=True)
     computed_at = models.DateTimeField("computed", default=timezone.now)
+    active_transactional_recipients = models.PositiveIntegerField(
+        "active transactional recipients (12 months)", default=0,
+        help_text="Distinct addresses (email address or phone number) that received a transactional message (a log "
+                  "without a profile) in the 12 months ending with the period; counted apart from the profiles.",
+    )
+    active_by_channel = models.JSONField(
+        "active per channel (12 months)", default=dict, blank=True,
+        help_text='{channel: {"profiles", "transactional_recipients"}}. A profile reached on several channels counts '
+                  "on each of their lines and once in the totals.",
+    )
 
     class Meta:
         ordering = ["-period_start"]

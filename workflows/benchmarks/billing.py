@@ -2,8 +2,10 @@
 
 The data: ``rows`` delivery logs, 60% created in the last full month and 40% over the twelve months
 before it (they count for the active profiles only), on ``rows / 5`` profiles; 5% of the logs are
-transactional (no profile); 300 email deliveries in the month, a third of them under 100 messages,
-plus SMS and push deliveries; ``rows / 50`` deferred sending feedback in the month (retries).
+transactional (no profile), on ``rows / 40`` addresses (each address gets about two messages); one
+log in nine is failed, ignored (excluded at preparation), pending or cancelled; 300 email deliveries
+in the month, a third of them under 100 messages, plus SMS and push deliveries; ``rows / 50``
+deferred sending feedback in the month (retries).
 
 The bound is the minimal SQL for the same row: one statement per figure (as the workflow), the
 results written with one INSERT. The workflow additionally renders the PDF and emails it (a
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 import random
-from datetime import datetime, time, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -32,6 +34,7 @@ from workflows.builtin import billing
 LOG_COLUMNS = ("id", "delivery_id", "profile_id", "address", "variant", "status", "failure_type", "failure_reason",
                "error_text", "created_at", "updated_at")
 EMAIL_DELIVERIES = 300
+OTHER_STATUSES = (LogStatus.FAILED, LogStatus.IGNORED, LogStatus.PENDING, LogStatus.CANCELLED)
 
 
 class BillingCase(BenchmarkCase):
@@ -92,8 +95,9 @@ class BillingCase(BenchmarkCase):
                 else:
                     delivery = self._old_delivery
                     created = year_start + timedelta(seconds=unit(n, 2) * year_s)
-                status = LogStatus.SENT if n % 9 else (LogStatus.FAILED, LogStatus.IGNORED, LogStatus.PENDING)[n % 3]
-                row = (log_id, delivery, f"a{log_id}@example.com", "", status, 0, 0, "", created, created)
+                status = LogStatus.SENT if n % 9 else OTHER_STATUSES[n // 9 % len(OTHER_STATUSES)]
+                address = f"t{n // 40}@example.com" if anonymous else f"a{log_id}@example.com"
+                row = (log_id, delivery, address, "", status, 0, 0, "", created, created)
                 yield row if anonymous else (*row[:2], 1 + int(unit(n, 3) * profiles), *row[2:])
 
         # Two passes, so that no row carries a NULL (data.load could not COPY one when this was written).
@@ -110,8 +114,7 @@ class BillingCase(BenchmarkCase):
     def sql_bound(self) -> None:
         start, end = self._period()
         period = billing.month_period("", today=timezone.localdate())
-        active_start = datetime.combine(billing._twelve_months_before(period.end + timedelta(days=1)), time(0),
-                                        tzinfo=start.tzinfo)
+        active_start = billing.active_window_start(period)
         q = connection.ops.quote_name
         logs, deliveries, feedback, profiles = (q(m._meta.db_table) for m in (DeliveryLog, Delivery, SendingFeedback, Profile))
         a = connection.ops.adapt_datetimefield_value
@@ -128,10 +131,14 @@ class BillingCase(BenchmarkCase):
             retries = dict(cursor.fetchall())
             cursor.execute(f"SELECT COUNT(*) FROM {profiles} WHERE created_at < %s", [a(end)])
             profile_count = cursor.fetchone()[0]
-            cursor.execute(f"SELECT COUNT(DISTINCT l.profile_id), COUNT(*) - COUNT(l.profile_id) FROM {logs} l "
-                           f"JOIN {deliveries} d ON d.id = l.delivery_id WHERE l.created_at >= %s AND l.created_at < %s "
-                           f"AND d.kind <> 'proof'", [a(active_start), a(end)])
-            distinct_profiles, anonymous = cursor.fetchone()
+            active = (f"COUNT(DISTINCT l.profile_id), COUNT(DISTINCT CASE WHEN l.profile_id IS NULL THEN l.address END) "
+                      f"FROM {logs} l JOIN {deliveries} d ON d.id = l.delivery_id WHERE l.created_at >= %s "
+                      f"AND l.created_at < %s AND l.status <> {LogStatus.IGNORED} AND d.kind <> 'proof'")
+            cursor.execute(f"SELECT {active}", [a(active_start), a(end)])
+            active_profiles, active_transactional = cursor.fetchone()
+            cursor.execute(f"SELECT d.channel, {active} GROUP BY d.channel", [a(active_start), a(end)])
+            active_by_channel = {channel: {"profiles": p, "transactional_recipients": t}
+                                 for channel, p, t in cursor.fetchall()}
             cursor.execute(f"SELECT l.delivery_id, d.label, COUNT(*), MIN(l.created_at) {counted} AND d.channel = 'email' "
                            f"GROUP BY l.delivery_id, d.label", [a(start), a(end)])
             per_delivery = cursor.fetchall()
@@ -152,7 +159,8 @@ class BillingCase(BenchmarkCase):
                            "total": messages.get(ch, 0) + retries.get(ch, 0)} for ch in {*messages, *retries}}
         CustomerMetrics.objects.update_or_create(period_start=period.start, period_end=period.end, defaults={
             "deliveries": delivery_count, "messages_by_channel": by_channel, "profiles": profile_count,
-            "active_profiles": distinct_profiles + (1 if anonymous else 0),
+            "active_profiles": active_profiles, "active_transactional_recipients": active_transactional,
+            "active_by_channel": active_by_channel,
             "database_size_bytes": billing.database_size_bytes(), "email_deliveries": email})
 
     def fingerprint(self) -> Any:
@@ -160,6 +168,8 @@ class BillingCase(BenchmarkCase):
         return {"deliveries": row.deliveries,
                 "messages": sorted((k, tuple(sorted(v.items()))) for k, v in row.messages_by_channel.items()),
                 "profiles": row.profiles, "active": row.active_profiles,
+                "active_transactional": row.active_transactional_recipients,
+                "active_by_channel": sorted((k, tuple(sorted(v.items()))) for k, v in row.active_by_channel.items()),
                 "email": sorted((r["day"], r["label"], r["messages"]) for r in row.email_deliveries)}
 
     def add_increment(self, *, rows: int, seed: int) -> None:

@@ -16,8 +16,15 @@ Definitions (docs/workflows/billing.md):
 - messages per channel: delivery logs sent or failed (status 1 or 2) created in the period, and
   retries: ``deferred`` sending feedback received in the period (each is one more attempt).
 - profiles: profiles created before the end of the period.
-- active profiles: distinct profiles with a non-proof delivery log created in the 12 months ending
-  with the period, plus 1 if any transactional log (no profile) exists in that window.
+- active profiles: the platform's definition. A profile is active when it was targeted or
+  communicated with in the 12 months ending with the period, on any channel, counted once however
+  many messages it received: distinct profiles with a non-proof delivery log created in that window,
+  except logs whose status says the profile was excluded while the delivery was prepared (Ignored:
+  quarantine, denylist, typology rules), since such a profile was never targeted.
+- active transactional recipients: the same window and rule for the logs without a profile,
+  counted by distinct address (email address or phone number), in a dimension of their own.
+- both per channel too: a profile reached on two channels counts once in the total and once in each
+  channel's line.
 - database size: pg_database_size(current_database()) or the SQLite file size.
 - email deliveries: one line per email delivery with >= 100 messages in the period; deliveries
   under 100 messages are grouped into one line per (local) day of their first message.
@@ -48,6 +55,10 @@ from workflows.properties import BooleanProperty, MonthProperty
 BILLING_USERNAME = "billing"
 SMALL_DELIVERY = 100
 COUNTED = (LogStatus.SENT, LogStatus.FAILED)
+#: A log in this status was excluded while its delivery was prepared (the address in quarantine or
+#: on the denylist, a typology rule): its profile was not targeted, so it does not make it active.
+#: A cancelled log (7) was targeted and then not sent (validity ended, delivery stopped): it counts.
+EXCLUDED_AT_PREPARATION = (LogStatus.IGNORED,)
 
 
 def month_period(text: str, *, today: date) -> reports.Period:
@@ -106,13 +117,6 @@ def compute_metrics(period: reports.Period) -> dict[str, Any]:
                   "total": messages.get(channel, 0) + retries.get(channel, 0)}
         for channel in Channel.values if channel in messages or channel in retries
     }
-    active_start = datetime.combine(_twelve_months_before(period.end + timedelta(days=1)), time(0), tzinfo=start.tzinfo)
-    window = (DeliveryLog.objects.filter(created_at__gte=active_start, created_at__lt=end)
-              .exclude(delivery__kind=Delivery.Kind.PROOF))
-    active = window.aggregate(
-        profiles=Count("profile_id", distinct=True),
-        anonymous=Count("id", filter=Q(profile__isnull=True)),
-    )
     per_delivery = (counted.filter(delivery__channel=Channel.EMAIL)
                     .values("delivery_id", "delivery__label").annotate(n=Count("id"), first=Min("created_at"))
                     .order_by("first", "delivery_id"))
@@ -136,9 +140,33 @@ def compute_metrics(period: reports.Period) -> dict[str, Any]:
         "deliveries": counted.values("delivery_id").distinct().count(),
         "messages_by_channel": by_channel,
         "profiles": Profile.objects.filter(created_at__lt=end).count(),
-        "active_profiles": active["profiles"] + (1 if active["anonymous"] else 0),
+        **active_recipients(since=active_window_start(period), until=end),
         "database_size_bytes": database_size_bytes(),
         "email_deliveries": email_rows,
+    }
+
+
+def active_window_start(period: reports.Period) -> datetime:
+    """The start of the 12 months ending with the period: local midnight, one year before the day
+    after the period's last day (the window is [this, the period's end))."""
+    after = period.end + timedelta(days=1)
+    return datetime.combine(_twelve_months_before(after), time(0), tzinfo=ZoneInfo(settings.TIME_ZONE))
+
+
+def active_recipients(*, since: datetime, until: datetime) -> dict[str, Any]:
+    """Distinct profiles and distinct transactional addresses with a log in [since, until), in total
+    and per channel; proofs and logs excluded at preparation do not count. Two aggregate queries."""
+    window = (DeliveryLog.objects.filter(created_at__gte=since, created_at__lt=until)
+              .exclude(status__in=EXCLUDED_AT_PREPARATION).exclude(delivery__kind=Delivery.Kind.PROOF))
+    figures = {"profiles": Count("profile_id", distinct=True),
+               "transactional_recipients": Count("address", distinct=True, filter=Q(profile__isnull=True))}
+    total = window.aggregate(**figures)
+    per_channel = {row.pop("delivery__channel"): row
+                   for row in window.values("delivery__channel").annotate(**figures).order_by()}
+    return {
+        "active_profiles": total["profiles"],
+        "active_transactional_recipients": total["transactional_recipients"],
+        "active_by_channel": {channel: per_channel[channel] for channel in Channel.values if channel in per_channel},
     }
 
 
@@ -157,7 +185,8 @@ def compute(ctx: ActivityContext) -> None:
     metrics, created = ctx.unit(lambda: CustomerMetrics.objects.update_or_create(
         period_start=period.start, period_end=period.end, defaults={**values, "computed_at": timezone.now()}))
     ctx.count("created" if created else "updated")
-    ctx.log(f"Billing {period.label()}: {values['deliveries']} deliveries, {values['active_profiles']} active profiles.")
+    ctx.log(f"Billing {period.label()}: {values['deliveries']} deliveries, {values['active_profiles']} active profiles, "
+            f"{values['active_transactional_recipients']} active transactional recipients.")
 
 
 def send(ctx: ActivityContext) -> None:
@@ -176,6 +205,9 @@ def send(ctx: ActivityContext) -> None:
              *(f"  {channel} messages: {row['total']} ({row['retries']} retries)"
                for channel, row in metrics.messages_by_channel.items()),
              f"  profiles: {metrics.profiles}, active over 12 months: {metrics.active_profiles}",
+             f"  transactional recipients active over 12 months: {metrics.active_transactional_recipients}",
+             *(f"  active on {channel}: {row['profiles']} profiles, {row['transactional_recipients']} transactional "
+               "recipients" for channel, row in metrics.active_by_channel.items()),
              f"  database size: {metrics.database_size_bytes} bytes", "", "The full report is attached."]
     message = EmailMessage(subject=f"[{reports.instance_name()}] Billing {period.start:%Y-%m}", body="\n".join(lines),
                            from_email=settings.DEFAULT_FROM_EMAIL, to=[user.email])
