@@ -39,6 +39,7 @@ from django.db import connection
 from django.db.models import Max
 from django.utils import timezone
 
+from campaign.bulk_load import load, reset_sequences
 from campaign.models import (
     ABTest,
     Campaign,
@@ -52,7 +53,7 @@ from campaign.models import (
     UrlType,
 )
 from workflows.benchmarks import BenchmarkCase, register
-from workflows.benchmarks.data import load, pop_tracking_until, reset_sequences
+from workflows.benchmarks.data import pop_tracking_until
 from workflows.builtin.ab_testing import WINNER_LABEL_SUFFIX
 
 #: Average messages per test delivery: 200 tests at a million logs.

@@ -26,6 +26,7 @@ from django.db import connection
 from django.db.models import Max
 from django.utils import timezone
 
+from campaign.bulk_load import load, reset_sequences
 from campaign.models import (
     Channel,
     Delivery,
@@ -38,7 +39,6 @@ from campaign.models import (
     UrlType,
 )
 from workflows.benchmarks import BenchmarkCase, register
-from workflows.benchmarks.data import load, reset_sequences
 
 #: Delivery sizes (messages) drawn uniformly: a mean of about 5,000, so 200 deliveries a million.
 DELIVERY_SIZES = (300, 1_000, 2_000, 4_000, 6_000, 10_000, 12_000)
