@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection
@@ -59,11 +59,6 @@ STATUS_SHARES = (
 EVENT_TYPES = ("order_confirmation", "password_reset", "back_in_stock", "cart_reminder")
 
 
-def _naive_utc(moment: datetime) -> datetime:
-    """Both loaders take naive UTC (the connection's zone): COPY text on PostgreSQL, SQLite's format."""
-    return moment.astimezone(UTC).replace(tzinfo=None)
-
-
 def _events(
     *, count: int, first: datetime, last: datetime, seed: int, statuses: tuple[tuple[str, float], ...],
 ) -> Iterator[tuple[Any, ...]]:
@@ -83,7 +78,7 @@ def _events(
             f"buyer{index % 50_000}@example.com" if channel == "email" else "",
             f"+336{index % 100_000_000:08d}" if channel == "sms" else "",
             status, None, rng.randint(1, 10_000_000) if status in (EventStatus.SENT, EventStatus.DELIVERY_FAILED) else None,
-            _naive_utc(created), _naive_utc(processed) if processed else None, _naive_utc(processed or created),
+            created, processed, processed or created,
         )
 
 
