@@ -2,7 +2,7 @@
 
 The data is seeded with a fixed seed and anchor, so every assertion below is about one exact data
 set; the bounds are still those a platform operator would call plausible, so that retuning the
-proportions in campaign/demo.py keeps them green.
+proportions in campaign/demo/parameters.py keeps them green.
 """
 
 from __future__ import annotations

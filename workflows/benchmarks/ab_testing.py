@@ -31,7 +31,7 @@ import heapq
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -39,6 +39,7 @@ from django.db import connection
 from django.db.models import Max
 from django.utils import timezone
 
+from campaign.bulk_load import load, reset_sequences
 from campaign.models import (
     ABTest,
     Campaign,
@@ -52,7 +53,7 @@ from campaign.models import (
     UrlType,
 )
 from workflows.benchmarks import BenchmarkCase, register
-from workflows.benchmarks.data import load, pop_tracking_until, reset_sequences
+from workflows.benchmarks.data import pop_tracking_until
 from workflows.builtin.ab_testing import WINNER_LABEL_SUFFIX
 
 #: Average messages per test delivery: 200 tests at a million logs.
@@ -83,11 +84,6 @@ SEED_LIST_SHARE = 100
 LOG_FIELDS = ("id", "delivery", "address", "variant", "status", "failure_type", "failure_reason", "error_text",
               "created_at", "updated_at")
 TRACKING_FIELDS = ("delivery_log", "delivery", "url_type", "url", "tracked_at")
-
-
-def _naive_utc(moment: datetime) -> datetime:
-    """Both loaders take naive UTC (the connection's zone): COPY text on PostgreSQL, SQLite's format."""
-    return moment.astimezone(UTC).replace(tzinfo=None)
 
 
 @dataclass(frozen=True)
@@ -242,7 +238,7 @@ def _messages(plan: _Plan, seed: int, first_log_id: int) -> Iterator[tuple[tuple
     seed_list = random.Random(base + 99)
     rounds = (plan.size - plan.size // SEED_LIST_SHARE) // plan.variant_count
     log_id = first_log_id
-    created = _naive_utc(plan.started_at)
+    created = plan.started_at
     for round_index in range(rounds):
         variants = list(plan.variants)
         if round_index % (SEED_LIST_SHARE // plan.variant_count) == 0:
@@ -265,12 +261,12 @@ def _load_tests(plans: list[_Plan], seed: int, *, first_log_id: int, until: date
     just before it: every reaction is kept, so that identical variants stay a tie."""
     rng = random.Random(seed * 7_000_009 + first_log_id)
     pending: list[tuple[datetime, int, int, int]] = []
-    last_moment = _naive_utc(until) - timedelta(seconds=1)
+    last_moment = until - timedelta(seconds=1)
     log_id = first_log_id
     ordered = sorted(plans, key=lambda plan: plan.started_at)
     for position, plan in enumerate(ordered):
         if rng.random() < 0.3:  # tracking outlives purged logs: an open whose log (this id, skipped) is gone
-            heapq.heappush(pending, (_naive_utc(plan.started_at), log_id, plan.delivery_id, UrlType.OPEN))
+            heapq.heappush(pending, (plan.started_at, log_id, plan.delivery_id, UrlType.OPEN))
             log_id += 1
         logs: list[tuple[Any, ...]] = []
         for row, types in _messages(plan, seed, log_id):
@@ -281,7 +277,7 @@ def _load_tests(plans: list[_Plan], seed: int, *, first_log_id: int, until: date
                 heapq.heappush(pending, (tracked_at, row[0], plan.delivery_id, url_type))
         log_id += len(logs)
         load(DeliveryLog, LOG_FIELDS, logs)
-        following = _naive_utc(ordered[position + 1].started_at) if position + 1 < len(ordered) else None
+        following = ordered[position + 1].started_at if position + 1 < len(ordered) else None
         load(TrackingLog, TRACKING_FIELDS, pop_tracking_until(pending, following))
 
 

@@ -26,9 +26,9 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
+from campaign.bulk_load import load, reset_sequences
 from campaign.models import Channel, CustomerMetrics, Delivery, DeliveryLog, LogStatus, Profile, SendingFeedback
 from workflows.benchmarks import BenchmarkCase, register
-from workflows.benchmarks.data import load, reset_sequences
 from workflows.builtin import billing
 
 LOG_COLUMNS = ("id", "delivery_id", "profile_id", "address", "variant", "status", "failure_type", "failure_reason",
@@ -100,7 +100,7 @@ class BillingCase(BenchmarkCase):
                 row = (log_id, delivery, address, "", status, 0, 0, "", created, created)
                 yield row if anonymous else (*row[:2], 1 + int(unit(n, 3) * profiles), *row[2:])
 
-        # Two passes, so that no row carries a NULL (data.load could not COPY one when this was written).
+        # Two passes, so that no row carries a NULL (the bulk loader could not COPY one when this was written).
         seed_salt = rng.randrange(1 << 30)
         load(DeliveryLog, LOG_COLUMNS, generate(False))
         load(DeliveryLog, tuple(column for column in LOG_COLUMNS if column != "profile_id"), generate(True))

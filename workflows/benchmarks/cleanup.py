@@ -21,9 +21,9 @@ from typing import Any
 from django.db import connection
 from django.utils import timezone
 
+from campaign.bulk_load import load
 from campaign.models import Campaign, Delivery, DeliveryLog, LogStatus, TrackingLog, UrlType
 from workflows.benchmarks import BenchmarkCase, register
-from workflows.benchmarks.data import load
 from workflows.builtin.cleanup_retention import DELIVERY_LOGS
 
 LOG_COLUMNS = ("delivery_id", "address", "variant", "status", "failure_type", "failure_reason", "error_text",

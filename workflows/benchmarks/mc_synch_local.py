@@ -20,19 +20,17 @@ is unchanged): a rolled-back TRUNCATE puts the table's original, clean files bac
 
 from __future__ import annotations
 
-import io
-import json
 import random
-from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection
 from django.utils import timezone
 
+from campaign.bulk_load import load
 from campaign.models import FINAL_EVENT_STATUSES, Event, EventHistory, EventStatus
 from workflows.benchmarks import BenchmarkCase, register
-from workflows.benchmarks.data import load
 from workflows.builtin.mc_synch_local import archived_columns
 
 #: The workflow's default delay (property ``delay_minutes``).
@@ -61,43 +59,6 @@ STATUS_SHARES = (
 EVENT_TYPES = ("order_confirmation", "password_reset", "back_in_stock", "cart_reminder")
 
 
-#: Rows per COPY statement.
-COPY_CHUNK_ROWS = 100_000
-
-
-def _copy_text(value: Any) -> str:
-    """One value in COPY's text format: ``\\N`` for NULL; backslash, tab and newlines escaped."""
-    if value is None:
-        return "\\N"
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return str(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-
-
-def load_events(rows: Iterable[Sequence[Any]]) -> None:
-    """Insert event rows (``EVENT_FIELDS`` order). On PostgreSQL a COPY of our own: the shared
-    ``data.load`` writes NULL through the csv module, which escapes its backslash, so PostgreSQL
-    reads the text ``\\N`` instead of NULL (reported); events have nullable columns."""
-    if connection.vendor != "postgresql":
-        load(Event, EVENT_FIELDS, rows)
-        return
-    copy = f"COPY {Event._meta.db_table} ({', '.join(Event._meta.get_field(name).column for name in EVENT_FIELDS)}) FROM STDIN"
-    lines: list[str] = []
-    with connection.cursor() as cursor:
-        for row in rows:
-            lines.append("\t".join(_copy_text(value) for value in row) + "\n")
-            if len(lines) == COPY_CHUNK_ROWS:
-                cursor.cursor.copy_expert(copy, io.StringIO("".join(lines)))
-                lines = []
-        if lines:
-            cursor.cursor.copy_expert(copy, io.StringIO("".join(lines)))
-
-
-def _naive_utc(moment: datetime) -> datetime:
-    """Both loaders take naive UTC (the connection's zone): COPY text on PostgreSQL, SQLite's format."""
-    return moment.astimezone(UTC).replace(tzinfo=None)
-
-
 def _events(
     *, count: int, first: datetime, last: datetime, seed: int, statuses: tuple[tuple[str, float], ...],
 ) -> Iterator[tuple[Any, ...]]:
@@ -113,11 +74,11 @@ def _events(
         channel = "sms" if rng.random() < 0.2 else "email"
         yield (
             rng.choice(EVENT_TYPES), channel,
-            json.dumps({"order": index, "amount": round(rng.uniform(5, 500), 2), "items": rng.randint(1, 9)}),
+            {"order": index, "amount": round(rng.uniform(5, 500), 2), "items": rng.randint(1, 9)},
             f"buyer{index % 50_000}@example.com" if channel == "email" else "",
             f"+336{index % 100_000_000:08d}" if channel == "sms" else "",
             status, None, rng.randint(1, 10_000_000) if status in (EventStatus.SENT, EventStatus.DELIVERY_FAILED) else None,
-            _naive_utc(created), _naive_utc(processed) if processed else None, _naive_utc(processed or created),
+            created, processed, processed or created,
         )
 
 
@@ -127,15 +88,16 @@ class McSynchLocalCase(BenchmarkCase):
     def populate(self, *, rows: int, seed: int) -> None:
         now = timezone.now()
         recent = max(1, rows * RECENT_PERCENT // 100)
-        load_events(_events(count=rows - recent, first=now - BACKLOG, last=now - 2 * DELAY, seed=seed,
-                            statuses=STATUS_SHARES))
-        load_events(_events(count=recent, first=now - DELAY / 2, last=now - timedelta(minutes=5), seed=seed + 1,
-                            statuses=STATUS_SHARES))
+        load(Event, EVENT_FIELDS, _events(count=rows - recent, first=now - BACKLOG, last=now - 2 * DELAY, seed=seed,
+                                          statuses=STATUS_SHARES))
+        load(Event, EVENT_FIELDS, _events(count=recent, first=now - DELAY / 2, last=now - timedelta(minutes=5),
+                                          seed=seed + 1, statuses=STATUS_SHARES))
 
     def add_increment(self, *, rows: int, seed: int) -> None:
         now = timezone.now()
         final_only = tuple((status, share) for status, share in STATUS_SHARES if status in FINAL_EVENT_STATUSES)
-        load_events(_events(count=rows, first=now - 3 * DELAY, last=now - 2 * DELAY, seed=seed, statuses=final_only))
+        load(Event, EVENT_FIELDS, _events(count=rows, first=now - 3 * DELAY, last=now - 2 * DELAY, seed=seed,
+                                          statuses=final_only))
 
     def properties(self) -> dict[str, Any]:
         """A backlog of a million events is what an operator catches up with larger batches: at

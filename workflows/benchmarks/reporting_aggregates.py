@@ -26,6 +26,7 @@ from django.db import connection
 from django.db.models import Max
 from django.utils import timezone
 
+from campaign.bulk_load import load, reset_sequences
 from campaign.models import (
     Channel,
     Delivery,
@@ -38,7 +39,6 @@ from campaign.models import (
     UrlType,
 )
 from workflows.benchmarks import BenchmarkCase, register
-from workflows.benchmarks.data import load, reset_sequences
 
 #: Delivery sizes (messages) drawn uniformly: a mean of about 5,000, so 200 deliveries a million.
 DELIVERY_SIZES = (300, 1_000, 2_000, 4_000, 6_000, 10_000, 12_000)
@@ -50,11 +50,6 @@ LOG_FIELDS = ("id", "delivery_id", "address", "variant", "status", "failure_type
               "created_at", "updated_at")
 TRACKING_FIELDS = ("id", "delivery_log_id", "delivery_id", "url_type", "url", "tracked_at")
 COUNTER_COLUMNS = ("sent", "delivered", "bounces", "opens", "unique_opens", "clicks", "unique_clicks", "unsubscribes")
-
-
-def _naive_utc(moment: datetime) -> datetime:
-    """Both loaders take naive UTC (the connection's zone): COPY text on PostgreSQL, SQLite's format."""
-    return moment.astimezone(UTC).replace(tzinfo=None)
 
 
 class _Plan:
@@ -146,7 +141,7 @@ class ReportingAggregatesCase(BenchmarkCase):
                 reason = FailureReason.USER_UNKNOWN if failure == FailureType.HARD else (
                     FailureReason.MAILBOX_FULL if failure == FailureType.SOFT else FailureReason.NONE)
                 yield (log_id, plan.id, f"r{log_id}@example.com", "", status, failure, reason, "",
-                       _naive_utc(created), _naive_utc(updated))
+                       created, updated)
 
     @staticmethod
     def _tracking_rows(plans: list[_Plan], seed: int, *, first_id: int, until: datetime) -> Iterator[tuple[Any, ...]]:
@@ -158,7 +153,7 @@ class ReportingAggregatesCase(BenchmarkCase):
             horizon = plan.start if plan is not None else datetime.max.replace(tzinfo=UTC)
             while pending and pending[0][0] < horizon:
                 tracked, log_id, url_type, delivery_id = heapq.heappop(pending)
-                yield next_id, log_id, delivery_id, url_type, "", _naive_utc(tracked)
+                yield next_id, log_id, delivery_id, url_type, "", tracked
                 next_id += 1
             if plan is not None:
                 for tracked, log_id, url_type in _hits(plan, seed):
@@ -179,7 +174,7 @@ class ReportingAggregatesCase(BenchmarkCase):
                                            state=Delivery.State.IN_PROGRESS, started_at=now)
         load(DeliveryLog, LOG_FIELDS, (
             (first_log + index, delivery.id, f"n{index}@example.com", "", LogStatus.SENT, 0, 0, "",
-             _naive_utc(now - timedelta(seconds=10 * index / new_logs)), _naive_utc(now))
+             now - timedelta(seconds=10 * index / new_logs), now)
             for index in range(new_logs)
         ))
         # New tracking rows: opens and clicks of the latest deliveries' messages, tracked in the last minute.
@@ -188,7 +183,7 @@ class ReportingAggregatesCase(BenchmarkCase):
         first_hit = (TrackingLog.objects.aggregate(last=Max("id"))["last"] or 0) + 1
         load(TrackingLog, TRACKING_FIELDS, (
             (first_hit + index, *log, rng.choice((UrlType.OPEN, UrlType.OPEN, UrlType.CLICK)), "",
-             _naive_utc(now - timedelta(seconds=60 * (1 - index / (rows - new_logs)))))
+             now - timedelta(seconds=60 * (1 - index / (rows - new_logs))))
             for index, log in enumerate(rng.choices(recent, k=rows - new_logs))
         ))
         reset_sequences(DeliveryLog, TrackingLog)

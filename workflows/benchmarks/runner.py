@@ -19,8 +19,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.db import connection, transaction
 
+from campaign.bulk_load import analyze
 from workflows.benchmarks import BenchmarkCase
-from workflows.benchmarks.data import analyze
 from workflows.worker_process import current_database_url
 
 

@@ -27,6 +27,7 @@ from typing import Any
 from django.db import connection
 from django.utils import timezone
 
+from campaign.bulk_load import load, reset_sequences
 from campaign.models import (
     BounceRule,
     Campaign,
@@ -43,7 +44,6 @@ from campaign.models import (
     UrlType,
 )
 from workflows.benchmarks import BenchmarkCase, register
-from workflows.benchmarks.data import load, reset_sequences
 from workflows.sql import db_datetime
 
 #: Messages per delivery (100 deliveries at a million logs) and profiles per message (each profile
@@ -146,7 +146,7 @@ class Generator:
             self.delays.append(rng.randrange(60, FEEDBACK_MAX_DELAY_S))
             sent_at = delivery.started_at
             yield (self.first_log + index, delivery.pk, profile_id, _address(delivery.channel, profile_id), "",
-                   LogStatus.PENDING, 0, 0, "", db_datetime(sent_at), db_datetime(sent_at))
+                   LogStatus.PENDING, 0, 0, "", sent_at, sent_at)
 
     def _bounce_text(self, channel: str, profile_id: int, address: str) -> str:
         fate = self.fates[profile_id - 1]
@@ -184,10 +184,10 @@ class Generator:
                 if outcome == O_TWICE:
                     rows.append(("delivered", "", at + timedelta(seconds=5)))
             for outcome_name, text, received_at in rows:
-                yield (feedback_id, log_id, outcome_name, text, db_datetime(received_at))
+                yield (feedback_id, log_id, outcome_name, text, received_at)
                 feedback_id += 1
             if index % 997 == 0:  # feedback about a log purged meanwhile
-                yield (feedback_id, 10 * (self.first_log + self.count) + index, "delivered", "", db_datetime(at))
+                yield (feedback_id, 10 * (self.first_log + self.count) + index, "delivered", "", at)
                 feedback_id += 1
 
     def hits(self) -> Iterator[tuple[Any, ...]]:
@@ -213,10 +213,10 @@ class Generator:
             for url_type in types:
                 url = f"https://shop.example/{delivery.pk}/{rng.randrange(20)}" if url_type == UrlType.CLICK else ""
                 hit_at = delivered_at + timedelta(seconds=rng.randrange(1, TRACKING_MAX_DELAY_S))
-                yield (hit_id, log_id, url_type, url, "Mozilla/5.0 (benchmark)", db_datetime(hit_at))
+                yield (hit_id, log_id, url_type, url, "Mozilla/5.0 (benchmark)", hit_at)
                 hit_id += 1
             if index % 1009 == 0:  # a hit on a purged log
-                yield (hit_id, 10 * (self.first_log + self.count) + index, UrlType.OPEN, "", "", db_datetime(delivered_at))
+                yield (hit_id, 10 * (self.first_log + self.count) + index, UrlType.OPEN, "", "", delivered_at)
                 hit_id += 1
 
 
@@ -257,7 +257,7 @@ class DeliveryExecInfoCase(BenchmarkCase):
                 if draw < total:
                     fates[offset] = fate
                     break
-        created = db_datetime(now - timedelta(days=400))
+        created = now - timedelta(days=400)
         load(Profile, PROFILE_FIELDS, (
             (pid, f"p{pid}@example.com", f"+3361{pid:07d}", "Ada", f"R{pid}", False, False, False, created, created)
             for pid in range(1, profile_count + 1)

@@ -22,6 +22,7 @@ from typing import Any
 from django.db import connection
 from django.utils import timezone
 
+from campaign.bulk_load import load, reset_sequences
 from campaign.models import (
     Campaign,
     Channel,
@@ -34,7 +35,7 @@ from campaign.models import (
     UrlType,
 )
 from workflows.benchmarks import BenchmarkCase, register
-from workflows.benchmarks.data import load, pop_tracking_until, reset_sequences
+from workflows.benchmarks.data import pop_tracking_until
 from workflows.builtin.update_delivery_indicators import INDICATOR_FIELDS
 
 #: Average messages per delivery: 400 deliveries at a million logs.

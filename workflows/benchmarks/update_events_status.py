@@ -24,9 +24,9 @@ from django.db import connection
 from django.db.models import F
 from django.utils import timezone
 
+from campaign.bulk_load import load, reset_sequences
 from campaign.models import Channel, Delivery, DeliveryLog, Event, EventStatus, LogStatus, MessageTemplate
 from workflows.benchmarks import BenchmarkCase, register
-from workflows.benchmarks.data import load, reset_sequences
 
 EVENT_TYPES = 40
 #: Types 0..35 have published email templates, the first 12 also SMS, the first 6 also push;
@@ -82,7 +82,7 @@ def _plan(*, rows: int, seed: int, now: datetime, templates: dict[tuple[str, str
         email, phone = f"u{event_id}@example.com", f"+336{event_id:08d}"
         if channel == Channel.SMS and rng.random() < 0.5:
             email = ""
-        payload = json.dumps({"n": event_id})
+        payload = {"n": event_id}
         if event_id <= old:
             created = now - timedelta(hours=48) + timedelta(hours=18) * (event_id / old)
             template = templates.get((event_type, channel))
@@ -246,7 +246,7 @@ class UpdateEventsStatusCase(BenchmarkCase):
         first_id = (Event.objects.order_by("-id").values_list("id", flat=True).first() or 0) + 1
         new_events = max(1, int(rows * 0.8))
         load(Event, PENDING_FIELDS, (
-            (event_id, *_event_type(rng), json.dumps({"n": event_id}), f"u{event_id}@example.com", f"+336{event_id:08d}",
+            (event_id, *_event_type(rng), {"n": event_id}, f"u{event_id}@example.com", f"+336{event_id:08d}",
              EventStatus.PENDING, now, now)
             for event_id in range(first_id, first_id + new_events)
         ))

@@ -730,7 +730,7 @@ CONCURRENCY_ROWS = int(os.environ.get("CLEANUP_CONCURRENCY_ROWS", "100000"))
 def test_a_concurrent_writer_inserting_delivery_logs_never_waits_a_second_while_cleanup_deletes():
     if connection.vendor != "postgresql":
         pytest.skip("lock waits of concurrent writers: measured on PostgreSQL")
-    from workflows.benchmarks.data import analyze, load
+    from campaign.bulk_load import analyze, load
 
     delivery = DeliveryFactory(state=Delivery.State.IN_PROGRESS)
     expired = timezone.now() - timedelta(days=200)
