@@ -469,7 +469,8 @@ class DeliveryAdmin(admin.ModelAdmin):
             raise PermissionDenied
         days = kpi_charts.daily_figures(delivery)
         context = {**self.admin_site.each_context(request), "title": f"KPIs of {delivery}", "delivery": delivery,
-                   "days": days, "bar_chart": kpi_charts.bar_chart(days), "line_chart": kpi_charts.line_chart(days)}
+                   "days": days, "bar_chart": kpi_charts.bar_chart(days), "line_chart": kpi_charts.line_chart(days),
+                   "rate_labels": kpi_charts.RATE_LABELS.values()}
         return TemplateResponse(request, "admin/campaign/delivery/kpis.html", context)
 
     @admin.display(description="logs")
