@@ -9,6 +9,7 @@ SMS, the push table for push deliveries.
 
 from __future__ import annotations
 
+import importlib
 import math
 from datetime import timedelta
 from decimal import Decimal
@@ -569,3 +570,20 @@ def test_definition_keeps_its_id_schedule_and_declares_its_batch_properties():
         "recompute_all": False,
     }
     assert definition.task_name == "workflows.updateDeliveryIndicators"
+
+
+def test_the_upgrade_migration_makes_the_next_run_recompute_every_delivery(dataset):
+    """The migration that added the full table forgets the cursors: existing deliveries get the new
+    fields at the next run, a full pass, without anyone setting recompute_all."""
+    from django.apps import apps
+
+    upgrade = importlib.import_module("workflows.migrations.0009_recompute_platform_indicators")
+    run_workflow()
+    Delivery.objects.update(opens=0, open_rate=0, quarantine=0, indicators_updated_at=None)  # as before the upgrade
+
+    upgrade.forget_cursors(apps, None)
+    rerun = run_workflow()
+
+    assert rerun.counters["deliveries"] == len(RECOMPUTED)
+    assert_indicators_exact(*(dataset[label] for label in RECOMPUTED))
+    assert Workflow.objects.get(pk="reportingAggregates").cursors == {}
