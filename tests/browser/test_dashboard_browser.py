@@ -3,8 +3,9 @@ sideways, no column is cut off, no word breaks across lines, the legend keeps to
 cell's popover lists its runs with links.
 
 The layout is measured in the browser (``scrollWidth`` against ``clientWidth``, one rectangle per
-word), so a column squeezed by a long label fails here, not in front of an operator. The 1440 px
-screenshot is the one docs/getting-started.md shows (``UPDATE_DOC_IMAGES=1`` writes it there).
+word), so a column squeezed by a long label fails here, not in front of an operator. Each width's
+screenshot goes to the instance's var/screenshots/; the one with a popover open is the picture of
+docs/getting-started.md (``UPDATE_DOC_IMAGES=1`` writes it to docs/images/).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from workflows.models import RunStatus, Workflow, WorkflowRun, WorkflowState
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
 
-SCREENSHOTS = (Path(settings.BASE_DIR) / "docs" / "images" if os.environ.get("UPDATE_DOC_IMAGES")
-               else Path(settings.VAR_DIR) / "screenshots")
+SCREENSHOTS = Path(settings.VAR_DIR) / "screenshots"
+DOC_IMAGES = Path(settings.BASE_DIR) / "docs" / "images" if os.environ.get("UPDATE_DOC_IMAGES") else SCREENSHOTS
 PASSWORD = "browser-test-password"
 
 #: Everything the page must fit, measured in the browser. ``overflowing``: elements whose content is
@@ -134,8 +135,8 @@ def test_dashboard_screenshot_with_a_popover_open(dashboard):
     ActionChains(browser).move_to_element(failed).perform()
 
     assert failed.find_element(By.CSS_SELECTOR, ".runs").is_displayed()
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(str(SCREENSHOTS / "dashboard.png"))
+    DOC_IMAGES.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(DOC_IMAGES / "dashboard.png"))
 
 
 def test_dashboard_shows_every_workflow_its_grid_and_last_run(dashboard):
