@@ -1,95 +1,131 @@
-"""The "Technical workflows" dashboard (``/admin/workflows/dashboard/``): every workflow with its
-state, schedule (with a warning when it drifted), next and last run, and a heat map of its runs over
-the last days, one cell per hour coloured by the most serious status of the runs in it (like the
-platform's workflow heat map).
+"""The "Technical workflows" dashboard (``/admin/workflows/dashboard/``): the page an operator reads
+at a glance. A warning above all when schedules drifted, then one line per workflow: its state, its
+schedule (with the engine's drift warning), the last run that did work and, apart, a newer skip (a
+skip says why nothing ran, not what the last work gave), and its week as a day × hour grid
+(:mod:`workflows.heat_map`).
 
-The page costs a fixed number of queries whatever the number of runs: one aggregate over the runs
-of the period (grouped by workflow, hour and status) and one for the workflows with their last run.
+The page costs a fixed number of queries whatever the number of workflows and runs: one for the
+workflows with the ids of their last run and last skip, one for those runs, the heat map's two, and
+the beat election's two.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime
 
 from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, Max
-from django.db.models.functions import TruncHour
+from django.db.models import OuterRef, Subquery
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.safestring import SafeString
 
 from workflows import beat_leader, schedules
 from workflows.display import RUN_STATUS_COLOURS, definition_of, run_status_badge, state_badge
+from workflows.heat_map import (
+    FAILURE_MARK,
+    HEAT_MAP_DAYS,
+    SEVERITY,
+    Links,
+    format_duration,
+    grid_html,
+    heat_map,
+    run_url,
+)
 from workflows.models import RunStatus, Workflow, WorkflowRun
-from workflows.serializers import with_last_runs
-
-HEAT_MAP_DAYS = 7
-
-#: When an hour holds runs of several statuses, the cell shows the most serious one.
-SEVERITY = [RunStatus.FAILED, RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.STOPPED, RunStatus.QUEUED,
-            RunStatus.SUCCEEDED, RunStatus.SKIPPED]
 
 
-@dataclass
-class Cell:
-    hour: datetime
-    counts: dict[str, int] = field(default_factory=dict)
-    last_run_id: int | None = None
+@dataclass(frozen=True)
+class LastRuns:
+    """A workflow's last run that did work (any status but skipped: a queued or running run is the
+    work in progress) and its last skip, when that is newer: a skip says why nothing ran, not what
+    the last work gave."""
 
-    @property
-    def status(self) -> str | None:
-        return next((status for status in SEVERITY if self.counts.get(status)), None)
-
-    @property
-    def colour(self) -> str:
-        return RUN_STATUS_COLOURS.get(self.status, "#eceff1") if self.status else "#eceff1"
-
-    @property
-    def title(self) -> str:
-        when = timezone.localtime(self.hour).strftime("%a %d %b %H:00")
-        if not self.counts:
-            return f"{when}: no run"
-        detail = ", ".join(f"{count} {status}"
-                           for status, count in sorted(self.counts.items(), key=lambda i: SEVERITY.index(i[0])))
-        return f"{when}: {detail}"
-
-    @property
-    def url(self) -> str:
-        return reverse("admin:workflows_workflowrun_change", args=[self.last_run_id]) if self.last_run_id else ""
+    work: WorkflowRun | None
+    skip: WorkflowRun | None
 
 
-@dataclass
-class HeatMap:
-    hours: list[datetime]
-    cells: dict[str, dict[datetime, Cell]]
-
-    def row(self, workflow_id: str) -> list[Cell]:
-        """One cell per hour, oldest first (empty hours included)."""
-        by_hour = self.cells.get(workflow_id, {})
-        return [by_hour.get(hour) or Cell(hour=hour) for hour in self.hours]
-
-
-def heat_map(*, now: datetime, days: int = HEAT_MAP_DAYS) -> HeatMap:
-    """The runs created in the last ``days`` days, by workflow and hour (instance time zone)."""
-    first_hour = timezone.localtime(now).replace(minute=0, second=0, microsecond=0) - timedelta(hours=days * 24 - 1)
-    hours = [first_hour + timedelta(hours=offset) for offset in range(days * 24)]
-    rows = (
-        WorkflowRun.objects.filter(created_at__gte=first_hour)
-        .annotate(hour=TruncHour("created_at", tzinfo=timezone.get_current_timezone()))
-        .values("workflow_id", "hour", "status")
-        .annotate(runs=Count("id"), last_run=Max("id"))
+def workflows_with_last_runs() -> list[tuple[Workflow, LastRuns]]:
+    """Every workflow with its :class:`LastRuns`, in two queries whatever their number."""
+    runs = WorkflowRun.objects.filter(workflow=OuterRef("pk")).order_by("-pk").values("pk")
+    rows = list(
+        Workflow.objects.select_related("periodic_task__crontab")
+        .annotate(last_work_pk=Subquery(runs.exclude(status=RunStatus.SKIPPED)[:1]),
+                  last_skip_pk=Subquery(runs.filter(status=RunStatus.SKIPPED)[:1]))
     )
-    cells: dict[str, dict[datetime, Cell]] = {}
+    wanted = {pk for row in rows for pk in (row.last_work_pk, row.last_skip_pk) if pk is not None}
+    by_pk = WorkflowRun.objects.defer("counters", "overrides").in_bulk(wanted)
+    result = []
     for row in rows:
-        by_hour = cells.setdefault(row["workflow_id"], {})
-        cell = by_hour.setdefault(row["hour"], Cell(hour=row["hour"]))
-        cell.counts[row["status"]] = row["runs"]
-        cell.last_run_id = max(cell.last_run_id or 0, row["last_run"])
-    return HeatMap(hours=hours, cells=cells)
+        work, skip = by_pk.get(row.last_work_pk), by_pk.get(row.last_skip_pk)
+        if skip is not None and work is not None and skip.pk < work.pk:
+            skip = None  # older than the last work: history, not news
+        result.append((row, LastRuns(work=work, skip=skip)))
+    return result
+
+
+@dataclass
+class DashboardRow:
+    workflow: Workflow
+    url: str
+    journal_url: str
+    state: SafeString
+    schedule: str
+    schedule_drift: list[str]
+    next_run_at: datetime | None
+    last: LastRuns
+    last_run_badge: SafeString | None
+    heat: SafeString
+    totals: dict[str, int]
+
+    @property
+    def last_run_url(self) -> str:
+        return run_url(self.last.work.pk) if self.last.work else ""
+
+    @property
+    def last_skip_url(self) -> str:
+        return run_url(self.last.skip.pk) if self.last.skip else ""
+
+    @property
+    def last_run_duration(self) -> str:
+        return format_duration(self.last.work.duration_s) if self.last.work else "—"
+
+    @property
+    def runs_in_period(self) -> int:
+        return sum(self.totals.values())
+
+    @property
+    def failed_in_period(self) -> int:
+        return self.totals.get(RunStatus.FAILED, 0)
+
+    @property
+    def skipped_in_period(self) -> int:
+        return self.totals.get(RunStatus.SKIPPED, 0)
+
+
+def dashboard_rows(*, now: datetime) -> list[DashboardRow]:
+    runs = heat_map(now=now)
+    links = Links.reverse()
+    rows = []
+    for workflow, last in workflows_with_last_runs():
+        rows.append(DashboardRow(
+            workflow=workflow,
+            url=reverse("admin:workflows_workflow_change", args=[workflow.pk]),
+            journal_url=reverse("admin:workflows_workflowlog_changelist") + f"?workflow__id__exact={workflow.pk}",
+            state=state_badge(workflow.state),
+            schedule=schedules.schedule_summary(workflow)["human"],
+            schedule_drift=schedules.drift_of(workflow, definition_of(workflow)),
+            next_run_at=schedules.next_run_at(workflow),
+            last=last,
+            last_run_badge=run_status_badge(last.work.status) if last.work else None,
+            heat=grid_html(runs.grid(workflow.pk), links=links),
+            totals=runs.totals(workflow.pk),
+        ))
+    return rows
 
 
 @staff_member_required
@@ -97,30 +133,19 @@ def dashboard_view(request: HttpRequest) -> HttpResponse:
     if not request.user.has_perm("workflows.view_workflow"):
         raise PermissionDenied
     now = timezone.now()
-    runs = heat_map(now=now)
-    workflows = []
-    for workflow, last_run in with_last_runs(Workflow.objects.all()):
-        workflows.append({
-            "workflow": workflow,
-            "url": reverse("admin:workflows_workflow_change", args=[workflow.pk]),
-            "state": state_badge(workflow.state),
-            "schedule": schedules.schedule_summary(workflow)["human"],
-            "schedule_drift": schedules.drift_of(workflow, definition_of(workflow)),
-            "next_run_at": schedules.next_run_at(workflow),
-            "last_run": last_run,
-            "last_run_badge": run_status_badge(last_run.status) if last_run else None,
-            "last_run_url": reverse("admin:workflows_workflowrun_change", args=[last_run.pk]) if last_run else "",
-            "journal_url": reverse("admin:workflows_workflowlog_changelist") + f"?workflow__id__exact={workflow.pk}",
-            "cells": runs.row(workflow.pk),
-        })
+    rows = dashboard_rows(now=now)
     context = {
         **admin.site.each_context(request),
         "title": "Technical workflows",
         "is_nav_sidebar_enabled": False,  # the heat map needs the width
-        "workflows": workflows,
+        "workflows": rows,
+        "drifted": [row for row in rows if row.schedule_drift],
         "days": HEAT_MAP_DAYS,
-        "legend": [(RunStatus(status).label, RUN_STATUS_COLOURS[status]) for status in SEVERITY],
-        "now": now,
+        "hour_labels": [f"{hour:02d}" for hour in range(0, 24, 3)],
+        "legend": [(status, RunStatus(status).label, RUN_STATUS_COLOURS[status]) for status in SEVERITY],
+        "failure_mark": FAILURE_MARK,
+        "drawn_at": timezone.localtime(now),
+        "time_zone": timezone.get_current_timezone_name(),
         "beats": beat_leader.cluster(),
     }
     return TemplateResponse(request, "admin/workflows/dashboard.html", context)

@@ -18,21 +18,25 @@ STATE_COLOURS = {
     WorkflowState.PAUSED: "#ef6c00",  # orange
     WorkflowState.STOPPED: "#757575",  # grey
 }
+#: Paul Tol's "vibrant" scheme, told apart by colour-blind readers too (the dashboard's heat map also
+#: marks a failure with a symbol). Light ones carry dark text on a badge.
 RUN_STATUS_COLOURS = {
-    RunStatus.QUEUED: "#546e7a",
-    RunStatus.RUNNING: "#1565c0",
-    RunStatus.PAUSED: "#ef6c00",
-    RunStatus.SUCCEEDED: "#2e7d32",
-    RunStatus.FAILED: "#c62828",
-    RunStatus.STOPPED: "#757575",
-    RunStatus.SKIPPED: "#9e9e9e",
+    RunStatus.QUEUED: "#33bbee",  # cyan
+    RunStatus.RUNNING: "#0077bb",  # blue
+    RunStatus.PAUSED: "#ee7733",  # orange
+    RunStatus.SUCCEEDED: "#009988",  # teal
+    RunStatus.FAILED: "#cc3311",  # red
+    RunStatus.STOPPED: "#ee3377",  # magenta
+    RunStatus.SKIPPED: "#bbbbbb",  # grey
 }
+#: Backgrounds on which black text reads better than white (contrast ratio of at least 4.5).
+DARK_TEXT_ON = {"#33bbee", "#ee7733", "#009988", "#ee3377", "#bbbbbb"}
 
 
 def badge(text: str, colour: str, *, css_class: str) -> SafeString:
     return format_html(
-        '<span class="{}" style="background:{};color:#fff;padding:1px 7px;border-radius:9px;'
-        'white-space:nowrap">{}</span>', css_class, colour, text,
+        '<span class="{}" style="background:{};color:{};padding:1px 7px;border-radius:9px;'
+        'white-space:nowrap">{}</span>', css_class, colour, "#000" if colour in DARK_TEXT_ON else "#fff", text,
     )
 
 

@@ -1,4 +1,5 @@
-"""End to end in headless Chromium: log in, the dashboard, pause, run now, a refused crontab.
+"""End to end in headless Chromium: log in, pause, run now, a refused crontab (the dashboard has its
+own, tests/browser/test_dashboard_browser.py).
 
 Each test saves a screenshot of what it checked, under the instance's var/screenshots/; with
 ``UPDATE_DOC_IMAGES=1`` they replace the ones the documentation shows, in docs/images/ (a plain
@@ -8,12 +9,10 @@ test run leaves the working tree as it found it).
 from __future__ import annotations
 
 import os
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.conf import settings
-from django.utils import timezone
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.select import Select
@@ -43,41 +42,6 @@ def logged_in(browser, live_server, django_user_model):
 
 def wait(browser, condition, timeout: float = 30):
     return WebDriverWait(browser, timeout).until(condition)
-
-
-def add_run_history() -> None:
-    """A week of runs, so the heat map (and its screenshot) shows something."""
-    now = timezone.now()
-    statuses = {"updateDeliveryExecInfo": 6, "kpiSharing": 4, "updateEventsStatus": 6, "mcSynch_local": 1,
-                "updateDeliveryIndicators": 1, "importSharedAudience": 1}
-    runs = []
-    for workflow_id, per_hour in statuses.items():
-        for hour in range(7 * 24):
-            for slot in range(per_hour):
-                at = now - timedelta(hours=hour, minutes=slot * 7)
-                status = (RunStatus.FAILED if (hour * 7 + slot) % 97 == 3 else
-                          RunStatus.SKIPPED if (hour + slot) % 41 == 5 else RunStatus.SUCCEEDED)
-                runs.append(WorkflowRun(workflow_id=workflow_id, trigger="schedule", status=status, created_at=at,
-                                        started_at=at, finished_at=at + timedelta(seconds=2), duration_s=2.0))
-    for hour in range(0, 7 * 24, 24):
-        at = now - timedelta(hours=hour + 9)
-        runs.append(WorkflowRun(workflow_id="cleanup", trigger="schedule", status=RunStatus.SUCCEEDED, created_at=at,
-                                started_at=at, finished_at=at + timedelta(minutes=4), duration_s=240.0))
-    WorkflowRun.objects.bulk_create(runs)
-
-
-def test_dashboard_shows_every_workflow_and_its_heat_map(logged_in, live_server):
-    browser = logged_in
-    add_run_history()
-    browser.get(f"{live_server.url}/admin/workflows/dashboard/")
-
-    rows = browser.find_elements(By.CSS_SELECTOR, "#workflow-dashboard tbody tr")
-    assert len(rows) >= 15
-    assert "Every 10 minutes" in browser.find_element(By.ID, "workflow-updateDeliveryExecInfo").text
-    assert len(browser.find_element(By.ID, "workflow-cleanup").find_elements(By.CSS_SELECTOR, ".heat .cell")) == 7 * 24
-    assert browser.find_elements(By.CSS_SELECTOR, "#workflow-updateDeliveryExecInfo .heat a.status-failed")
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(str(SCREENSHOTS / "dashboard.png"))
 
 
 def test_pausing_a_workflow_changes_its_badge(logged_in, live_server):
