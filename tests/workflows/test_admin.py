@@ -487,7 +487,7 @@ def test_property_below_its_minimum_is_refused_with_the_property_message(admin_c
     response = edit(admin_client, "adminSample", property__window_days="0")
 
     assert response.context["adminform"].form.errors["property__window_days"] == [
-        "window_days: must be at least 1 days, got 0"
+        "window_days: must be at least 1 day, got 0"
     ]
     assert Workflow.objects.get(pk="adminSample").properties == {}
 
