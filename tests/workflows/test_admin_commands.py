@@ -151,3 +151,10 @@ def test_the_forced_run_needs_the_operate_permission(django_user_model: Any) -> 
 def test_only_the_forced_run_has_a_confirmation_page(admin_client: Client) -> None:
     assert admin_client.get(command_url("cleanup", "run_now")).status_code == 405
     assert admin_client.get(command_url("cleanup", "force_run")).status_code == 200
+
+
+def test_the_confirmation_page_of_a_started_workflow_names_the_paused_run_it_would_stop(admin_client: Client) -> None:
+    waiting = paused_run("cleanup")
+    page = " ".join(admin_client.get(command_url("cleanup", "force_run")).content.decode().split())
+    assert "The workflow is started: the run goes ahead as a <em>Run now</em> would, except for its paused run" in page
+    assert f"#{waiting.pk}</a> is paused at activity <code>purge_events</code>. Forcing stops it for good" in page
