@@ -52,6 +52,7 @@ PAGES: dict[str, Callable[[dict[str, int]], str]] = {
     "workflow-list": lambda ids: "/admin/workflows/workflow/",
     "workflow-page": lambda ids: "/admin/workflows/workflow/cleanup/change/",
     "workflow-page-longest-names": lambda ids: "/admin/workflows/workflow/updateDeliveryIndicators/change/",
+    "workflow-page-quarantine-threshold": lambda ids: "/admin/workflows/workflow/updateDeliveryExecInfo/change/",
     "run-page": lambda ids: f"/admin/workflows/workflowrun/{ids['run']}/change/",
     "run-list": lambda ids: "/admin/workflows/workflowrun/",
     "journal": lambda ids: "/admin/workflows/workflowlog/",
