@@ -9,7 +9,12 @@ the engine writes too).
 - resume:  start, for a paused workflow (a stopped one cannot be resumed).
 - stop:    state → stopped, schedule disabled; a running run halts with status ``stopped``.
 - restart: stop, then start a fresh run at once.
-- run now: one run immediately, refused when paused or stopped unless forced.
+- run now: one run immediately, refused when paused or stopped unless forced. A forced run goes
+  ahead whatever the state (which it leaves as it is), and stops a paused run instead of waiting
+  for it to be continued (see :func:`workflows.engine.paused_run`).
+
+:func:`refusal` says which commands are refused in which state, and :func:`applicable_commands`
+which ones would do something: the admin offers a button for those only.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from workflows.audit import actor_name, audit, set_state
 from workflows.definition import get_definition
 from workflows.models import RunStatus, Trigger, Workflow, WorkflowRun, WorkflowState
 
+#: The commands by the names the audit trail gives them; "force run" is run now with ``force``.
+COMMAND_NAMES = ("start", "pause", "resume", "stop", "restart", "run now", "force run")
+
 
 class CommandRefused(RunRefused):
     """The command cannot be carried out; the message says why. (A :class:`RunRefused`, so the
@@ -37,25 +45,69 @@ class CommandRefused(RunRefused):
     the engine.)"""
 
 
+def refusal(command: str, workflow: Workflow) -> str:
+    """Why ``command`` (one of :data:`COMMAND_NAMES`) is refused on ``workflow`` as it is now; ""
+    when it is carried out. The commands below raise it as :class:`CommandRefused`."""
+    if workflow.state == WorkflowState.STOPPED and command == "pause":
+        return f"{workflow.pk} is stopped; start it before pausing it"
+    if workflow.state == WorkflowState.STOPPED and command == "resume":
+        return f"{workflow.pk} is stopped and cannot be resumed; use start (or restart) for a fresh run"
+    if workflow.state != WorkflowState.STARTED and command == "run now":
+        first = "resume" if workflow.state == WorkflowState.PAUSED else "start"
+        return f"{workflow.pk} is {workflow.state}; {first} it first, or force the run"
+    return ""
+
+
+def applicable_commands(workflow: Workflow) -> list[str]:
+    """The commands that would do something to ``workflow`` as it is now, in :data:`COMMAND_NAMES`
+    order: not refused (:func:`refusal`), and not one that changes nothing or repeats another
+    under a second name. The admin shows a button for these only.
+
+    - start on a paused workflow is resume; on a started one it only continues a paused run, which
+      resume names (and resume on a started workflow without a paused run changes nothing);
+    - pause on a paused workflow and stop on a stopped one change nothing;
+    - run now while a run is paused gives a skipped run: the engine keeps the paused one to be
+      continued (resume), or stopped by a forced run;
+    - force run is offered where run now is refused or skipped; elsewhere it is run now.
+    """
+    state = workflow.state
+    waiting = engine.paused_run(workflow) is not None
+    redundant = {
+        "start": state != WorkflowState.STOPPED,
+        "pause": state == WorkflowState.PAUSED,
+        "resume": state == WorkflowState.STARTED and not waiting,
+        "stop": state == WorkflowState.STOPPED,
+        "restart": False,
+        "run now": waiting,
+        "force run": state == WorkflowState.STARTED and not waiting,
+    }
+    return [command for command in COMMAND_NAMES if not refusal(command, workflow) and not redundant[command]]
+
+
+def _check(command: str, workflow_id: str) -> Workflow:
+    """The workflow, if ``command`` is not refused on it; else :class:`CommandRefused`."""
+    workflow = Workflow.objects.get(pk=get_definition(workflow_id).id)
+    reason = refusal(command, workflow)
+    if reason:
+        raise CommandRefused(reason)
+    return workflow
+
+
 def start(workflow_id: str, *, user: AbstractBaseUser | None = None, actor: str = "", action: str = "start") -> Workflow:
     workflow = set_state(workflow_id, WorkflowState.STARTED, action, user=user, actor=actor)
-    paused = WorkflowRun.objects.filter(workflow=workflow, status=RunStatus.PAUSED).order_by("-pk").first()
+    paused = engine.paused_run(workflow)
     if paused is not None:
         enqueue(paused)
     return workflow
 
 
 def resume(workflow_id: str, *, user: AbstractBaseUser | None = None, actor: str = "") -> Workflow:
-    workflow = Workflow.objects.get(pk=get_definition(workflow_id).id)
-    if workflow.state == WorkflowState.STOPPED:
-        raise CommandRefused(f"{workflow.pk} is stopped and cannot be resumed; use start (or restart) for a fresh run")
+    _check("resume", workflow_id)
     return start(workflow_id, user=user, actor=actor, action="resume")
 
 
 def pause(workflow_id: str, *, user: AbstractBaseUser | None = None, actor: str = "", note: str = "") -> Workflow:
-    workflow = Workflow.objects.get(pk=get_definition(workflow_id).id)
-    if workflow.state == WorkflowState.STOPPED:
-        raise CommandRefused(f"{workflow.pk} is stopped; start it before pausing it")
+    _check("pause", workflow_id)
     return set_state(workflow_id, WorkflowState.PAUSED, "pause", user=user, actor=actor, note=note)
 
 
@@ -94,9 +146,7 @@ def run_now(
     """Queue a run (or, with ``sync``, execute it in this process, calling ``on_progress`` after
     each batch) and return it."""
     definition = get_definition(workflow_id)
-    workflow = Workflow.objects.get(pk=definition.id)
-    if workflow.state != WorkflowState.STARTED and not force:
-        raise CommandRefused(f"{workflow.pk} is {workflow.state}; resume it first, or force the run")
+    workflow = _check("force run" if force else "run now", workflow_id)
     validated = {name: definition.get_property(name).validate(value) for name, value in (overrides or {}).items()}
     if audit_action:
         audit(workflow.pk, audit_action, user=user, actor=actor,

@@ -251,11 +251,20 @@ def _load_or_create_run(request: RunRequest, definition: WorkflowDefinition) -> 
     return WorkflowRun.objects.create(**fields), first
 
 
+def paused_run(workflow: Workflow, *, other_than: int | None = None) -> WorkflowRun | None:
+    """The workflow's most recent ``paused`` run (besides run ``other_than``): start and resume
+    continue it; while it waits, a new run is skipped unless forced, and a forced run stops it."""
+    paused = WorkflowRun.objects.filter(workflow=workflow, status=RunStatus.PAUSED)
+    if other_than is not None:
+        paused = paused.exclude(pk=other_than)
+    return paused.order_by("-pk").first()
+
+
 def _refusal(workflow: Workflow, run: WorkflowRun, request: RunRequest, continuing: bool) -> str:
     """Why this run must not go on, or an empty string."""
     if workflow.state != WorkflowState.STARTED and not request.force:
         return f"workflow is {workflow.state}"
-    paused = WorkflowRun.objects.filter(workflow=workflow, status=RunStatus.PAUSED).exclude(pk=run.pk).first()
+    paused = paused_run(workflow, other_than=run.pk)
     if paused and not continuing:
         if not request.force:
             return (f"run #{paused.pk} is paused at activity {paused.halted_activity!r}; "

@@ -42,6 +42,7 @@ from workflows.properties import (
     MonthProperty,
     Property,
     TextProperty,
+    quantity,
 )
 
 #: Form field names of the generated fields: a prefix, then the property's or activity's name.
@@ -82,8 +83,10 @@ def property_form_field(prop: Property) -> forms.Field:
     """The form field of one property: its type, its help text with the default and the accepted
     values, and the property's own validation. (The form's initial value is the stored one: see
     WorkflowForm.)"""
-    unit = f" {prop.unit}" if isinstance(prop, IntegerProperty) and prop.unit else ""
-    default = f"Default: {display_value(prop.default)}{unit}."
+    if isinstance(prop, IntegerProperty):
+        default = f"Default: {quantity(prop.default, prop.unit)}."
+    else:
+        default = f"Default: {display_value(prop.default)}."
     if isinstance(prop, (IntegerProperty, MonthProperty, DateTimeProperty)):
         default = f"{default} Accepted: {prop.range_text}."
     help_text = f"{prop.help.rstrip('.')}. {default}" if prop.help else default

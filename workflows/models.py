@@ -197,7 +197,7 @@ class WorkflowLog(models.Model):  # noqa: DJ008 - rows without a natural name, s
     class Meta:
         ordering = ["-id"]
         verbose_name = "journal entry"
-        verbose_name_plural = "journal"
+        verbose_name_plural = "journal entries"
         indexes = [models.Index(fields=["workflow", "logged_at"], name="journal_workflow_time_idx")]
 
 
@@ -214,8 +214,8 @@ class WorkflowAudit(models.Model):  # noqa: DJ008 - rows without a natural name,
 
     class Meta:
         ordering = ["-id"]
-        verbose_name = "audit entry"
-        verbose_name_plural = "audit trail"
+        verbose_name = "audit trail entry"
+        verbose_name_plural = "audit trail entries"
 
 
 class RunTally(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns

@@ -11,6 +11,8 @@ Invariants:
 - A duration (:class:`DurationProperty`) states its unit and may not declare a maximum longer than
   :data:`MAXIMUM_DURATION`, which ``timedelta`` and the databases' date arithmetic handle.
 - A text property with a format (:class:`MonthProperty`, :class:`DateTimeProperty`) checks it.
+- A unit is declared in the plural (``rows``, ``days``) and agrees with its number wherever a
+  message or a help text writes one (:func:`quantity`: ``1 row``, ``0 rows``).
 - :func:`invalid_values` lists, without raising, what in a stored or overridden mapping no longer
   validates: the engine refuses such a run before it starts, the admin shows it on the page.
 """
@@ -51,10 +53,24 @@ MAXIMUM_INTEGER = 2**63 - 1
 #: Years a month property accepts: the platform's data cannot be older, and a later year is a typo.
 MONTH_YEARS = (2000, 2100)
 
+#: Units whose singular is not the plural less its final "s".
+SINGULAR_UNITS = {"ms": "ms"}
+
 #: How much of a refused value a message repeats (a pasted blob must not flood a run's reason).
 SHOWN_VALUE_CHARS = 40
 
 MONTH_PATTERN = re.compile(r"(\d{4})-(\d{2})")
+
+
+def quantity(number: int, unit: str, *, grouped: bool = False) -> str:
+    """``number`` with ``unit`` (declared in the plural) agreeing with it: ``1 row``, ``2 rows``,
+    ``1 ms``; the bare number without a unit. ``grouped`` writes thousands with commas (``36,500 days``)."""
+    text = f"{number:,}" if grouped else str(number)
+    if not unit:
+        return text
+    if abs(number) == 1:
+        unit = SINGULAR_UNITS.get(unit, unit[:-1] if unit.endswith("s") else unit)
+    return f"{text} {unit}"
 
 
 def shown(value: Any) -> str:
@@ -122,16 +138,15 @@ class IntegerProperty(Property):
     def validate(self, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(f"expected a whole number, got {shown(value)}")
-        unit = f" {self.unit}" if self.unit else ""
         if self.minimum is not None and value < self.minimum:
-            raise self.error(f"must be at least {self.minimum}{unit}, got {shown(value)}")
+            raise self.error(f"must be at least {quantity(self.minimum, self.unit)}, got {shown(value)}")
         if self.maximum is not None and value > self.maximum:
-            raise self.error(f"must be at most {self.maximum}{unit}, got {shown(value)}")
+            raise self.error(f"must be at most {quantity(self.maximum, self.unit)}, got {shown(value)}")
         return value
 
     @property
     def range_text(self) -> str:
-        return f"{self.minimum:,} to {self.maximum:,}{' ' + self.unit if self.unit else ''}"
+        return f"{self.minimum:,} to {quantity(self.maximum, self.unit, grouped=True)}"
 
 
 @dataclass(frozen=True)

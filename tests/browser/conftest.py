@@ -1,5 +1,6 @@
 """Headless Chromium for the end-to-end admin tests (Debian's chromium and chromedriver; nothing is
-downloaded). Without them the tests are skipped, unless REQUIRE_BROWSER=1 (CI), where that fails."""
+downloaded). Without them the tests are skipped, unless REQUIRE_BROWSER=1 (CI), where that fails.
+``logged_in`` is that browser logged in to the live server's admin as a superuser."""
 
 from __future__ import annotations
 
@@ -38,3 +39,21 @@ def browser(tmp_path) -> Iterator[object]:
         yield driver
     finally:
         driver.quit()
+
+
+PASSWORD = "browser-test-password"
+
+
+@pytest.fixture
+def logged_in(browser, live_server, django_user_model):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    django_user_model.objects.create_superuser("admin", "admin@example.com", PASSWORD)
+    browser.get(f"{live_server.url}/admin/login/")
+    browser.find_element(By.NAME, "username").send_keys("admin")
+    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    WebDriverWait(browser, 10).until(EC.presence_of_element_located((By.ID, "user-tools")))
+    return browser

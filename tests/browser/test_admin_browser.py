@@ -18,6 +18,7 @@ from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.ui import WebDriverWait
 
+from tests.browser.layout import full_page_screenshot
 from workflows.models import RunStatus, WorkflowRun
 from workflows.worker_process import WorkerProcess, current_database_url
 
@@ -26,18 +27,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True, seria
 SCREENSHOTS = (Path(settings.BASE_DIR) / "docs" / "images" if os.environ.get("UPDATE_DOC_IMAGES")
                else Path(settings.VAR_DIR) / "screenshots")
 SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-PASSWORD = "browser-test-password"
-
-
-@pytest.fixture
-def logged_in(browser, live_server, django_user_model):
-    django_user_model.objects.create_superuser("admin", "admin@example.com", PASSWORD)
-    browser.get(f"{live_server.url}/admin/login/")
-    browser.find_element(By.NAME, "username").send_keys("admin")
-    browser.find_element(By.NAME, "password").send_keys(PASSWORD)
-    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
-    WebDriverWait(browser, 10).until(EC.presence_of_element_located((By.ID, "user-tools")))
-    return browser
 
 
 def wait(browser, condition, timeout: float = 30):
@@ -74,7 +63,7 @@ def test_run_now_shows_the_run_and_its_journal(logged_in, live_server, settings)
     assert "Succeeded" in page
     assert f"Run #{run.pk} started (admin, by admin)." in page
     assert "decide_winners" in page
-    browser.save_screenshot(str(SCREENSHOTS / "run-page.png"))
+    full_page_screenshot(browser, SCREENSHOTS / "run-page.png")
 
 
 def test_an_invalid_crontab_is_refused_with_its_message(logged_in, live_server):

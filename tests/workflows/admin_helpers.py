@@ -1,5 +1,6 @@
 """What the workflow admin's tests share: the change page's URL, a staff client with chosen
-permissions, and submitting the change form as a browser would (every current value, some changed)."""
+permissions, submitting the change form as a browser would (every current value, some changed), and
+reading back the message a command sent to the broker."""
 
 from __future__ import annotations
 
@@ -52,3 +53,17 @@ def staff_client(django_user_model: Any, *codenames: str) -> Client:
     client = Client()
     client.force_login(user)
     return client
+
+
+def broker_message(queue: str, task_id: str) -> Any:
+    """The message sent with ``task_id`` (``.headers``; ``.payload``: args, kwargs, options), read
+    back from the broker (filesystem or Redis, whichever the settings name)."""
+    from project.celery import app
+
+    with app.connection_for_read() as connection_, connection_.SimpleQueue(queue) as simple:
+        for _ in range(1000):
+            message = simple.get(block=True, timeout=5)
+            message.ack()
+            if message.headers.get("id") == task_id:
+                return message
+    raise AssertionError(f"no message {task_id} in queue {queue}")

@@ -20,7 +20,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django_celery_beat.models import PeriodicTask
 
-from tests.workflows.admin_helpers import change_url, edit, form_data, staff_client
+from tests.workflows.admin_helpers import broker_message, change_url, edit, form_data, staff_client
 from workflows import commands, schedules
 from workflows.admin import RECENT_RUNS
 from workflows.context import ActivityContext
@@ -93,20 +93,6 @@ def messages_of(response: HttpResponse) -> list[str]:
 
 def act(client: Client, action: str, *workflow_ids: str) -> HttpResponse:
     return client.post(CHANGELIST, {"action": action, "_selected_action": list(workflow_ids), "index": 0}, follow=True)
-
-
-def broker_headers(queue: str, task_id: str) -> dict[str, Any]:
-    """The headers of the message sent with ``task_id``, read back from the broker (filesystem or
-    Redis, whichever the settings name)."""
-    from project.celery import app
-
-    with app.connection_for_read() as connection_, connection_.SimpleQueue(queue) as simple:
-        for _ in range(1000):
-            message = simple.get(block=True, timeout=5)
-            message.ack()
-            if message.headers.get("id") == task_id:
-                return message.headers
-    raise AssertionError(f"no message {task_id} in queue {queue}")
 
 
 def finished_run(workflow_id: str, *, status: str = RunStatus.SUCCEEDED, duration_s: float = 12.3,
@@ -220,7 +206,7 @@ def test_run_now_action_queues_an_admin_run_through_the_broker(
     assert (run.status, run.trigger, run.requested_by) == (RunStatus.QUEUED, Trigger.ADMIN, admin_user.username)
     assert WorkflowAudit.objects.filter(workflow_id="cleanup", action="run now", user=admin_user).exists()
     assert len(callbacks) == 1
-    headers = broker_headers("celery", run.celery_task_id)
+    headers = broker_message("celery", run.celery_task_id).headers
     assert headers["task"] == "workflows.cleanup"
     assert any(f'href="{run_url(run.pk)}"' in message for message in messages_of(response))
 
@@ -232,7 +218,10 @@ def test_run_now_on_a_paused_workflow_is_refused_with_the_reason(admin_client: C
 
     assert not WorkflowRun.objects.filter(workflow_id="cleanup").exists()
     assert WorkflowRun.objects.filter(workflow_id="billing", trigger=Trigger.ADMIN).count() == 1
-    assert "Run now refused for cleanup: cleanup is paused; resume it first, or force the run" in messages_of(response)
+    assert messages_of(response)[0] == (
+        "Run now refused for cleanup: cleanup is paused; resume it first, or force the run. "
+        f'<a href="{command_url("cleanup", "force_run")}">Force run…</a>'
+    )
 
 
 def test_resume_of_a_stopped_workflow_is_refused_with_the_reason(admin_client: Client) -> None:
@@ -246,9 +235,9 @@ def test_resume_of_a_stopped_workflow_is_refused_with_the_reason(admin_client: C
 
 # -- buttons on the workflow page ----------------------------------------------------------------
 
-def test_change_page_has_a_button_per_command(admin_client: Client) -> None:
+def test_change_page_has_a_post_button_per_command_that_applies(admin_client: Client) -> None:
     page = admin_client.get(change_url("cleanup")).content.decode()
-    for command in ("start", "pause", "resume", "stop", "restart", "run_now"):
+    for command in ("pause", "stop", "restart", "run_now"):  # a started workflow (see test_admin_commands)
         assert f'action="{command_url("cleanup", command)}"' in page
     assert 'name="csrfmiddlewaretoken"' in page
 
@@ -264,7 +253,10 @@ def test_button_gives_the_command_and_returns_to_the_workflow_page(admin_client:
 def test_run_now_button_refusal_is_shown_on_the_workflow_page(admin_client: Client) -> None:
     commands.stop("cleanup", actor="test")
     response = admin_client.post(command_url("cleanup", "run_now"), follow=True)
-    assert "Run now refused for cleanup: cleanup is stopped; resume it first, or force the run" in messages_of(response)
+    assert messages_of(response) == [(
+        "Run now refused for cleanup: cleanup is stopped; start it first, or force the run. "
+        f'<a href="{command_url("cleanup", "force_run")}">Force run…</a>'
+    )]
     assert not WorkflowRun.objects.filter(workflow_id="cleanup").exists()
 
 
@@ -487,7 +479,7 @@ def test_property_below_its_minimum_is_refused_with_the_property_message(admin_c
     response = edit(admin_client, "adminSample", property__window_days="0")
 
     assert response.context["adminform"].form.errors["property__window_days"] == [
-        "window_days: must be at least 1 days, got 0"
+        "window_days: must be at least 1 day, got 0"
     ]
     assert Workflow.objects.get(pk="adminSample").properties == {}
 

@@ -20,6 +20,7 @@ from workflows import commands, leases
 from workflows.builtin import mc_synch_local
 from workflows.definition import all_definitions, get_definition, load_definitions
 from workflows.engine import RunRequest, execute
+from workflows.forms import property_form_field
 from workflows.models import (
     ActivityRun,
     LogLevel,
@@ -41,6 +42,7 @@ from workflows.properties import (
     MonthProperty,
     Property,
     invalid_values,
+    quantity,
 )
 
 ARCHIVING = "mcSynch_local"
@@ -83,6 +85,37 @@ def test_every_integer_property_has_finite_bounds_around_its_default(workflow_id
         prop.validate(prop.maximum + 1)
     with pytest.raises(ValidationError, match=f"must be at least {prop.minimum}"):
         prop.validate(prop.minimum - 1)
+
+
+#: Each unit the code declares, in the plural, and its singular.
+SINGULARS = {"ms": "ms", "seconds": "second", "minutes": "minute", "hours": "hour", "days": "day", "rows": "row",
+             "messages": "message", "rules": "rule"}
+
+
+def test_every_declared_unit_agrees_with_one_and_with_more():
+    declared = {prop.unit for _, prop in INTEGERS if prop.unit}
+    assert declared <= set(SINGULARS), f"a new unit: add its singular here, {declared - set(SINGULARS)}"
+    for unit in declared | set(DURATION_UNITS):
+        assert quantity(1, unit) == f"1 {SINGULARS[unit]}"
+        assert quantity(-1, unit) == f"-1 {SINGULARS[unit]}"
+        assert quantity(0, unit) == f"0 {unit}"
+        assert quantity(2, unit) == f"2 {unit}"
+        assert quantity(36500, unit, grouped=True) == f"36,500 {unit}"
+    assert quantity(1, "") == "1"
+
+
+@pytest.mark.parametrize("unit", sorted(SINGULARS))
+def test_range_messages_and_help_write_one_unit_in_the_singular(unit: str):
+    prop = IntegerProperty("size", 1, minimum=1, maximum=1_000, unit=unit)
+    with pytest.raises(ValidationError) as below:
+        prop.validate(0)
+    assert below.value.messages == [f"size: must be at least 1 {SINGULARS[unit]}, got 0"]
+    with pytest.raises(ValidationError) as above:
+        IntegerProperty("flag", 0, minimum=0, maximum=1, unit=unit).validate(2)
+    assert above.value.messages == [f"flag: must be at most 1 {SINGULARS[unit]}, got 2"]
+    assert IntegerProperty("flag", 0, minimum=0, maximum=1, unit=unit).range_text == f"0 to 1 {SINGULARS[unit]}"
+    assert prop.range_text == f"1 to 1,000 {unit}"
+    assert property_form_field(prop).help_text == f"Default: 1 {SINGULARS[unit]}. Accepted: 1 to 1,000 {unit}."
 
 
 @pytest.mark.parametrize(("workflow_id", "prop"), PROPERTIES, ids=ids(PROPERTIES))

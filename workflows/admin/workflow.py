@@ -1,7 +1,10 @@
 """The workflow admin's list and page: operate the workflows, edit their settings, read their state.
 
 - Workflows come from code: the admin never adds or deletes one. The commands (actions on the
-  list, buttons on the page) are those of :mod:`workflows.admin.workflow_commands`.
+  list, buttons on the page for the commands that apply) are those of
+  :mod:`workflows.admin.workflow_commands`.
+- The list fits a 1024 px screen: id and label share a column, the consecutive errors show under
+  the state badge when there are any, the last run's counters are clipped (full on hover).
 - The settings form is generated from the definition (:mod:`workflows.forms`): one field per
   property and per activity, the schedule validated before it reaches beat. Without the change
   permission the page shows the settings read-only.
@@ -10,6 +13,8 @@
 - A schedule that drifted is flagged on the list and on the page, which offers its repair; a stored
   property value that does not validate is named above the form and marked in the read-only
   properties, since the engine fails every run on it until it is fixed here.
+- The page's History shows the workflow's audit trail (commands, edits, the engine's own pauses)
+  above the admin's record of form saves.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ from django.contrib.admin.utils import unquote
 from django.db.models import JSONField, OuterRef, QuerySet, Subquery
 from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse
-from django.template.defaultfilters import truncatechars
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
@@ -30,8 +34,18 @@ from django.utils.safestring import SafeString
 
 from campaign.admin.base import ReadOnlyAdminMixin
 from workflows import schedules
-from workflows.admin.base import EMPTY, RunDisplayMixin, format_counters, format_duration, format_time, run_url
-from workflows.admin.workflow_commands import COMMANDS, WorkflowCommandsMixin
+from workflows.admin.base import (
+    EMPTY,
+    RunDisplayMixin,
+    WorkflowPagesMixin,
+    clipped,
+    format_counters,
+    format_duration,
+    format_time,
+    run_url,
+)
+from workflows.admin.history import ROW_TABLE_TEMPLATE, audit_changes
+from workflows.admin.workflow_commands import WorkflowCommandsMixin
 from workflows.display import definition_of, run_status_badge, state_badge
 from workflows.forms import (
     CRONTAB_FIELD,
@@ -42,11 +56,15 @@ from workflows.forms import (
     generated_field_names,
     workflow_form_class,
 )
-from workflows.models import ActivityMode, Workflow, WorkflowRun
+from workflows.models import ActivityMode, Workflow, WorkflowAudit, WorkflowRun
 from workflows.properties import invalid_values
 
 #: How many runs the workflow page shows; the run list (filtered by workflow) has the rest.
 RECENT_RUNS = 10
+
+#: How many audit trail entries a workflow's History shows; the audit trail (filtered by workflow)
+#: has the rest.
+HISTORY_AUDIT_ENTRIES = 50
 
 
 def describe_schedule(workflow: Workflow) -> tuple[str, str]:
@@ -86,9 +104,10 @@ class RecentRunsInline(ReadOnlyAdminMixin, RunDisplayMixin, admin.TabularInline)
     filtered by the formset)."""
 
     model = WorkflowRun
+    template = ROW_TABLE_TEMPLATE
     verbose_name = "run"
     verbose_name_plural = f"recent runs (the {RECENT_RUNS} most recent)"
-    fields = ("run_link", "status_badge", "trigger", "requested_by", "created_at", "duration", "reason_short")
+    fields = ("run_link", "status_badge", "trigger_display", "created", "duration", "reason_short")
     readonly_fields = fields
     extra = 0
     max_num = 0
@@ -101,15 +120,12 @@ class RecentRunsInline(ReadOnlyAdminMixin, RunDisplayMixin, admin.TabularInline)
 
 
 @admin.register(Workflow)
-class WorkflowAdmin(WorkflowCommandsMixin, admin.ModelAdmin):
+class WorkflowAdmin(WorkflowPagesMixin, WorkflowCommandsMixin, admin.ModelAdmin):
     """The workflow list and page; the commands, their actions and buttons, come with
     :class:`~workflows.admin.workflow_commands.WorkflowCommandsMixin`."""
 
-    list_display = (
-        "id", "label", "state_display", "schedule_display", "next_run", "last_run", "last_run_counters",
-        "consecutive_errors",
-    )
-    list_display_links = ("id", "label")
+    list_display = ("workflow_display", "state_display", "schedule_display", "next_run", "last_run", "last_run_counters")
+    list_display_links = ("workflow_display",)
     list_filter = ("state",)
     search_fields = ("id", "label")
     list_select_related = ("periodic_task__crontab",)
@@ -137,9 +153,17 @@ class WorkflowAdmin(WorkflowCommandsMixin, admin.ModelAdmin):
             last_run_counter_values=Subquery(last_runs.values("counters")[:1], output_field=JSONField()),
         )
 
+    @admin.display(description="workflow", ordering="id")
+    def workflow_display(self, workflow: Workflow) -> SafeString:
+        return format_html('{}<span class="workflow-label">{}</span>', workflow.pk, workflow.label)
+
     @admin.display(description="state", ordering="state")
     def state_display(self, workflow: Workflow) -> SafeString:
-        return state_badge(workflow.state)
+        if not workflow.consecutive_errors:
+            return state_badge(workflow.state)
+        errors = workflow.consecutive_errors
+        return format_html('{}<span class="consecutive-errors">{} consecutive error{}</span>',
+                           state_badge(workflow.state), errors, "" if errors == 1 else "s")
 
     @admin.display(description="schedule")
     def schedule_display(self, workflow: Workflow) -> SafeString:
@@ -166,8 +190,8 @@ class WorkflowAdmin(WorkflowCommandsMixin, admin.ModelAdmin):
         )
 
     @admin.display(description="last counters")
-    def last_run_counters(self, workflow: Workflow) -> str:
-        return truncatechars(format_counters(workflow.last_run_counter_values), 80) or EMPTY
+    def last_run_counters(self, workflow: Workflow) -> SafeString | str:
+        return clipped(format_counters(workflow.last_run_counter_values)) or EMPTY
 
     # -- change page: read-only parts ------------------------------------------------------------
     @admin.display(description="lease")
@@ -268,17 +292,33 @@ class WorkflowAdmin(WorkflowCommandsMixin, admin.ModelAdmin):
     def change_view(self, request: HttpRequest, object_id: str, form_url: str = "",
                     extra_context: dict[str, Any] | None = None) -> HttpResponse:
         extra_context = dict(extra_context or {})
-        if self.has_operate_permission(request):
-            extra_context["workflow_commands"] = [
-                {"name": command.name, "label": command.label,
-                 "url": reverse(f"{self.admin_site.name}:workflows_workflow_command", args=[object_id, command.name])}
-                for command in COMMANDS.values()
-            ]
         workflow = self.get_object(request, unquote(object_id))
         if workflow is not None:
+            extra_context["workflow_commands"] = self.command_buttons(request, workflow)
             extra_context["invalid_properties"] = invalid_properties(workflow)
             extra_context["schedule_drift"] = schedules.drift_of(workflow, definition_of(workflow))
             if extra_context["schedule_drift"] and self.has_operate_permission(request):
                 extra_context["repair_schedule_url"] = reverse(
                     f"{self.admin_site.name}:workflows_workflow_repair_schedule", args=[object_id])
         return super().change_view(request, object_id, form_url, extra_context)
+
+    # -- history ---------------------------------------------------------------------------------
+    def history_view(self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        """Django's record of this page's form saves, under the workflow's audit trail: its commands
+        (from here, the CLI or the shell), edits and the engine's own decisions, for those who may
+        read the audit trail."""
+        extra_context = dict(extra_context or {})
+        if request.user.has_perm(f"{self.opts.app_label}.view_workflowaudit"):
+            entries = WorkflowAudit.objects.filter(workflow_id=unquote(object_id))
+            extra_context["audit_entries"] = [
+                {"at": format_time(entry.at), "url": reverse(f"{self.admin_site.name}:workflows_workflowaudit_change",
+                                                             args=[entry.pk]),
+                 "actor": entry.actor, "action": entry.action, "changes": audit_changes(entry), "note": entry.note}
+                for entry in entries.order_by("-pk")[:HISTORY_AUDIT_ENTRIES]
+            ]
+            extra_context["audit_count"] = entries.count()
+            extra_context["audit_url"] = "{}?{}".format(
+                reverse(f"{self.admin_site.name}:workflows_workflowaudit_changelist"),
+                urlencode({"workflow__id__exact": unquote(object_id)}),
+            )
+        return super().history_view(request, object_id, extra_context)

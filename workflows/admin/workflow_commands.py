@@ -1,10 +1,14 @@
 """The operator's commands on the workflow admin: the actions of the workflow list, the buttons of a
-workflow's page, and its "Repair schedule" button.
+workflow's page, its forced run and its "Repair schedule" button.
 
 Each one calls the service of :mod:`workflows.commands` (or :mod:`workflows.schedule_repair`), so a
 command means the same here as in the CLI and the shell, and is audited with the user who gave it.
 They need the ``workflows.operate_workflow`` permission, checked again by every view (a POST only,
 with the CSRF token), and a refusal is reported with its reason.
+
+A workflow's page shows the buttons of the commands that apply to it as it is now
+(:func:`workflows.commands.applicable_commands`: no Start on a started workflow). A forced run
+first shows a page that says what forcing does to this workflow, and is given from there.
 """
 
 from __future__ import annotations
@@ -19,38 +23,47 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
+from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
 from kombu.exceptions import OperationalError
 
-from workflows import commands, schedule_repair
-from workflows.admin.base import run_url
+from workflows import commands, engine, schedule_repair
+from workflows.admin.base import format_time, run_url
 from workflows.commands import CommandRefused
 from workflows.definition import UnknownWorkflow
-from workflows.models import Trigger, Workflow, WorkflowRun
+from workflows.models import Trigger, Workflow, WorkflowRun, WorkflowState
 
 
 @dataclass(frozen=True)
 class AdminCommand:
     name: str  # the action's and the button URL's name
-    label: str  # the button
+    command: str  # its name in workflows.commands.COMMAND_NAMES
+    label: str  # the button (with "…" after it when it opens a confirmation page), and the messages
     done: str  # the success message's verb
     call: Callable[[str, AbstractBaseUser], Workflow | WorkflowRun]
+    confirm: bool = False  # the button opens a page saying what the command does, which gives it
 
 
 COMMANDS: dict[str, AdminCommand] = {
     command.name: command
     for command in (
-        AdminCommand("start", "Start", "Started",
+        AdminCommand("start", "start", "Start", "Started",
                      lambda workflow_id, user: commands.start(workflow_id, user=user)),
-        AdminCommand("pause", "Pause", "Paused", lambda workflow_id, user: commands.pause(workflow_id, user=user)),
-        AdminCommand("resume", "Resume", "Resumed",
+        AdminCommand("pause", "pause", "Pause", "Paused",
+                     lambda workflow_id, user: commands.pause(workflow_id, user=user)),
+        AdminCommand("resume", "resume", "Resume", "Resumed",
                      lambda workflow_id, user: commands.resume(workflow_id, user=user)),
-        AdminCommand("stop", "Stop", "Stopped", lambda workflow_id, user: commands.stop(workflow_id, user=user)),
-        AdminCommand("restart", "Restart", "Restarted",
+        AdminCommand("stop", "stop", "Stop", "Stopped",
+                     lambda workflow_id, user: commands.stop(workflow_id, user=user)),
+        AdminCommand("restart", "restart", "Restart", "Restarted",
                      lambda workflow_id, user: commands.restart(workflow_id, user=user, trigger=Trigger.ADMIN)),
-        AdminCommand("run_now", "Run now", "Queued a run of",
+        AdminCommand("run_now", "run now", "Run now", "Queued a run of",
                      lambda workflow_id, user: commands.run_now(workflow_id, user=user, trigger=Trigger.ADMIN)),
+        AdminCommand("force_run", "force run", "Force run", "Forced a run of",
+                     lambda workflow_id, user: commands.run_now(workflow_id, user=user, trigger=Trigger.ADMIN, force=True),
+                     confirm=True),
     )
 }
 
@@ -59,11 +72,33 @@ class WorkflowCommandsMixin:
     """The commands of :class:`workflows.admin.workflow.WorkflowAdmin`: its actions, its command
     and repair URLs, and the permission they need."""
 
+    # A forced run is not among them: it is given from a workflow's page, after its confirmation page.
     actions = ("start_workflows", "pause_workflows", "resume_workflows", "stop_workflows", "restart_workflows",
                "run_workflows_now")
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(f"{self.opts.app_label}.operate_workflow")
+
+    def command_url(self, workflow_id: str, command: str) -> str:
+        return reverse(f"{self.admin_site.name}:workflows_workflow_command", args=[quote(workflow_id), command])
+
+    def command_buttons(self, request: HttpRequest, workflow: Workflow) -> list[dict[str, Any]]:
+        """The buttons of the commands that apply to the workflow as it is now; none without the
+        operate permission."""
+        if not self.has_operate_permission(request):
+            return []
+        applicable = commands.applicable_commands(workflow)
+        return [{"name": command.name, "label": command.label, "confirm": command.confirm,
+                 "url": self.command_url(workflow.pk, command.name)}
+                for command in COMMANDS.values() if command.command in applicable]
+
+    def refusal_message(self, command: AdminCommand, workflow_id: str, refusal: Exception) -> SafeString:
+        message = format_html("{} refused for {}: {}.", command.label, workflow_id, refusal)
+        if command.name == "run_now":
+            force = COMMANDS["force_run"]
+            message = format_html('{} <a href="{}">{}…</a>', message, self.command_url(workflow_id, force.name),
+                                  force.label)
+        return message
 
     def perform(self, request: HttpRequest, command: AdminCommand, workflows: list[Workflow]) -> None:
         """Give ``command`` to each workflow; report the successes in one message and each refusal
@@ -74,7 +109,7 @@ class WorkflowCommandsMixin:
             try:
                 result = command.call(workflow.pk, request.user)
             except (CommandRefused, UnknownWorkflow) as refusal:
-                self.message_user(request, f"{command.label} refused for {workflow.pk}: {refusal}", messages.WARNING)
+                self.message_user(request, self.refusal_message(command, workflow.pk, refusal), messages.WARNING)
                 continue
             except OperationalError as error:  # the run is recorded, its message could not be sent
                 self.message_user(request, f"{command.label} {workflow.pk}: the broker is unreachable ({error}); "
@@ -138,20 +173,45 @@ class WorkflowCommandsMixin:
         ]
 
     def command_view(self, request: HttpRequest, object_id: str, command: str) -> HttpResponse:
-        """A button of the workflow page: POST only (with the CSRF token), operate permission."""
-        if request.method != "POST":
+        """A button of the workflow page: given by a POST (with the CSRF token), with the operate
+        permission. A command that asks for confirmation shows its page on a GET."""
+        admin_command = COMMANDS.get(command)
+        if request.method != "POST" and not (request.method == "GET" and admin_command and admin_command.confirm):
             return HttpResponseNotAllowed(["POST"])
         if not self.has_operate_permission(request):
             raise PermissionDenied
-        if command not in COMMANDS:
+        if admin_command is None:
             raise Http404(f"unknown command {command!r}")
         workflow = self.get_object(request, unquote(object_id))
         if workflow is None:
             raise Http404(f"no workflow {unquote(object_id)!r}")
-        self.perform(request, COMMANDS[command], [workflow])
+        if request.method == "GET":
+            return self.force_run_confirmation(request, workflow)
+        self.perform(request, admin_command, [workflow])
         return HttpResponseRedirect(
             reverse(f"{self.admin_site.name}:workflows_workflow_change", args=[quote(workflow.pk)])
         )
+
+    def force_run_confirmation(self, request: HttpRequest, workflow: Workflow) -> TemplateResponse:
+        """What a forced run does to this workflow as it is now, and the button that gives it."""
+        paused = engine.paused_run(workflow)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Force a run of {workflow.pk}?",
+            "subtitle": None,
+            "opts": self.opts,
+            "workflow": workflow,
+            "is_nav_sidebar_enabled": False,
+            "state": WorkflowState(workflow.state).label.lower(),
+            "started": workflow.state == WorkflowState.STARTED,
+            "paused_since": format_time(workflow.paused_at) if workflow.paused_at else "",
+            "paused_run": paused,
+            "paused_run_url": run_url(paused.pk) if paused else "",
+            "command_url": self.command_url(workflow.pk, "force_run"),
+            "workflow_url": reverse(f"{self.admin_site.name}:workflows_workflow_change", args=[quote(workflow.pk)]),
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/workflows/workflow/force_run_confirmation.html", context)
 
     def repair_schedule_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """The workflow page's "Repair schedule" button: POST only (with the CSRF token), operate

@@ -670,7 +670,7 @@ DAY_PROPERTIES = [rule.retention for rule in cleanup.RETENTIONS] + ["soft_error_
 def test_a_retention_below_one_day_is_refused(db, name):
     prop = cleanup.definition.get_property(name)
 
-    with pytest.raises(ValidationError, match="at least 1 days, got 0"):
+    with pytest.raises(ValidationError, match="at least 1 day, got 0"):
         prop.parse("0")
     with pytest.raises(ValidationError):
         prop.validate(-3)
@@ -689,7 +689,7 @@ def test_the_admin_refuses_a_retention_below_one_day_and_shows_the_default(admin
     response = edit(admin_client, "cleanup", property__tracking_logs_days="0")
 
     assert response.context["adminform"].form.errors["property__tracking_logs_days"] == [
-        "tracking_logs_days: must be at least 1 days, got 0"]
+        "tracking_logs_days: must be at least 1 day, got 0"]
     assert Workflow.objects.get(pk="cleanup").properties == {}
     assert edit(admin_client, "cleanup", property__tracking_logs_days="400").status_code == 302
     assert Workflow.objects.get(pk="cleanup").properties == {"tracking_logs_days": 400}
@@ -701,7 +701,7 @@ def test_the_cli_refuses_a_zero_retention_with_a_usage_error(db):
         call_command("workflow", "run", "cleanup", "--sync", "--set", "events_days=0", stderr=err)
 
     assert exit_info.value.code == 2
-    assert "events_days: must be at least 1 days, got 0" in err.getvalue()
+    assert "events_days: must be at least 1 day, got 0" in err.getvalue()
 
 
 def test_a_stored_retention_below_one_day_fails_the_run_and_purges_nothing(frozen):
