@@ -16,13 +16,16 @@ from typing import Any
 import pytest
 from django.core.exceptions import ValidationError
 
+from campaign.ab_tests import winner_targets
 from campaign.models import (
+    ABTest,
     BounceRule,
     Channel,
     Delivery,
     DeliveryLog,
     FailureReason,
     FailureType,
+    ForecastLog,
     InboundSms,
     LogStatus,
     Profile,
@@ -33,6 +36,7 @@ from campaign.models import (
     UrlType,
 )
 from tests.factories import (
+    ABTestFactory,
     BounceRuleFactory,
     DeliveryFactory,
     DeliveryLogFactory,
@@ -41,6 +45,7 @@ from tests.factories import (
     QuarantineFactory,
     SendingFeedbackFactory,
     TrackingHitFactory,
+    TrackingLogFactory,
 )
 from workflows import commands
 from workflows.builtin import update_delivery_exec_info as module
@@ -581,6 +586,43 @@ def test_denylisting_on_the_fixed_dataset(frozen, rules):
         "sms_opt_outs", "sms_replies_ignored", "sms_opt_outs_unknown_number")} == {
         "feedback_complaint": 4, "complaints_without_log": 1, "addresses_denylisted": 6, "logs_denylisted": 3,
         "sms_replies": 6, "sms_opt_outs": 4, "sms_replies_ignored": 2, "sms_opt_outs_unknown_number": 1}
+
+
+def test_a_complaint_and_a_stop_reply_are_skipped_by_forecasting_and_by_the_ab_winner(frozen, rules):
+    """From the raw rows to targeting: updateDeliveryExecInfo denylists, abTesting sends the winner
+    to the rest of the target, forecasting plans the coming deliveries; neither reaches the two."""
+    ann, bob, cat, dan, eve = (ProfileFactory(email=f"{name}@example.com", phone=f"+3363000000{i}")
+                               for i, name in enumerate(["ann", "bob", "cat", "dan", "eve"]))
+    test = ABTestFactory(test_duration=timedelta(hours=4), winner_sending=ABTest.WinnerSending.AUTOMATIC)
+    test_delivery = DeliveryFactory(campaign=test.campaign, ab_test=test, channel=Channel.EMAIL,
+                                    state=Delivery.State.FINISHED, started_at=NOW - DAY)
+    for who, variant in ((dan, "A"), (eve, "B")):
+        log = DeliveryLogFactory(delivery=test_delivery, profile=who, address=who.email, variant=variant,
+                                 status=LogStatus.SENT)
+        if variant == "A":
+            TrackingLogFactory(delivery_log=log)  # A opened: A wins
+    newsletter = DeliveryFactory(channel=Channel.EMAIL, state=FINISHED)
+    sms = DeliveryFactory(channel=Channel.SMS, state=FINISHED)
+    complaint(DeliveryLogFactory(delivery=newsletter, profile=bob, address=bob.email, status=LogStatus.SENT))
+    DeliveryLogFactory(delivery=sms, profile=cat, address=cat.phone, status=LogStatus.SENT)
+    InboundSmsFactory(phone=cat.phone, text="Stop.")
+    teaser = DeliveryFactory(channel=Channel.EMAIL, state=Delivery.State.SCHEDULED, scheduled_at=NOW + 2 * DAY)
+    launch_sms = DeliveryFactory(channel=Channel.SMS, state=Delivery.State.PROVISIONAL, scheduled_at=NOW + 3 * DAY)
+
+    assert run_workflow().status == RunStatus.SUCCEEDED
+    assert commands.run_now("abTesting", actor="test", sync=True).status == RunStatus.SUCCEEDED
+    assert commands.run_now("forecasting", actor="test", sync=True).status == RunStatus.SUCCEEDED
+
+    test.refresh_from_db()
+    assert (test.status, test.winner_variant) == (ABTest.Status.WINNER_SENT, "A")
+
+    def planned(delivery: Delivery) -> set[int]:
+        return set(ForecastLog.objects.filter(delivery=delivery).values_list("profile_id", flat=True))
+
+    assert set(winner_targets(test).values_list("pk", flat=True)) == {ann.pk, cat.pk}
+    assert planned(test.winner_delivery) == {ann.pk, cat.pk}, "the rest of the target, without bob"
+    assert planned(teaser) == {ann.pk, cat.pk, dan.pk, eve.pk}, "bob complained"
+    assert planned(launch_sms) == {ann.pk, bob.pk, dan.pk, eve.pk}, "cat replied STOP"
 
 
 # ---------------------------------------------------------------------------------------------
