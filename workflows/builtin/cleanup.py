@@ -29,8 +29,8 @@ Invariants it keeps:
 - **Only consolidated raw rows.** SendingFeedback and TrackingHit rows are removed only up to
   updateDeliveryExecInfo's cursors: a row that workflow has not read yet is kept, however old.
 - **Tracking rows outlive their logs.** TrackingLog points to DeliveryLog without a database
-  constraint: purging a delivery log neither deletes, locks nor changes its tracking rows (kept
-  360 days against 180), and nothing here writes a delivery's indicators.
+  constraint: purging a delivery log neither deletes, locks nor changes its tracking rows (aged
+  on their own ``tracked_at``), and nothing here writes a delivery's indicators.
 - **Ordered activities.** If one fails, the later ones do not run (the engine stops at the first
   failure) and the journal names the activity that failed and those that did not run.
 - **Dry run.** ``dry_run=true`` counts what would go (counters ``<table>_to_remove`` and
@@ -64,6 +64,7 @@ from workflows.builtin.cleanup_retention import (
     FORECAST_LOGS,
     MAXIMUM_RETENTION_DAYS,
     MINIMUM_AGE,
+    RELEASED_QUARANTINE,
     RETENTIONS,
     SENDING_FEEDBACK,
     TRACKING_HITS,
@@ -224,7 +225,8 @@ def expired_deliveries(ctx: ActivityContext, now: datetime) -> tuple[Selection, 
 
 
 def purge_old_deliveries(ctx: ActivityContext) -> None:
-    """Finished or failed deliveries past retention: first the rows that cascade from them
+    """Finished or failed deliveries past retention, when ``purge_deliveries`` is on (off by
+    default: deliveries are kept unless configured): first the rows that cascade from them
     (tracking logs, logs, aggregates, forecast logs, ...), each in bounded batches, then the
     delivery rows."""
     now = timezone.now()
@@ -232,6 +234,9 @@ def purge_old_deliveries(ctx: ActivityContext) -> None:
     dependents = delivery_dependents()
     names = [DELIVERIES.name, *(dependent.name for dependent in dependents)]
     ctx.declare(*(counter_name(ctx, name) for name in names))
+    if not ctx.properties["purge_deliveries"]:
+        ctx.log("Kept every delivery: purge_deliveries is off (deliveries are kept unless configured).")
+        return
     removed: Counter[str] = Counter()
     if dry_run(ctx):
         removed = _count_delivery_purge(ctx, expired, dependents, now)
@@ -339,6 +344,17 @@ def release_quarantine(ctx: ActivityContext) -> None:
                 + "; ".join(f"{released[rule.counter]:,} because {rule.description}" for rule in rules) + ".")
 
 
+def purge_released_quarantine(ctx: ActivityContext) -> None:
+    """Quarantine rows in status ``valid`` (released: by the previous activity, by a later
+    successful delivery, or by hand) not updated for ``released_quarantine_days``. Erroneous,
+    quarantined and denylisted rows never go."""
+    expired, boundary = RELEASED_QUARANTINE.expired(ctx, timezone.now())
+    selection = expired.narrowed(f"{column(Quarantine, 'status')} = %s", (Quarantine.Status.VALID,))
+    removed = purge(ctx, selection, name=RELEASED_QUARANTINE.name, order_by="updated_at",
+                    batch_size=RELEASED_QUARANTINE.batch_size(ctx))
+    journal_removed(ctx, removed, f"{RELEASED_QUARANTINE.what} with {boundary}")
+
+
 def update_statistics(ctx: ActivityContext) -> None:
     """PostgreSQL ``VACUUM ANALYZE`` (or ``ANALYZE``) of the tables this run thinned; SQLite
     ``ANALYZE``. Nothing for ``statistics=none``, a dry run, or a run that removed nothing."""
@@ -404,6 +420,7 @@ definition = register(WorkflowDefinition(
         purge_app_subscriptions,
         purge_workflow_history,
         release_quarantine,
+        purge_released_quarantine,
         update_statistics,
     )),
     properties=(
@@ -423,6 +440,9 @@ definition = register(WorkflowDefinition(
         ChoiceProperty("statistics", "vacuum_analyze", choices=purges.STATISTICS_MODES,
                        help="Last activity: PostgreSQL VACUUM ANALYZE of the purged tables, ANALYZE only, or nothing "
                             "(SQLite: ANALYZE for both)."),
+        BooleanProperty("purge_deliveries", False,
+                        help="Off (the default), deliveries are kept however old; on, finished or failed deliveries "
+                             "older than deliveries_days are removed with what cascades from them."),
         BooleanProperty("dry_run", False, help="Count what would be removed or released, change nothing."),
     ),
     # A first run over a large backlog (then VACUUM of big tables) can take hours; each committed

@@ -35,6 +35,7 @@ from campaign.models import (
     Event,
     EventHistory,
     ForecastLog,
+    Quarantine,
     SendingFeedback,
     TrackingHit,
     TrackingLog,
@@ -108,7 +109,7 @@ class AgeRule:
 DELIVERY_LOGS = AgeRule("delivery_logs", DeliveryLog, "updated_at", "delivery_logs_days", 180, "delivery logs",
                         "Delivery logs not updated for this many days are removed (their tracking rows stay).",
                         log_table=True)
-TRACKING_LOGS = AgeRule("tracking_logs", TrackingLog, "tracked_at", "tracking_logs_days", 360, "tracking logs",
+TRACKING_LOGS = AgeRule("tracking_logs", TrackingLog, "tracked_at", "tracking_logs_days", 180, "tracking logs",
                         "Tracking logs older than this many days are removed.", log_table=True)
 SENDING_FEEDBACK = AgeRule("sending_feedback", SendingFeedback, "received_at", "sending_feedback_days", 30,
                            "raw sending feedback rows",
@@ -118,7 +119,7 @@ TRACKING_HITS = AgeRule("tracking_hits", TrackingHit, "hit_at", "tracking_hits_d
                         "Raw tracking hits older than this many days are removed, once consolidated.", log_table=True)
 EVENTS = AgeRule("events", Event, "created_at", "events_days", 30, "events",
                  "Real-time events created more than this many days ago are removed.")
-ARCHIVED_EVENTS = AgeRule("archived_events", EventHistory, "archived_at", "archived_events_days", 360,
+ARCHIVED_EVENTS = AgeRule("archived_events", EventHistory, "archived_at", "archived_events_days", 180,
                           "archived events", "Archived events archived more than this many days ago are removed.")
 DELIVERY_AGGREGATES = AgeRule("delivery_aggregates", DeliveryAggregate, "day", "delivery_aggregates_days", 360,
                               "delivery aggregates", "Daily aggregates of days older than this many days are removed.",
@@ -126,14 +127,19 @@ DELIVERY_AGGREGATES = AgeRule("delivery_aggregates", DeliveryAggregate, "day", "
 FORECAST_LOGS = AgeRule("forecast_logs", ForecastLog, "computed_at", "forecast_logs_days", 7, "forecast logs",
                         "Forecast logs not recomputed for this many days are removed.", log_table=True)
 DELIVERIES = AgeRule("deliveries", Delivery, "finished_at", "deliveries_days", 730, "finished or failed deliveries",
-                     "Finished or failed deliveries that ended more than this many days ago are removed, with their "
-                     "logs, tracking logs, aggregates and forecast logs.")
+                     "With purge_deliveries on, finished or failed deliveries that ended more than this many days ago "
+                     "are removed, with their logs, tracking logs, aggregates and forecast logs.")
 APP_SUBSCRIPTIONS = AgeRule("app_subscriptions", AppSubscription, "updated_at", "app_subscriptions_days", 180,
                             "disabled app subscriptions",
                             "Disabled app subscriptions not updated for this many days are removed.")
 
+RELEASED_QUARANTINE = AgeRule("released_quarantine", Quarantine, "updated_at", "released_quarantine_days", 7,
+                              "released quarantine rows",
+                              "Quarantine rows released (status valid) and not updated since, for this many days, are "
+                              "removed: the address is deliverable, the row only kept its history.")
+
 RETENTIONS = (DELIVERY_LOGS, TRACKING_LOGS, SENDING_FEEDBACK, TRACKING_HITS, EVENTS, ARCHIVED_EVENTS,
-              DELIVERY_AGGREGATES, FORECAST_LOGS, DELIVERIES, APP_SUBSCRIPTIONS)
+              DELIVERY_AGGREGATES, FORECAST_LOGS, DELIVERIES, APP_SUBSCRIPTIONS, RELEASED_QUARANTINE)
 
 
 # --------------------------------------------------------------------------------------------

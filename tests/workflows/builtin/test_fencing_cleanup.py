@@ -109,7 +109,7 @@ def expected_outcome() -> dict[str, list]:
 
     return {
         "delivery_logs": sorted(log.pk for log in DeliveryLog.objects.all() if log.updated_at >= now - timedelta(days=180)),
-        "tracking_logs": sorted(t.pk for t in TrackingLog.objects.all() if t.tracked_at >= now - timedelta(days=360)),
+        "tracking_logs": sorted(t.pk for t in TrackingLog.objects.all() if t.tracked_at >= now - timedelta(days=180)),
         "events": sorted(e.pk for e in Event.objects.all() if e.created_at >= now - timedelta(days=30)),
         "released": sorted(q.pk for q in Quarantine.objects.all() if releasable(q)),
     }
