@@ -58,7 +58,9 @@ SHARE_VISITORS_IN_AUDIENCE = 0.2  # of the profiles with a visitor id: the share
 SHARE_EMAIL_USER_UNKNOWN = 0.02
 SHARE_EMAIL_INVALID_DOMAIN = 0.004  # typo in the domain: gmial.example
 SHARE_EMAIL_ACCOUNT_DISABLED = 0.002
-SHARE_EMAIL_COMPLAINER = 0.001  # complained once: the address goes on the denylist
+#: Complained before: the mailbox provider refuses the address as on its suppression list (a hard
+#: bounce of reason 8, which puts it on the denylist too). Complaints during the history: COMPLAINT_RATE.
+SHARE_EMAIL_COMPLAINER = 0.001
 #: Complainers quarantined before the history (at least this many, so every quarantine status shows).
 MIN_COMPLAINERS_BEFORE_HISTORY = 3
 SHARE_EMAIL_MAILBOX_FULL = 0.012
