@@ -174,7 +174,7 @@ def batch_range(model: type, *, after: int, up_to: int, limit: int) -> tuple[int
 
 def _update_logs(*, after: int, up_to: int, qualified: dict[int, Qualification], now: datetime) -> int:
     """Apply the winning feedback of each log in the id range (after, up_to]: the last delivered or
-    bounce row (deferred rows never change a log). Returns the number of logs updated."""
+    bounce row (deferred and complaint rows never change a log). Returns the number of logs updated."""
     feedback, logs = table(SendingFeedback), table(DeliveryLog)
     payload = json.dumps([[fid, q.failure_type, q.failure_reason] for fid, q in qualified.items()])
     # No WITH prefix: Python's sqlite3 reports a row count only for statements starting with UPDATE.
