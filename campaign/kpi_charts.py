@@ -1,5 +1,10 @@
-"""The per-delivery KPI page (admin): sent / delivered / bounces per day as bars, open and
-click-through rates per day as lines, drawn as inline SVG from DeliveryAggregate (never raw logs).
+"""The per-delivery KPI page (admin): sent / delivered / bounces per day as bars, the Open rate,
+unique open rate and click-through rate per day as lines, and every rate of the platform's table
+per day, drawn as inline SVG from DeliveryAggregate (never raw logs).
+
+Rates are per send day (cohort): the messages delivered that day and what their recipients did,
+whenever they did it (``campaign.indicators.day_rates``), so a rate over unique recipients never
+exceeds 100 %; the Open rate counts repeated opens, as the platform defines it, and may.
 
 SVG is drawn on the server: no JavaScript library to ship, and the page prints as it shows.
 """
@@ -9,42 +14,39 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from django.db.models import Sum
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString, mark_safe
 
+from campaign.indicators import RATE_LABELS, day_rates, rate_sums
 from campaign.models import Delivery, DeliveryAggregate
-from campaign.rates import percent
 
 WIDTH, HEIGHT, MARGIN = 720, 220, 36
 BAR_SERIES = (("sent", "#546e7a"), ("delivered", "#2e7d32"), ("bounces", "#c62828"))
-LINE_SERIES = (("open_rate", "#1565c0"), ("click_through_rate", "#ef6c00"))
+LINE_SERIES = (("open_rate", "#1565c0"), ("unique_open_rate", "#6a1b9a"), ("click_through_rate", "#ef6c00"))
+#: Names shown on the page: the platform's labels.
+SERIES_LABELS = {"sent": "Processed/sent", "delivered": "Delivered", "bounces": "Bounces + errors", **RATE_LABELS}
 
 
 @dataclass(frozen=True)
 class Day:
+    """One send day of a delivery: its message counts and every per-day rate (percent)."""
+
     day: object
     sent: int
     delivered: int
     bounces: int
-    unique_opens: int
-    unique_clicks: int
+    rates: dict[str, Decimal]
 
-    @property
-    def open_rate(self) -> Decimal:
-        return percent(self.unique_opens, self.delivered)
-
-    @property
-    def click_through_rate(self) -> Decimal:
-        return percent(self.unique_clicks, self.delivered)
+    def rate_list(self) -> list[Decimal]:
+        """The rates in the table's column order."""
+        return [self.rates[name] for name in RATE_LABELS]
 
 
 def daily_figures(delivery: Delivery) -> list[Day]:
     """One aggregate query: the delivery's days in order (all channels summed)."""
-    rows = (DeliveryAggregate.objects.filter(delivery=delivery).values("day").order_by("day")
-            .annotate(sent=Sum("sent"), delivered=Sum("delivered"), bounces=Sum("bounces"),
-                      unique_opens=Sum("unique_opens"), unique_clicks=Sum("unique_clicks")))
-    return [Day(**row) for row in rows]
+    rows = DeliveryAggregate.objects.filter(delivery=delivery).values("day").order_by("day").annotate(**rate_sums())
+    return [Day(day=row["day"], sent=row["sent"] or 0, delivered=row["delivered"] or 0, bounces=row["bounces"] or 0,
+                rates=day_rates(row)) for row in rows]
 
 
 def _x(index: int, count: int) -> float:
@@ -66,20 +68,20 @@ def bar_chart(days: list[Day]) -> SafeString:
             value = getattr(day, name)
             x = MARGIN + step * index + width * (series + 0.5)
             bars.append((f"{x:.1f}", f"{_y(value, top):.1f}", f"{width:.1f}", f"{HEIGHT - MARGIN - _y(value, top):.1f}",
-                         colour, f"{day.day}: {value} {name}"))
+                         colour, f"{day.day}: {value} {SERIES_LABELS[name].lower()}"))
     body = format_html_join("", '<rect x="{}" y="{}" width="{}" height="{}" fill="{}"><title>{}</title></rect>', bars)
     return _frame(body, days, f"{top:,}", BAR_SERIES, "bar-chart")
 
 
 def line_chart(days: list[Day]) -> SafeString:
-    top = float(max([max(day.open_rate, day.click_through_rate) for day in days] or [Decimal(0)]) or 1)
+    top = float(max([max(day.rates[name] for name, _ in LINE_SERIES) for day in days] or [Decimal(0)]) or 1)
     lines = []
     for name, colour in LINE_SERIES:
-        points = " ".join(f"{_x(i, len(days)):.1f},{_y(float(getattr(day, name)), top):.1f}" for i, day in enumerate(days))
+        points = " ".join(f"{_x(i, len(days)):.1f},{_y(float(day.rates[name]), top):.1f}" for i, day in enumerate(days))
         lines.append(format_html('<polyline points="{}" fill="none" stroke="{}" stroke-width="2"/>', points, colour))
         lines.extend(format_html('<circle cx="{}" cy="{}" r="3" fill="{}"><title>{}: {} {} %</title></circle>',
-                                 f"{_x(i, len(days)):.1f}", f"{_y(float(getattr(day, name)), top):.1f}", colour, day.day,
-                                 name.replace("_", " "), getattr(day, name))
+                                 f"{_x(i, len(days)):.1f}", f"{_y(float(day.rates[name]), top):.1f}", colour, day.day,
+                                 SERIES_LABELS[name], day.rates[name])
                      for i, day in enumerate(days))
     return _frame(mark_safe("".join(lines)), days, f"{top:.2f} %", LINE_SERIES, "line-chart")  # built by format_html
 
@@ -90,7 +92,7 @@ def _frame(body: SafeString, days: list[Day], top_label: str, series: tuple, css
                                for i, day in enumerate(days) if len(days) <= 14 or i % max(1, len(days) // 14) == 0))
     legend = format_html_join("",
                               '<rect x="{}" y="6" width="10" height="10" fill="{}"/><text x="{}" y="15" font-size="11">{}</text>',
-                              ((MARGIN + 150 * i, colour, MARGIN + 150 * i + 14, name.replace("_", " "))
+                              ((MARGIN + 170 * i, colour, MARGIN + 170 * i + 14, SERIES_LABELS[name])
                                for i, (name, colour) in enumerate(series)))
     return format_html(
         '<svg id="{}" viewBox="0 0 {} {}" width="100%" style="max-width:{}px" role="img">'

@@ -395,8 +395,10 @@ def build_email(share: ReportShare, send: ReportSend, figures: reports.Figures, 
         f"Hello {user.get_full_name() or user.get_username()},",
         "",
         f"{report.label} for {figures.period.label()} ({reports.instance_name()}):",
-        f"  sent {totals['sent']}, delivered {totals['delivered']} ({rates['delivered_rate']} %), bounces {totals['bounces']}",
-        f"  open rate {rates['open_rate']} %, click-through rate {rates['click_through_rate']} %",
+        (f"  processed/sent {totals['sent']}, delivered {totals['delivered']} ({rates['delivered_rate']} %), "
+         f"bounces + errors {totals['bounces']}"),
+        (f"  open rate {rates['open_rate']} %, unique open rate {rates['unique_open_rate']} %, "
+         f"click through rate {rates['click_through_rate']} %"),
         "",
     ]
     oversized = len(pdf) > max_attachment_bytes()

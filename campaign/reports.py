@@ -6,6 +6,11 @@ channel counters maintained by reportingAggregates). Reading the raw delivery or
 here would make a year-long report scan millions of rows; the aggregates keep a report's cost
 proportional to days x deliveries.
 
+Counts sum the aggregates' event counters (an open counts on the day it happened); rates are the
+platform's, per send-day cohort (``campaign.indicators.day_rates``): over the messages sent in the
+period and what their recipients did, whenever they did it. The Open rate counts repeated opens and
+may exceed 100 %; rates over unique recipients never do.
+
 The PDF is built in memory (platypus for the text and tables, reportlab.graphics for the charts,
 so the charts are vector drawings). ``collect_figures`` and ``render_report_pdf`` are separate so
 tests and the email body can use the figures without parsing the PDF.
@@ -32,8 +37,8 @@ from reportlab.lib.styles import getSampleStyleSheet
 from reportlab.lib.units import cm
 from reportlab.platypus import PageBreak, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
 
+from campaign.indicators import RATE_COUNTERS, RATE_LABELS, day_rates, rate_sums
 from campaign.models import CustomerMetrics, DeliveryAggregate, Report
-from campaign.rates import percent
 
 #: Rendering a report is limited to 4 minutes.
 RENDER_LIMIT_S = 240
@@ -41,12 +46,22 @@ RENDER_LIMIT_S = 240
 MAX_CHART_POINTS = 62
 #: Per-delivery table rows (the largest deliveries first).
 MAX_DELIVERY_ROWS = 200
-COUNTERS = ("sent", "delivered", "bounces", "opens", "unique_opens", "clicks", "unique_clicks", "unsubscribes")
+#: The counts shown, with the platform's labels (opens and the like on the day they happened).
+COUNT_LABELS = {
+    "sent": "Processed/sent", "delivered": "Delivered", "bounces": "Bounces + errors", "hard_bounces": "Hard bounces",
+    "soft_bounces": "Soft bounce", "on_denylist": "On denylist", "rejected": "Rejected", "quarantine": "Quarantine",
+    "opens": "Open", "unique_opens": "Unique opens", "clicks": "Click", "unique_clicks": "Unique clicks",
+    "unsubscribes": "Unsubscribe", "mirror_pages": "Mirror page", "impressions": "Impressions",
+}
+COUNTERS = tuple(COUNT_LABELS)
+#: Every sum a report row holds: the counts shown and the cohort counts its rates divide.
+SUMMED = tuple(dict.fromkeys((*COUNTERS, *RATE_COUNTERS)))
 
 SENT_COLOR = colors.HexColor("#4C72B0")
 DELIVERED_COLOR = colors.HexColor("#55A868")
 BOUNCES_COLOR = colors.HexColor("#C44E52")
 OPEN_COLOR = colors.HexColor("#8172B2")
+UNIQUE_OPEN_COLOR = colors.HexColor("#64B5CD")
 CTR_COLOR = colors.HexColor("#DD8452")
 
 
@@ -61,9 +76,6 @@ def instance_name() -> str:
         return name
     hosts = [host for host in getattr(settings, "ALLOWED_HOSTS", []) if host and host not in ("*", ".localhost")]
     return hosts[0].lstrip(".") if hosts else "Campaign workflows"
-
-
-rate = percent  # the platform's rate convention (campaign.rates)
 
 
 @dataclass(frozen=True)
@@ -97,14 +109,8 @@ class Figures:
     rates: dict[str, Decimal] = field(default_factory=dict)
 
 
-def _rates(row: dict[str, int]) -> dict[str, Decimal]:
-    return {
-        "delivered_rate": rate(row["delivered"], row["sent"]),
-        "bounce_rate": rate(row["bounces"], row["sent"]),
-        "open_rate": rate(row["unique_opens"], row["delivered"]),
-        "click_through_rate": rate(row["unique_clicks"], row["delivered"]),
-        "unsubscribe_rate": rate(row["unsubscribes"], row["delivered"]),
-    }
+def _sums() -> dict[str, Sum]:
+    return {**{name: Sum(name) for name in COUNTERS}, **rate_sums()}
 
 
 def collect_figures(report: Report, period: Period) -> Figures:
@@ -113,25 +119,25 @@ def collect_figures(report: Report, period: Period) -> Figures:
     rows = DeliveryAggregate.objects.filter(day__gte=period.start, day__lte=period.end)
     if report.kind == Report.Kind.CAMPAIGN and report.campaign_id:
         rows = rows.filter(delivery__campaign_id=report.campaign_id)
-    sums = {name: Sum(name) for name in COUNTERS}
+    sums = _sums()
     totals = {name: value or 0 for name, value in rows.aggregate(**sums).items()}
     by_day = {row["day"]: row for row in rows.values("day").annotate(**sums).order_by("day")}
     daily = []
     for offset in range(period.days):
         day = period.start + timedelta(days=offset)
         found = by_day.get(day, {})
-        daily.append({"day": day, **{name: found.get(name) or 0 for name in COUNTERS}})
+        daily.append({"day": day, **{name: found.get(name) or 0 for name in SUMMED}})
     by_channel = [
-        {"channel": row["channel"], **{name: row[name] or 0 for name in COUNTERS}}
+        {"channel": row["channel"], **{name: row[name] or 0 for name in SUMMED}}
         for row in rows.values("channel").annotate(**sums).order_by("channel")
     ]
     by_delivery = [
-        {"delivery": row["delivery__label"], "delivery_id": row["delivery_id"], **{name: row[name] or 0 for name in COUNTERS}}
+        {"delivery": row["delivery__label"], "delivery_id": row["delivery_id"], **{name: row[name] or 0 for name in SUMMED}}
         for row in rows.values("delivery_id", "delivery__label").annotate(**sums)
                        .order_by("-sent", "delivery_id")[:MAX_DELIVERY_ROWS]
     ]
     return Figures(period=period, totals=totals, daily=daily, by_channel=by_channel, by_delivery=by_delivery,
-                   rates=_rates(totals))
+                   rates=day_rates(totals))
 
 
 # -- drawing -------------------------------------------------------------------------------------
@@ -142,7 +148,7 @@ def _buckets(daily: list[dict[str, Any]]) -> list[dict[str, Any]]:
     buckets = []
     for index in range(0, len(daily), size):
         chunk = daily[index:index + size]
-        bucket = {"day": chunk[0]["day"], **{name: sum(row[name] for row in chunk) for name in COUNTERS}}
+        bucket = {"day": chunk[0]["day"], **{name: sum(row[name] for row in chunk) for name in SUMMED}}
         buckets.append(bucket)
     return buckets
 
@@ -176,17 +182,21 @@ def volume_chart(daily: list[dict[str, Any]], *, width: float = 17 * cm, height:
     return drawing
 
 
+#: The rates drawn per day, with their colours.
+RATE_LINES = (("open_rate", OPEN_COLOR), ("unique_open_rate", UNIQUE_OPEN_COLOR), ("click_through_rate", CTR_COLOR))
+
+
 def rates_chart(daily: list[dict[str, Any]], *, width: float = 17 * cm, height: float = 8 * cm) -> Drawing:
-    """Lines of open rate and click-through rate per day (percent of delivered)."""
+    """Lines of the Open rate, unique open rate and click through rate per send day (percent of
+    delivered)."""
     points = _buckets(daily)
     drawing = Drawing(width, height)
-    drawing.add(String(0, height - 12, "Open and click-through rates per day (%)", fontName="Helvetica-Bold", fontSize=10))
+    drawing.add(String(0, height - 12, "Open, unique open and click through rates per day (%)",
+                       fontName="Helvetica-Bold", fontSize=10))
     chart = HorizontalLineChart()
     chart.x, chart.y, chart.width, chart.height = 40, 40, width - 60, height - 80
-    chart.data = [
-        [float(rate(row["unique_opens"], row["delivered"])) for row in points],
-        [float(rate(row["unique_clicks"], row["delivered"])) for row in points],
-    ]
+    point_rates = [day_rates(row) for row in points]
+    chart.data = [[float(rates[name]) for rates in point_rates] for name, _ in RATE_LINES]
     chart.categoryAxis.categoryNames = _labels(points)
     chart.categoryAxis.labels.fontSize = 6
     chart.categoryAxis.labels.angle = 45
@@ -194,11 +204,11 @@ def rates_chart(daily: list[dict[str, Any]], *, width: float = 17 * cm, height: 
     chart.valueAxis.valueMin = 0
     chart.valueAxis.valueMax = max(10.0, *(value for series in chart.data for value in series)) if points else 10.0
     chart.valueAxis.labels.fontSize = 7
-    chart.lines[0].strokeColor = OPEN_COLOR
-    chart.lines[1].strokeColor = CTR_COLOR
-    chart.lines[0].strokeWidth = chart.lines[1].strokeWidth = 1.5
+    for index, (_, color) in enumerate(RATE_LINES):
+        chart.lines[index].strokeColor = color
+        chart.lines[index].strokeWidth = 1.5
     drawing.add(chart)
-    drawing.add(_legend(width, height, [(OPEN_COLOR, "open rate"), (CTR_COLOR, "click-through rate")]))
+    drawing.add(_legend(width, height, [(color, RATE_LABELS[name].lower()) for name, color in RATE_LINES]))
     return drawing
 
 
@@ -283,32 +293,37 @@ def render_report_pdf(report: Report, period: Period, *, figures: Figures | None
     totals, rates = figures.totals, figures.rates
     story.append(Paragraph("Key figures", styles["Heading2"]))
     story.append(_table(["Figure", "Value"], [
-        ["Sent", totals["sent"]], ["Delivered", totals["delivered"]], ["Bounces", totals["bounces"]],
-        ["Opens", totals["opens"]], ["Unique opens", totals["unique_opens"]], ["Clicks", totals["clicks"]],
-        ["Unique clicks", totals["unique_clicks"]], ["Unsubscribes", totals["unsubscribes"]],
-        ["Delivered rate (%)", rates["delivered_rate"]], ["Bounce rate (%)", rates["bounce_rate"]],
-        ["Open rate (%)", rates["open_rate"]], ["Click-through rate (%)", rates["click_through_rate"]],
-        ["Unsubscribe rate (%)", rates["unsubscribe_rate"]],
+        *([label, totals[name]] for name, label in COUNT_LABELS.items()),
+        *([f"{label} (%)", rates[name]] for name, label in RATE_LABELS.items()),
     ], widths=[6 * cm, 4 * cm]))
+    story.append(Paragraph(
+        "Counts sum each event on the day it happened. Rates are per send day: the messages sent in the period and "
+        "what their recipients did, whenever they did it. The Open rate counts repeated opens (Open / Delivered) and "
+        "may exceed 100 %; a push delivery's click through rate is its interactions over delivered.",
+        styles["Normal"]))
     story += [Spacer(1, 0.6 * cm), volume_chart(figures.daily), Spacer(1, 0.4 * cm), rates_chart(figures.daily)]
 
+    def cohort_rates(row: dict[str, Any]) -> list[Decimal]:
+        row_rates = day_rates(row)
+        return [row_rates["open_rate"], row_rates["unique_open_rate"], row_rates["click_through_rate"]]
+
     story.append(Paragraph("Per channel", styles["Heading2"]))
-    story.append(_table(["Channel", "Sent", "Delivered", "Bounces", "Unique opens", "Unique clicks", "Unsubscribes"], [
-        [row["channel"], row["sent"], row["delivered"], row["bounces"], row["unique_opens"], row["unique_clicks"],
-         row["unsubscribes"]]
+    story.append(_table(["Channel", "Sent", "Delivered", "Bounces", "Open rate", "Unique open rate", "CTR",
+                         "Unsubscribe rate"], [
+        [row["channel"], row["sent"], row["delivered"], row["bounces"], *cohort_rates(row),
+         day_rates(row)["unsubscribe_rate"]]
         for row in figures.by_channel
-    ] or [["(none)", 0, 0, 0, 0, 0, 0]]))
+    ] or [["(none)", 0, 0, 0, 0, 0, 0, 0]]))
     if report.kind != Report.Kind.DAILY_AGGREGATES:
         story.append(Paragraph(f"Per delivery (largest {MAX_DELIVERY_ROWS})", styles["Heading2"]))
-        story.append(_table(["Delivery", "Sent", "Delivered", "Bounces", "Open rate", "CTR"], [
-            [row["delivery"][:50], row["sent"], row["delivered"], row["bounces"],
-             rate(row["unique_opens"], row["delivered"]), rate(row["unique_clicks"], row["delivered"])]
+        story.append(_table(["Delivery", "Sent", "Delivered", "Bounces", "Open rate", "Unique open rate", "CTR"], [
+            [row["delivery"][:40], row["sent"], row["delivered"], row["bounces"], *cohort_rates(row)]
             for row in figures.by_delivery
-        ] or [["(none)", 0, 0, 0, 0, 0]], widths=[7 * cm, 2 * cm, 2 * cm, 2 * cm, 2 * cm, 2 * cm]))
+        ] or [["(none)", 0, 0, 0, 0, 0, 0]], widths=[5.6 * cm, 1.8 * cm, 1.8 * cm, 1.8 * cm, 1.9 * cm, 2.3 * cm, 1.8 * cm]))
     story.append(Paragraph("Per day", styles["Heading2"]))
-    story.append(_table(["Day", "Sent", "Delivered", "Bounces", "Opens", "Clicks", "Open rate", "CTR"], [
+    story.append(_table(["Day", "Sent", "Delivered", "Bounces", "Open", "Click", "Open rate", "Unique open rate", "CTR"], [
         [row["day"].isoformat(), row["sent"], row["delivered"], row["bounces"], row["opens"], row["clicks"],
-         rate(row["unique_opens"], row["delivered"]), rate(row["unique_clicks"], row["delivered"])]
+         *cohort_rates(row)]
         for row in figures.daily
     ]))
     return _build(story, title=report.label, deadline=deadline)

@@ -40,11 +40,15 @@ from campaign.models import (
 DELIVERY_INDICATOR_FIELDS: tuple[Any, ...] = (
     ("to_deliver", "sent", "delivered"),
     ("bounces", "hard_bounces", "soft_bounces"),
-    "bounces_by_reason_display",
+    ("user_unknown", "invalid_domain", "unreachable", "account_disabled"),
+    ("mailbox_full", "not_connected", "on_denylist", "refused", "rejected"),
+    ("quarantine", "bounces_by_reason_display"),
     ("opens", "unique_opens", "clicks", "unique_clicks"),
-    ("unsubscribes", "mirror_pages"),
-    ("delivered_rate", "bounce_rate", "open_rate"),
-    ("click_through_rate", "unsubscribe_rate", "reactivity"),
+    ("unsubscribes", "mirror_pages", "impressions"),
+    ("delivered_rate", "bounce_rate", "hard_bounce_rate", "soft_bounce_rate"),
+    ("denylist_rate", "quarantine_rate", "rejected_rate"),
+    ("open_rate", "unique_open_rate", "click_through_rate"),
+    ("unsubscribe_rate", "mirror_page_rate", "reactivity"),
     "indicators_updated_at",
 )
 
@@ -234,8 +238,9 @@ class DeliveryAdmin(admin.ModelAdmin):
         ("Schedule", {"fields": ("scheduled_at", "validity_end", ("started_at", "finished_at"))}),
         ("Indicators", {
             "fields": DELIVERY_INDICATOR_FIELDS,
-            "description": "Computed from the delivery and tracking logs by updateDeliveryIndicators; "
-                           "rates are percentages.",
+            "description": "The platform's indicator table, computed from the delivery and tracking logs by "
+                           "updateDeliveryIndicators (each field's formula in its help text); rates are "
+                           "percentages, and the Open rate, which counts repeated opens, may exceed 100.",
         }),
         ("Forecast", {
             "fields": ("forecast_counts",),
@@ -286,7 +291,8 @@ class DeliveryAdmin(admin.ModelAdmin):
             raise PermissionDenied
         days = kpi_charts.daily_figures(delivery)
         context = {**self.admin_site.each_context(request), "title": f"KPIs of {delivery}", "delivery": delivery,
-                   "days": days, "bar_chart": kpi_charts.bar_chart(days), "line_chart": kpi_charts.line_chart(days)}
+                   "days": days, "bar_chart": kpi_charts.bar_chart(days), "line_chart": kpi_charts.line_chart(days),
+                   "rate_labels": kpi_charts.RATE_LABELS.values()}
         return TemplateResponse(request, "admin/campaign/delivery/kpis.html", context)
 
     @admin.display(description="logs")

@@ -50,9 +50,13 @@ class FailureReason(models.IntegerChoices):
 
 
 class UrlType(models.IntegerChoices):
-    """TrackingHit.url_type and TrackingLog.url_type."""
+    """TrackingHit.url_type and TrackingLog.url_type. The platform's indicator formulas also count
+    codes 10 and 11 as clicks without naming them; 7 is the code of a push impression."""
 
     CLICK = 1, "Click"
     OPEN = 2, "Open"
     OPT_OUT = 3, "Opt-out"
     MIRROR_PAGE = 6, "Mirror page"
+    IMPRESSION = 7, "Impression (push)"
+    OTHER_CLICK_10 = 10, "Click (type 10)"
+    OTHER_CLICK_11 = 11, "Click (type 11)"

@@ -172,29 +172,92 @@ class Delivery(models.Model):
     created_at = models.DateTimeField("created", default=timezone.now, editable=False)
     updated_at = models.DateTimeField("updated", auto_now=True)
 
-    # Indicators (updateDeliveryIndicators): counts from the logs, rates in percent (0-100).
-    to_deliver = models.PositiveIntegerField("to deliver", default=0, help_text="Logs not ignored.")
-    sent = models.PositiveIntegerField("sent", default=0, help_text="delivered + bounces")
-    delivered = models.PositiveIntegerField("delivered", default=0)
-    bounces = models.PositiveIntegerField("bounces", default=0)
-    hard_bounces = models.PositiveIntegerField("hard bounces", default=0)
-    soft_bounces = models.PositiveIntegerField("soft bounces", default=0)
+    # Indicators (updateDeliveryIndicators): the platform's indicator table, its labels and formulas.
+    # Counts come from the logs ("status", "failure type", "failure reason") and the tracking rows
+    # ("url type"); rates are percentages with two decimals. Email and SMS use the email table,
+    # push deliveries the push table (where it differs, the help text says so).
+    to_deliver = models.PositiveIntegerField("to deliver", default=0, help_text="count(status ≠ 0): logs not ignored.")
+    sent = models.PositiveIntegerField("processed/sent", default=0, help_text="delivered + bounces")
+    delivered = models.PositiveIntegerField("delivered", default=0, help_text="count(status = 1)")
+    bounces = models.PositiveIntegerField("bounces + errors", default=0, help_text="count(status = 2)")
+    hard_bounces = models.PositiveIntegerField("hard bounces", default=0,
+                                               help_text="count(status = 2 and failure type = 2)")
+    soft_bounces = models.PositiveIntegerField("soft bounce", default=0,
+                                               help_text="count(status = 2 and failure type = 1)")
     bounces_by_reason = models.JSONField(
         "bounces by reason", default=dict, blank=True, help_text="Failed logs per failure reason code.",
     )
-    opens = models.PositiveIntegerField("opens", default=0)
-    unique_opens = models.PositiveIntegerField("unique opens", default=0, help_text="A click implies an open.")
-    clicks = models.PositiveIntegerField("clicks", default=0)
-    unique_clicks = models.PositiveIntegerField("unique clicks", default=0)
-    unsubscribes = models.PositiveIntegerField("unsubscribes", default=0)
-    mirror_pages = models.PositiveIntegerField("mirror pages", default=0)
-    delivered_rate = models.DecimalField("delivered rate (%)", max_digits=5, decimal_places=2, default=0)
-    bounce_rate = models.DecimalField("bounce rate (%)", max_digits=5, decimal_places=2, default=0)
-    open_rate = models.DecimalField("open rate (%)", max_digits=5, decimal_places=2, default=0)
-    click_through_rate = models.DecimalField("click-through rate (%)", max_digits=5, decimal_places=2, default=0)
-    unsubscribe_rate = models.DecimalField("unsubscribe rate (%)", max_digits=5, decimal_places=2, default=0)
-    reactivity = models.DecimalField("reactivity (%)", max_digits=5, decimal_places=2, default=0)
+    opens = models.PositiveIntegerField(
+        "open", default=0,
+        help_text="count(url type 2) + unique(logs with url type 1, 2, 3, 6, 10 or 11) − unique(logs with url type 2): "
+                  "every open-pixel hit, plus one implied open per recipient who interacted without the pixel. "
+                  "Push: count(url type 2).",
+    )
+    unique_opens = models.PositiveIntegerField(
+        "unique opens", default=0,
+        help_text="unique(logs with url type 1, 2, 3, 6, 10 or 11): a click, an opt-out or a mirror-page view implies "
+                  "an open. Push: unique(logs with url type 2).",
+    )
+    clicks = models.PositiveIntegerField("click", default=0, help_text="count(url type 1, 10 or 11)")
+    unique_clicks = models.PositiveIntegerField("unique clicks", default=0, help_text="unique(logs with url type 1, 10 or 11)")
+    unsubscribes = models.PositiveIntegerField("unsubscribe", default=0, help_text="count(url type 3)")
+    mirror_pages = models.PositiveIntegerField("mirror page", default=0, help_text="count(url type 6)")
+    delivered_rate = models.DecimalField("delivered rate (%)", max_digits=5, decimal_places=2, default=0,
+                                         help_text="delivered / sent")
+    bounce_rate = models.DecimalField("bounce + error rate (%)", max_digits=5, decimal_places=2, default=0,
+                                      help_text="bounces / sent")
+    open_rate = models.DecimalField(
+        "open rate (%)", max_digits=8, decimal_places=2, default=0,
+        help_text="open / delivered: repeated opens count, so it may exceed 100 %.",
+    )
+    click_through_rate = models.DecimalField(
+        "click through rate (%)", max_digits=8, decimal_places=2, default=0,
+        help_text="unique clicks / delivered. Push: clicks (interactions) / delivered, which may exceed 100 %.",
+    )
+    unsubscribe_rate = models.DecimalField("unsubscribe rate (%)", max_digits=8, decimal_places=2, default=0,
+                                           help_text="unsubscribe / delivered")
+    reactivity = models.DecimalField("reactivity (%)", max_digits=5, decimal_places=2, default=0,
+                                     help_text="unique clicks / unique opens")
     indicators_updated_at = models.DateTimeField("indicators updated", null=True, blank=True)
+    # The rest of the platform's tables (added later: db_default, so rows written by raw SQL get zeros).
+    user_unknown = models.PositiveIntegerField("user unknown", default=0, db_default=0,
+                                               help_text="count(status = 2 and failure reason = 1)")
+    invalid_domain = models.PositiveIntegerField("invalid domain", default=0, db_default=0,
+                                                 help_text="count(status = 2 and failure reason = 2)")
+    unreachable = models.PositiveIntegerField("unreachable", default=0, db_default=0,
+                                              help_text="count(status = 2 and failure reason = 3)")
+    account_disabled = models.PositiveIntegerField("account disabled", default=0, db_default=0,
+                                                   help_text="count(status = 2 and failure reason = 4)")
+    mailbox_full = models.PositiveIntegerField("mailbox full", default=0, db_default=0,
+                                               help_text="count(status = 2 and failure reason = 5)")
+    not_connected = models.PositiveIntegerField("not connected", default=0, db_default=0,
+                                                help_text="count(status = 2 and failure reason = 6)")
+    on_denylist = models.PositiveIntegerField("on denylist", default=0, db_default=0,
+                                              help_text="count(status = 2 and failure reason = 8 and failure type = 2)")
+    refused = models.PositiveIntegerField("refused", default=0, db_default=0,
+                                          help_text="count(status = 2 and failure reason = 20)")
+    rejected = models.PositiveIntegerField("rejected", default=0, db_default=0,
+                                           help_text="count(status = 2 and failure reason = 20 and failure type = 2)")
+    quarantine = models.PositiveIntegerField(
+        "quarantine", default=0, db_default=0,
+        help_text="count(status = 2 and the address quarantined on the delivery's channel), when last recomputed.",
+    )
+    impressions = models.PositiveIntegerField("impressions", default=0, db_default=0,
+                                              help_text="Push: count(url type 7).")
+    unique_open_rate = models.DecimalField("unique open rate (%)", max_digits=5, decimal_places=2, default=0,
+                                           db_default=0, help_text="unique opens / delivered")
+    hard_bounce_rate = models.DecimalField("hard bounces rate (%)", max_digits=5, decimal_places=2, default=0,
+                                           db_default=0, help_text="hard bounces / sent")
+    soft_bounce_rate = models.DecimalField("soft bounce rate (%)", max_digits=5, decimal_places=2, default=0,
+                                           db_default=0, help_text="soft bounce / sent")
+    denylist_rate = models.DecimalField("denylist rate (%)", max_digits=5, decimal_places=2, default=0,
+                                        db_default=0, help_text="on denylist / sent")
+    quarantine_rate = models.DecimalField("quarantine rate (%)", max_digits=5, decimal_places=2, default=0,
+                                          db_default=0, help_text="quarantine / sent")
+    rejected_rate = models.DecimalField("rejected rate (%)", max_digits=5, decimal_places=2, default=0,
+                                        db_default=0, help_text="rejected / sent")
+    mirror_page_rate = models.DecimalField("mirror page rate (%)", max_digits=8, decimal_places=2, default=0,
+                                           db_default=0, help_text="mirror page / delivered")
 
     class Meta:
         ordering = ["-id"]

@@ -33,6 +33,38 @@ class DeliveryAggregate(models.Model):  # noqa: DJ008 - rows without a natural n
     unique_clicks = models.PositiveIntegerField("unique clicks", default=0)
     unsubscribes = models.PositiveIntegerField("unsubscribes", default=0)
     updated_at = models.DateTimeField("updated", default=timezone.now, db_index=True)
+    # Added with the platform's full indicator table (db_default: rows written by raw SQL get zeros).
+    # On the send day, like sent: failed messages by kind.
+    hard_bounces = models.PositiveIntegerField("hard bounces", default=0, db_default=0,
+                                               help_text="Sent that day: status 2 and failure type 2.")
+    soft_bounces = models.PositiveIntegerField("soft bounce", default=0, db_default=0,
+                                               help_text="Sent that day: status 2 and failure type 1.")
+    on_denylist = models.PositiveIntegerField("on denylist", default=0, db_default=0,
+                                              help_text="Sent that day: status 2, failure reason 8, failure type 2.")
+    rejected = models.PositiveIntegerField("rejected", default=0, db_default=0,
+                                           help_text="Sent that day: status 2, failure reason 20, failure type 2.")
+    quarantine = models.PositiveIntegerField("quarantine", default=0, db_default=0,
+                                             help_text="Sent that day: status 2 and the address in quarantine.")
+    # On the tracking day, like opens.
+    mirror_pages = models.PositiveIntegerField("mirror page", default=0, db_default=0, help_text="Rows of url type 6.")
+    impressions = models.PositiveIntegerField("impressions", default=0, db_default=0,
+                                              help_text="Push: rows of url type 7.")
+    # The send-day cohort: what the recipients of the messages delivered that day did, whenever
+    # they did it; the per-day rates of the KPI page and reports divide these by ``delivered``.
+    cohort_opens = models.PositiveIntegerField(
+        "open (cohort)", default=0, db_default=0,
+        help_text="Delivered that day: the open formula over their tracking rows (push: their rows of url type 2).",
+    )
+    cohort_unique_opens = models.PositiveIntegerField("unique opens (cohort)", default=0, db_default=0,
+                                                      help_text="Delivered that day and opened (unique opens).")
+    cohort_clicks = models.PositiveIntegerField("click (cohort)", default=0, db_default=0,
+                                                help_text="Delivered that day: their rows of url type 1, 10 or 11.")
+    cohort_unique_clicks = models.PositiveIntegerField("unique clicks (cohort)", default=0, db_default=0,
+                                                       help_text="Delivered that day and clicked.")
+    cohort_unsubscribes = models.PositiveIntegerField("unsubscribed (cohort)", default=0, db_default=0,
+                                                      help_text="Delivered that day and unsubscribed (url type 3).")
+    cohort_mirror_pages = models.PositiveIntegerField("mirror page viewers (cohort)", default=0, db_default=0,
+                                                      help_text="Delivered that day and viewed the mirror page.")
 
     class Meta:
         ordering = ["-day", "delivery"]

@@ -49,9 +49,12 @@ def test_failure_reason_codes_are_the_platform_values() -> None:
     }
 
 
-def test_url_type_codes_are_click_1_open_2_opt_out_3_mirror_page_6() -> None:
+def test_url_type_codes_are_the_platform_values() -> None:
+    """1 click, 2 open, 3 opt-out, 6 mirror page, 7 push impression, and the two further click codes
+    (10, 11) the platform's indicator formulas count."""
     assert {url_type.name: url_type.value for url_type in UrlType} == {
-        "CLICK": 1, "OPEN": 2, "OPT_OUT": 3, "MIRROR_PAGE": 6,
+        "CLICK": 1, "OPEN": 2, "OPT_OUT": 3, "MIRROR_PAGE": 6, "IMPRESSION": 7, "OTHER_CLICK_10": 10,
+        "OTHER_CLICK_11": 11,
     }
 
 

@@ -2,15 +2,18 @@
 
 The data imitates a production history: a few hundred deliveries of very different sizes sent
 over about a hundred days (two or three a day, channels mixed), each sending for a few hours from a
-random time of day (so sends cross local midnight); outcomes in the usual proportions; opens,
-repeated opens, clicks (some without an open row), opt-outs and mirror pages trailing the send by
-up to two weeks. Tracking ids follow ``tracked_at``, as the consolidation writes them, so one
-delivery's tracking rows are interleaved with its neighbours'. About one tracking row per log.
+random time of day (so sends cross local midnight); outcomes in the usual proportions (failures of
+several reasons, complaints among them; the addresses of most hard bounces in quarantine); opens,
+repeated opens, clicks of each type (some without an open row), opt-outs and mirror pages trailing
+the send by up to two weeks; impressions and taps on push messages. Tracking ids follow
+``tracked_at``, as the consolidation writes them, so one delivery's tracking rows are interleaved
+with its neighbours'. About one tracking row per log.
 
 The increment (1% of the scale) is a day's news: a new delivery sent now, new tracking rows on the
 latest deliveries, and the last pending messages of the latest delivery delivered.
 
-The SQL bound is one INSERT … SELECT over both whole tables; the workflow must write the same rows.
+The SQL bound is one INSERT … SELECT over both whole tables (and the failed logs' quarantine rows),
+with the same formulas; the workflow must write the same rows.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from campaign.bulk_load import load, reset_sequences
+from campaign.indicators import CLICK_URL_TYPES, OPEN_EVIDENCE_URL_TYPES
 from campaign.models import (
     Channel,
     Delivery,
@@ -35,10 +39,12 @@ from campaign.models import (
     FailureReason,
     FailureType,
     LogStatus,
+    Quarantine,
     TrackingLog,
     UrlType,
 )
 from workflows.benchmarks import BenchmarkCase, register
+from workflows.builtin.reporting_aggregates import COUNTERS
 
 #: Delivery sizes (messages) drawn uniformly: a mean of about 5,000, so 200 deliveries a million.
 DELIVERY_SIZES = (300, 1_000, 2_000, 4_000, 6_000, 10_000, 12_000)
@@ -49,7 +55,13 @@ SEND_HOURS = 4
 LOG_FIELDS = ("id", "delivery_id", "address", "variant", "status", "failure_type", "failure_reason", "error_text",
               "created_at", "updated_at")
 TRACKING_FIELDS = ("id", "delivery_log_id", "delivery_id", "url_type", "url", "tracked_at")
-COUNTER_COLUMNS = ("sent", "delivered", "bounces", "opens", "unique_opens", "clicks", "unique_clicks", "unsubscribes")
+QUARANTINE_FIELDS = ("address", "channel", "status", "error_count", "failure_type", "failure_reason", "error_text",
+                     "created_at", "updated_at")
+#: Failure reasons drawn for hard and soft bounces (a complaint is reason 8 of the hard type).
+HARD_REASONS = (FailureReason.USER_UNKNOWN, FailureReason.USER_UNKNOWN, FailureReason.INVALID_DOMAIN,
+                FailureReason.REFUSED, FailureReason.ON_DENYLIST)
+SOFT_REASONS = (FailureReason.MAILBOX_FULL, FailureReason.UNREACHABLE, FailureReason.NOT_CONNECTED,
+                FailureReason.ACCOUNT_DISABLED, FailureReason.REFUSED)
 
 
 class _Plan:
@@ -81,6 +93,15 @@ def _messages(plan: _Plan, seed: int) -> Iterator[tuple[int, int, int, datetime,
         yield plan.first_log_id + index, status, failure, created, created + timedelta(seconds=rng.randint(5, 1800))
 
 
+def _reason(log_id: int, failure: int) -> int:
+    """The failure reason of a failed log, always the same for a log."""
+    if failure == FailureType.HARD:
+        return HARD_REASONS[log_id % len(HARD_REASONS)]
+    if failure == FailureType.SOFT:
+        return SOFT_REASONS[log_id % len(SOFT_REASONS)]
+    return FailureReason.NONE
+
+
 def _hits(plan: _Plan, seed: int) -> Iterator[tuple[datetime, int, int]]:
     """(tracked_at, log id, url type) of one delivery's tracking rows, in no particular order."""
     rng = random.Random(seed * 7_000_009 + plan.id)
@@ -92,13 +113,22 @@ def _hits(plan: _Plan, seed: int) -> Iterator[tuple[datetime, int, int]]:
             return created + timedelta(  # noqa: B023 - called within this iteration only
                 seconds=min(rng.expovariate(1 / 86_400), 14 * 86_400))
 
+        if plan.channel == Channel.PUSH:  # impressions and taps, an open for some taps
+            if rng.random() < 0.7:
+                yield later(), log_id, UrlType.IMPRESSION
+            if rng.random() < 0.15:
+                yield later(), log_id, UrlType.CLICK
+                if rng.random() < 0.6:
+                    yield later(), log_id, UrlType.OPEN
+            continue
         opened = rng.random() < 0.50
         if opened:
             for _ in range(rng.choice((1, 1, 2, 3))):
                 yield later(), log_id, UrlType.OPEN
         if rng.random() < (0.30 if opened else 0.02):  # a few clicks come without an open row
             for _ in range(rng.choice((1, 1, 2))):
-                yield later(), log_id, UrlType.CLICK
+                yield later(), log_id, rng.choice((UrlType.CLICK, UrlType.CLICK, UrlType.OTHER_CLICK_10,
+                                                   UrlType.OTHER_CLICK_11))
         if opened and rng.random() < 0.01:
             yield later(), log_id, UrlType.OPT_OUT
         if rng.random() < 0.01:
@@ -131,17 +161,33 @@ class ReportingAggregatesCase(BenchmarkCase):
             for plan in self._plans
         )
         load(DeliveryLog, LOG_FIELDS, self._log_rows(self._plans, seed))
+        load(Quarantine, QUARANTINE_FIELDS, self._quarantine_rows(self._plans, seed))
         load(TrackingLog, TRACKING_FIELDS, self._tracking_rows(self._plans, seed, first_id=1, until=timezone.now()))
-        reset_sequences(Delivery, DeliveryLog, TrackingLog)
+        reset_sequences(Delivery, DeliveryLog, TrackingLog, Quarantine)
 
     @staticmethod
     def _log_rows(plans: list[_Plan], seed: int) -> Iterator[tuple[Any, ...]]:
         for plan in plans:
             for log_id, status, failure, created, updated in _messages(plan, seed):
-                reason = FailureReason.USER_UNKNOWN if failure == FailureType.HARD else (
-                    FailureReason.MAILBOX_FULL if failure == FailureType.SOFT else FailureReason.NONE)
-                yield (log_id, plan.id, f"r{log_id}@example.com", "", status, failure, reason, "",
+                yield (log_id, plan.id, f"r{log_id}@example.com", "", status, failure, _reason(log_id, failure), "",
                        created, updated)
+
+    @staticmethod
+    def _quarantine_rows(plans: list[_Plan], seed: int) -> Iterator[tuple[Any, ...]]:
+        """The addresses of 9 hard bounces in 10 in quarantine (a complaint's on the denylist), of 1
+        soft bounce in 10 erroneous."""
+        for plan in plans:
+            for log_id, status, failure, _, updated in _messages(plan, seed):
+                if status != LogStatus.FAILED or failure == FailureType.IGNORED or log_id % 10 == 0:
+                    continue
+                if failure == FailureType.SOFT and log_id % 10 != 1:
+                    continue
+                reason = _reason(log_id, failure)
+                state = (Quarantine.Status.ERRONEOUS if failure == FailureType.SOFT else
+                         Quarantine.Status.DENYLISTED if reason == FailureReason.ON_DENYLIST else
+                         Quarantine.Status.QUARANTINED)
+                yield (f"r{log_id}@example.com", plan.channel, state, 1, failure, reason, "", updated,
+                       updated)
 
     @staticmethod
     def _tracking_rows(plans: list[_Plan], seed: int, *, first_id: int, until: datetime) -> Iterator[tuple[Any, ...]]:
@@ -196,30 +242,67 @@ class ReportingAggregatesCase(BenchmarkCase):
         else:
             log_day = "django_datetime_cast_date(created_at, %(zone)s, 'UTC')"
             tracking_day = "django_datetime_cast_date(tracked_at, %(zone)s, 'UTC')"
+        opening, clicking = _in(OPEN_EVIDENCE_URL_TYPES), _in(CLICK_URL_TYPES)
+        push = f"'{Channel.PUSH.value}'"
         sql = f"""
             WITH m AS (
                 SELECT {log_day} AS day, delivery_id, COUNT(*) AS sent,
-                       COUNT(*) FILTER (WHERE status = 1) AS delivered, COUNT(*) FILTER (WHERE status = 2) AS bounces
+                       COUNT(*) FILTER (WHERE status = 1) AS delivered, COUNT(*) FILTER (WHERE status = 2) AS bounces,
+                       COUNT(*) FILTER (WHERE status = 2 AND failure_type = 2) AS hard_bounces,
+                       COUNT(*) FILTER (WHERE status = 2 AND failure_type = 1) AS soft_bounces,
+                       COUNT(*) FILTER (WHERE status = 2 AND failure_type = 2 AND failure_reason = 8) AS on_denylist,
+                       COUNT(*) FILTER (WHERE status = 2 AND failure_type = 2 AND failure_reason = 20) AS rejected
                 FROM campaign_deliverylog WHERE status IN (1, 2) GROUP BY 1, 2
+            ), q AS (
+                SELECT {log_day.replace("created_at", "l.created_at")} AS day, l.delivery_id, COUNT(*) AS quarantine
+                FROM campaign_deliverylog l JOIN campaign_delivery d ON d.id = l.delivery_id
+                    JOIN campaign_quarantine q ON q.address = l.address AND q.channel = d.channel
+                WHERE l.status = 2 AND q.status = 'quarantined'
+                GROUP BY 1, 2
+            ), c AS (
+                SELECT {log_day.replace("created_at", "l.created_at")} AS day, l.delivery_id,
+                       COUNT(*) FILTER (WHERE t.url_type = 2) AS open_rows,
+                       COUNT(DISTINCT l.id) FILTER (WHERE t.url_type = 2) AS pixel,
+                       COUNT(DISTINCT l.id) FILTER (WHERE t.url_type IN ({opening})) AS opened,
+                       COUNT(*) FILTER (WHERE t.url_type IN ({clicking})) AS clicks,
+                       COUNT(DISTINCT l.id) FILTER (WHERE t.url_type IN ({clicking})) AS clicked,
+                       COUNT(DISTINCT l.id) FILTER (WHERE t.url_type = 3) AS unsubscribed,
+                       COUNT(DISTINCT l.id) FILTER (WHERE t.url_type = 6) AS mirrored
+                FROM campaign_trackinglog t JOIN campaign_deliverylog l ON l.id = t.delivery_log_id
+                WHERE l.status = 1
+                GROUP BY 1, 2
             ), t AS (
-                SELECT {tracking_day} AS day, delivery_id,
-                       COUNT(*) FILTER (WHERE url_type = 2) AS opens,
-                       COUNT(DISTINCT delivery_log_id) FILTER (WHERE url_type IN (1, 2, 3, 6)) AS unique_opens,
-                       COUNT(*) FILTER (WHERE url_type = 1) AS clicks,
-                       COUNT(DISTINCT delivery_log_id) FILTER (WHERE url_type = 1) AS unique_clicks,
-                       COUNT(*) FILTER (WHERE url_type = 3) AS unsubscribes
+                SELECT {tracking_day} AS day, delivery_id, COUNT(*) AS hits,
+                       COUNT(*) FILTER (WHERE url_type = 2) AS open_rows,
+                       COUNT(DISTINCT delivery_log_id) FILTER (WHERE url_type = 2) AS pixel,
+                       COUNT(DISTINCT delivery_log_id) FILTER (WHERE url_type IN ({opening})) AS opened,
+                       COUNT(*) FILTER (WHERE url_type IN ({clicking})) AS clicks,
+                       COUNT(DISTINCT delivery_log_id) FILTER (WHERE url_type IN ({clicking})) AS unique_clicks,
+                       COUNT(*) FILTER (WHERE url_type = 3) AS unsubscribes,
+                       COUNT(*) FILTER (WHERE url_type = 6) AS mirror_pages,
+                       COUNT(*) FILTER (WHERE url_type = 7) AS impressions
                 FROM campaign_trackinglog GROUP BY 1, 2
             ), k AS (SELECT day, delivery_id FROM m UNION SELECT day, delivery_id FROM t)
-            INSERT INTO campaign_deliveryaggregate
-                (day, delivery_id, channel, sent, delivered, bounces, opens, unique_opens, clicks, unique_clicks,
-                 unsubscribes, updated_at)
-            SELECT k.day, k.delivery_id, d.channel, COALESCE(m.sent, 0), COALESCE(m.delivered, 0),
-                   COALESCE(m.bounces, 0), COALESCE(t.opens, 0), COALESCE(t.unique_opens, 0), COALESCE(t.clicks, 0),
-                   COALESCE(t.unique_clicks, 0), COALESCE(t.unsubscribes, 0), %(now)s
+            INSERT INTO campaign_deliveryaggregate (day, delivery_id, channel, {", ".join(COUNTERS)}, updated_at)
+            SELECT k.day, k.delivery_id, d.channel,
+                   COALESCE(m.sent, 0), COALESCE(m.delivered, 0), COALESCE(m.bounces, 0), COALESCE(m.hard_bounces, 0),
+                   COALESCE(m.soft_bounces, 0), COALESCE(m.on_denylist, 0), COALESCE(m.rejected, 0),
+                   COALESCE(q.quarantine, 0),
+                   CASE WHEN d.channel = {push} THEN COALESCE(c.open_rows, 0)
+                        ELSE COALESCE(c.open_rows + c.opened - c.pixel, 0) END,
+                   CASE WHEN d.channel = {push} THEN COALESCE(c.pixel, 0) ELSE COALESCE(c.opened, 0) END,
+                   COALESCE(c.clicks, 0), COALESCE(c.clicked, 0), COALESCE(c.unsubscribed, 0), COALESCE(c.mirrored, 0),
+                   CASE WHEN d.channel = {push} THEN COALESCE(t.open_rows, 0)
+                        ELSE COALESCE(t.open_rows + t.opened - t.pixel, 0) END,
+                   CASE WHEN d.channel = {push} THEN COALESCE(t.pixel, 0) ELSE COALESCE(t.opened, 0) END,
+                   COALESCE(t.clicks, 0), COALESCE(t.unique_clicks, 0), COALESCE(t.unsubscribes, 0),
+                   COALESCE(t.mirror_pages, 0), COALESCE(t.impressions, 0), %(now)s
             FROM k JOIN campaign_delivery d ON d.id = k.delivery_id
             LEFT JOIN m ON m.day = k.day AND m.delivery_id = k.delivery_id
+            LEFT JOIN q ON q.day = k.day AND q.delivery_id = k.delivery_id
+            LEFT JOIN c ON c.day = k.day AND c.delivery_id = k.delivery_id
             LEFT JOIN t ON t.day = k.day AND t.delivery_id = k.delivery_id
-            WHERE COALESCE(m.sent, 0) + COALESCE(t.unique_opens, 0) + COALESCE(t.opens, 0) > 0
+            WHERE COALESCE(m.sent, 0) + COALESCE(t.hits, 0) > 0
         """
         with connection.cursor() as cursor:
             if connection.vendor == "postgresql":
@@ -230,7 +313,7 @@ class ReportingAggregatesCase(BenchmarkCase):
         digest = hashlib.sha256()
         count = 0
         rows = (DeliveryAggregate.objects.order_by("day", "delivery_id", "channel")
-                .values_list("day", "delivery_id", "channel", *COUNTER_COLUMNS))
+                .values_list("day", "delivery_id", "channel", *COUNTERS))
         for row in rows.iterator(chunk_size=10_000):
             digest.update(repr(row).encode())
             count += 1
@@ -238,6 +321,10 @@ class ReportingAggregatesCase(BenchmarkCase):
 
     def properties(self) -> dict[str, Any]:
         return {}
+
+
+def _in(codes: Any) -> str:
+    return ", ".join(str(int(code)) for code in codes)
 
 
 register(ReportingAggregatesCase())

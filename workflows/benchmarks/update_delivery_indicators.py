@@ -2,8 +2,10 @@
 ``rows`` delivery logs and about as many tracking rows, against one hand-written UPDATE.
 
 The data follows a sending platform's shape: deliveries of a few thousand messages sent one after
-the other (logs of a delivery are written together), tracking rows arriving over the days after
-each sending, interleaved between the deliveries sent close together. The increment is the next
+the other (logs of a delivery are written together; one in ten is a push delivery), tracking rows
+arriving over the days after each sending, interleaved between the deliveries sent close together;
+failures of every reason (complaints among them), the addresses of most hard bounces and some soft
+ones in quarantine. The increment is the next
 hours of activity: two new deliveries with their first bounces and opens, late bounces on the
 latest delivery, opens and clicks still trickling onto the last few. An incremental run costs the
 size of the deliveries it touches (each is recomputed from all its rows), so that is what it shows.
@@ -23,6 +25,7 @@ from django.db import connection
 from django.utils import timezone
 
 from campaign.bulk_load import load, reset_sequences
+from campaign.indicators import CLICK_URL_TYPES, OPEN_EVIDENCE_URL_TYPES, REASON_INDICATORS
 from campaign.models import (
     Campaign,
     Channel,
@@ -31,6 +34,7 @@ from campaign.models import (
     FailureReason,
     FailureType,
     LogStatus,
+    Quarantine,
     TrackingLog,
     UrlType,
 )
@@ -53,8 +57,13 @@ HARD_REASONS = (FailureReason.USER_UNKNOWN, FailureReason.USER_UNKNOWN, FailureR
 SOFT_REASONS = (FailureReason.MAILBOX_FULL, FailureReason.UNREACHABLE, FailureReason.NOT_CONNECTED,
                 FailureReason.ACCOUNT_DISABLED, FailureReason.NONE)
 
+#: One delivery in this many is a push delivery (impressions; the push table's formulas).
+PUSH_EVERY = 10
+
 LOG_FIELDS = ("id", "delivery", "address", "variant", "status", "failure_type", "failure_reason", "error_text",
               "created_at", "updated_at")
+QUARANTINE_FIELDS = ("address", "channel", "status", "error_count", "failure_type", "failure_reason", "error_text",
+                     "created_at", "updated_at")
 TRACKING_FIELDS = ("delivery_log", "delivery", "url_type", "url", "tracked_at")
 
 
@@ -77,21 +86,48 @@ def _outcome(rng: random.Random) -> tuple[int, int, int]:
     return LogStatus.SENT, FailureType.NONE, FailureReason.NONE
 
 
-def _reactions(rng: random.Random, log_id: int, delivery_id: int, sent_at: datetime) -> list[tuple[datetime, int, int, int]]:
+def _quarantine(rng: random.Random, log_id: int, status: int, failure_type: int, channel: str,
+                at: datetime) -> tuple[Any, ...] | None:
+    """The quarantine row of a failed message's address, if any: most hard bounces, some soft ones
+    (quarantined or still erroneous), complaints on the denylist."""
+    if status != LogStatus.FAILED or failure_type == FailureType.IGNORED:
+        return None
+    draw = rng.random()
+    if failure_type == FailureType.HARD and draw < 0.9:
+        state = Quarantine.Status.DENYLISTED if draw < 0.1 else Quarantine.Status.QUARANTINED
+    elif failure_type == FailureType.SOFT and draw < 0.3:
+        state = Quarantine.Status.QUARANTINED if draw < 0.1 else Quarantine.Status.ERRONEOUS
+    else:
+        return None
+    return (f"r{log_id}@example.com", channel, state, 1, failure_type, FailureReason.NONE, "", at, at)
+
+
+def _reactions(rng: random.Random, log_id: int, delivery_id: int, sent_at: datetime,
+               push: bool = False) -> list[tuple[datetime, int, int, int]]:
     """Tracking rows ``(tracked_at, delivery log id, delivery id, url type)`` of one delivered message:
-    about one row per message on average, with repeated opens, clicks without an open (images
-    blocked), opt-outs and mirror pages."""
+    about one row per message on average, with repeated opens, clicks (of each type) without an
+    open (images blocked), opt-outs and mirror pages; push messages show impressions and taps."""
     types: list[int] = []
-    if rng.random() < 0.40:
+    if push:
+        if rng.random() < 0.70:
+            types.append(UrlType.IMPRESSION)
+        if rng.random() < 0.15:
+            types += [UrlType.CLICK] * rng.randint(1, 2)
+            if rng.random() < 0.6:
+                types.append(UrlType.OPEN)
+    elif rng.random() < 0.40:
         types += [UrlType.OPEN] * rng.randint(1, 4)
         if rng.random() < 0.30:
-            types += [UrlType.CLICK] * rng.randint(1, 2)
+            types += [rng.choice((UrlType.CLICK, UrlType.CLICK, UrlType.OTHER_CLICK_10, UrlType.OTHER_CLICK_11))
+                      for _ in range(rng.randint(1, 2))]
         if rng.random() < 0.02:
             types.append(UrlType.OPT_OUT)
         if rng.random() < 0.02:
             types.append(UrlType.MIRROR_PAGE)
     elif rng.random() < 0.03:
         types.append(UrlType.CLICK)
+    elif rng.random() < 0.01:
+        types.append(UrlType.MIRROR_PAGE)
     rows = []
     for url_type in types:
         delay = min(timedelta(hours=rng.expovariate(1 / TRACKING_MEAN_DELAY_H)), TRACKING_MAX_DELAY)
@@ -111,7 +147,8 @@ class DeliveryIndicatorsCase(BenchmarkCase):
             Campaign(label=f"Benchmark campaign {n}") for n in range(delivery_count // 10 + 1)
         )
         deliveries = Delivery.objects.bulk_create(
-            Delivery(label=f"Benchmark delivery {n}", campaign=campaigns[n // 10], channel=Channel.EMAIL,
+            Delivery(label=f"Benchmark delivery {n}", campaign=campaigns[n // 10],
+                     channel=Channel.PUSH if n % PUSH_EVERY == PUSH_EVERY - 1 else Channel.EMAIL,
                      state=Delivery.State.FINISHED, started_at=first_sent_at + DELIVERY_SPACING * n)
             for n in range(delivery_count)
         )
@@ -127,8 +164,10 @@ class DeliveryIndicatorsCase(BenchmarkCase):
         for first in range(0, len(deliveries), DELIVERIES_PER_LOAD):
             last = first + DELIVERIES_PER_LOAD
             logs: list[tuple[Any, ...]] = []
+            quarantine: list[tuple[Any, ...]] = []
             for delivery, size in zip(deliveries[first:last], sizes[first:last], strict=True):
                 sent_at = delivery.started_at
+                push = delivery.channel == Channel.PUSH
                 for _ in range(size):
                     log_id += 1
                     status, failure_type, failure_reason = _outcome(rng)
@@ -136,15 +175,18 @@ class DeliveryIndicatorsCase(BenchmarkCase):
                     logs.append((log_id, delivery.pk, f"r{log_id}@example.com", "", status, failure_type, failure_reason,
                                  "", sent_at, updated_at))
                     if status == LogStatus.SENT:
-                        for row in _reactions(rng, log_id, delivery.pk, sent_at):
+                        for row in _reactions(rng, log_id, delivery.pk, sent_at, push):
                             heapq.heappush(pending_tracking, row)
+                    elif (row := _quarantine(rng, log_id, status, failure_type, delivery.channel, updated_at)) is not None:
+                        quarantine.append(row)
                 if rng.random() < 0.2:  # tracking outlives purged logs: rows whose log is gone
                     heapq.heappush(pending_tracking, (sent_at + timedelta(hours=1), 10 * rows + delivery.pk, delivery.pk,
                                                       UrlType.OPEN))
             load(DeliveryLog, LOG_FIELDS, logs)
+            load(Quarantine, QUARANTINE_FIELDS, quarantine)
             following = deliveries[last].started_at if last < len(deliveries) else None
             load(TrackingLog, TRACKING_FIELDS, pop_tracking_until(pending_tracking, following))
-        reset_sequences(Campaign, Delivery, DeliveryLog, TrackingLog)
+        reset_sequences(Campaign, Delivery, DeliveryLog, TrackingLog, Quarantine)
 
     def sql_bound(self) -> None:
         with connection.cursor() as cursor:
@@ -186,6 +228,10 @@ class DeliveryIndicatorsCase(BenchmarkCase):
         DeliveryLog.objects.filter(pk__in=late_bounces).update(
             status=LogStatus.FAILED, failure_type=FailureType.SOFT, failure_reason=FailureReason.MAILBOX_FULL, updated_at=now
         )
+        load(Quarantine, QUARANTINE_FIELDS, (
+            (f"r{log_id}@example.com", latest[0].channel, Quarantine.Status.QUARANTINED, 5, FailureType.SOFT,
+             FailureReason.MAILBOX_FULL, "", now, now) for log_id in late_bounces[::4]
+        ))
         # The rest of the budget: opens and clicks still arriving on the three deliveries before.
         per_delivery = max(1, (rows - new_logs - len(late_bounces) - len(tracking)) // 3)
         for delivery in latest[1:]:
@@ -193,26 +239,48 @@ class DeliveryIndicatorsCase(BenchmarkCase):
             for log_id in delivered.values_list("pk", flat=True)[:per_delivery]:
                 tracking.append((now, log_id, delivery.pk, rng.choice((UrlType.OPEN, UrlType.OPEN, UrlType.CLICK))))
         load(TrackingLog, TRACKING_FIELDS, ((log, delivery, url_type, "", at) for at, log, delivery, url_type in tracking))
-        reset_sequences(DeliveryLog, TrackingLog)
+        reset_sequences(DeliveryLog, TrackingLog, Quarantine)
 
 
-def _rate_sql(numerator: str, denominator: str) -> str:
-    """Percent, two decimals, half up, capped at 100, 0 over 0: in integer hundredths first
-    (exact on both databases), then scaled."""
+def _rate_sql(numerator: str, denominator: str, *, cap: int = 10000) -> str:
+    """Percent, two decimals, half up, capped (at 100 % for a share), 0 over 0: in integer
+    hundredths first (exact on both databases), then scaled."""
     least = "LEAST" if connection.vendor == "postgresql" else "MIN"
     scale = "::numeric / 100" if connection.vendor == "postgresql" else " / 100.0"
     return (f"(CASE WHEN {denominator} = 0 THEN 0 "
-            f"ELSE {least}(10000, (20000 * {numerator} + {denominator}) / (2 * {denominator})) END){scale}")
+            f"ELSE {least}({cap}, (20000 * {numerator} + {denominator}) / (2 * {denominator})) END){scale}")
+
+
+def _event_rate_sql(numerator: str, denominator: str) -> str:
+    """The same for a count of repeated events: bounded by the column (999,999.99 %), not by 100 %."""
+    return _rate_sql(numerator, denominator, cap=99_999_999)
+
+
+def _in(codes: Any) -> str:
+    return ", ".join(str(int(code)) for code in codes)
 
 
 def _bound_sql() -> str:
-    """One UPDATE of every delivery with logs or tracking, from one grouped pass over each table."""
+    """One UPDATE of every delivery with logs or tracking, from one grouped pass over each table
+    and one join of the failed logs to the quarantine."""
     postgres = connection.vendor == "postgresql"
     reasons_object = ("jsonb_object_agg(failure_reason::text, n)" if postgres
                       else "json_group_object(CAST(failure_reason AS TEXT), n)")
     empty_object = "'{}'::jsonb" if postgres else "'{}'"
     integer = "bigint" if postgres else "INTEGER"
     logs, tracking, deliveries = DeliveryLog._meta.db_table, TrackingLog._meta.db_table, Delivery._meta.db_table
+    quarantine = Quarantine._meta.db_table
+
+    def failed_with(reason: int, failure_type: int | None) -> str:
+        condition = f"status = 2 AND failure_reason = {int(reason)}"
+        if failure_type is not None:
+            condition += f" AND failure_type = {int(failure_type)}"
+        return f"CAST(SUM(CASE WHEN {condition} THEN n ELSE 0 END) AS {integer})"
+
+    reason_columns = ",\n".join(f"{failed_with(code, kind)} AS {name}" for name, (code, kind) in REASON_INDICATORS.items())
+    kept_reasons = ", ".join(f"COALESCE(l.{name}, d.{name}) AS {name}" for name in REASON_INDICATORS)
+    set_reasons = ", ".join(f"{name} = f.{name}" for name in REASON_INDICATORS)
+    push = f"'{Channel.PUSH.value}'"
     return f"""
         WITH log_groups AS MATERIALIZED (
             SELECT delivery_id, status, failure_type, failure_reason, COUNT(*) AS n
@@ -223,50 +291,74 @@ def _bound_sql() -> str:
                    CAST(SUM(CASE WHEN status = 1 THEN n ELSE 0 END) AS {integer}) AS delivered,
                    CAST(SUM(CASE WHEN status = 2 THEN n ELSE 0 END) AS {integer}) AS bounces,
                    CAST(SUM(CASE WHEN status = 2 AND failure_type = 2 THEN n ELSE 0 END) AS {integer}) AS hard_bounces,
-                   CAST(SUM(CASE WHEN status = 2 AND failure_type = 1 THEN n ELSE 0 END) AS {integer}) AS soft_bounces
+                   CAST(SUM(CASE WHEN status = 2 AND failure_type = 1 THEN n ELSE 0 END) AS {integer}) AS soft_bounces,
+                   {reason_columns}
             FROM log_groups GROUP BY delivery_id
         ), reasons AS (
             SELECT delivery_id, {reasons_object} AS by_reason
             FROM (SELECT delivery_id, failure_reason, CAST(SUM(n) AS {integer}) AS n
                   FROM log_groups WHERE status = 2 GROUP BY delivery_id, failure_reason) failed
             GROUP BY delivery_id
+        ), quarantined AS (
+            SELECT l.delivery_id, COUNT(*) AS n
+            FROM {logs} l JOIN {deliveries} d ON d.id = l.delivery_id
+                JOIN {quarantine} q ON q.address = l.address AND q.channel = d.channel
+            WHERE l.status = 2 AND q.status = '{Quarantine.Status.QUARANTINED.value}'
+            GROUP BY l.delivery_id
         ), tracking_figures AS (
             SELECT delivery_id,
-                   CAST(SUM(CASE WHEN url_type = 2 THEN 1 ELSE 0 END) AS {integer}) AS opens,
-                   COUNT(DISTINCT CASE WHEN url_type IN (1, 2, 3, 6) THEN delivery_log_id END) AS unique_opens,
-                   CAST(SUM(CASE WHEN url_type = 1 THEN 1 ELSE 0 END) AS {integer}) AS clicks,
-                   COUNT(DISTINCT CASE WHEN url_type = 1 THEN delivery_log_id END) AS unique_clicks,
+                   CAST(SUM(CASE WHEN url_type = 2 THEN 1 ELSE 0 END) AS {integer}) AS open_rows,
+                   COUNT(DISTINCT CASE WHEN url_type = 2 THEN delivery_log_id END) AS pixel,
+                   COUNT(DISTINCT CASE WHEN url_type IN ({_in(OPEN_EVIDENCE_URL_TYPES)}) THEN delivery_log_id END) AS opened,
+                   CAST(SUM(CASE WHEN url_type IN ({_in(CLICK_URL_TYPES)}) THEN 1 ELSE 0 END) AS {integer}) AS clicks,
+                   COUNT(DISTINCT CASE WHEN url_type IN ({_in(CLICK_URL_TYPES)}) THEN delivery_log_id END) AS clicked,
                    CAST(SUM(CASE WHEN url_type = 3 THEN 1 ELSE 0 END) AS {integer}) AS unsubscribes,
-                   CAST(SUM(CASE WHEN url_type = 6 THEN 1 ELSE 0 END) AS {integer}) AS mirror_pages
+                   CAST(SUM(CASE WHEN url_type = 6 THEN 1 ELSE 0 END) AS {integer}) AS mirror_pages,
+                   CAST(SUM(CASE WHEN url_type = 7 THEN 1 ELSE 0 END) AS {integer}) AS impressions
             FROM {tracking} GROUP BY delivery_id
         ), figures AS (
-            SELECT d.id,
+            SELECT d.id, d.channel = {push} AS push,
                    COALESCE(l.to_deliver, d.to_deliver) AS to_deliver,
                    COALESCE(l.delivered, d.delivered) AS delivered,
                    COALESCE(l.bounces, d.bounces) AS bounces,
                    COALESCE(l.hard_bounces, d.hard_bounces) AS hard_bounces,
                    COALESCE(l.soft_bounces, d.soft_bounces) AS soft_bounces,
+                   {kept_reasons},
+                   CASE WHEN l.delivery_id IS NULL THEN d.quarantine ELSE COALESCE(q.n, 0) END AS quarantine,
                    CASE WHEN l.delivery_id IS NULL THEN d.bounces_by_reason ELSE COALESCE(r.by_reason, {empty_object}) END
                        AS bounces_by_reason,
-                   COALESCE(t.opens, 0) AS opens, COALESCE(t.unique_opens, 0) AS unique_opens,
-                   COALESCE(t.clicks, 0) AS clicks, COALESCE(t.unique_clicks, 0) AS unique_clicks,
-                   COALESCE(t.unsubscribes, 0) AS unsubscribes, COALESCE(t.mirror_pages, 0) AS mirror_pages
+                   CASE WHEN d.channel = {push} THEN COALESCE(t.open_rows, 0)
+                        ELSE COALESCE(t.open_rows + t.opened - t.pixel, 0) END AS opens,
+                   CASE WHEN d.channel = {push} THEN COALESCE(t.pixel, 0) ELSE COALESCE(t.opened, 0) END AS unique_opens,
+                   COALESCE(t.clicks, 0) AS clicks, COALESCE(t.clicked, 0) AS unique_clicks,
+                   COALESCE(t.unsubscribes, 0) AS unsubscribes, COALESCE(t.mirror_pages, 0) AS mirror_pages,
+                   COALESCE(t.impressions, 0) AS impressions
             FROM {deliveries} d
             LEFT JOIN log_figures l ON l.delivery_id = d.id
             LEFT JOIN reasons r ON r.delivery_id = d.id
+            LEFT JOIN quarantined q ON q.delivery_id = d.id
             LEFT JOIN tracking_figures t ON t.delivery_id = d.id
             WHERE l.delivery_id IS NOT NULL OR t.delivery_id IS NOT NULL
         )
         UPDATE {deliveries} SET
             to_deliver = f.to_deliver, delivered = f.delivered, bounces = f.bounces, sent = f.delivered + f.bounces,
             hard_bounces = f.hard_bounces, soft_bounces = f.soft_bounces, bounces_by_reason = f.bounces_by_reason,
+            {set_reasons}, quarantine = f.quarantine,
             opens = f.opens, unique_opens = f.unique_opens, clicks = f.clicks, unique_clicks = f.unique_clicks,
-            unsubscribes = f.unsubscribes, mirror_pages = f.mirror_pages,
+            unsubscribes = f.unsubscribes, mirror_pages = f.mirror_pages, impressions = f.impressions,
             delivered_rate = {_rate_sql("f.delivered", "(f.delivered + f.bounces)")},
             bounce_rate = {_rate_sql("f.bounces", "(f.delivered + f.bounces)")},
-            open_rate = {_rate_sql("f.unique_opens", "f.delivered")},
-            click_through_rate = {_rate_sql("f.unique_clicks", "f.delivered")},
-            unsubscribe_rate = {_rate_sql("f.unsubscribes", "f.delivered")},
+            hard_bounce_rate = {_rate_sql("f.hard_bounces", "(f.delivered + f.bounces)")},
+            soft_bounce_rate = {_rate_sql("f.soft_bounces", "(f.delivered + f.bounces)")},
+            denylist_rate = {_rate_sql("f.on_denylist", "(f.delivered + f.bounces)")},
+            quarantine_rate = {_rate_sql("f.quarantine", "(f.delivered + f.bounces)")},
+            rejected_rate = {_rate_sql("f.rejected", "(f.delivered + f.bounces)")},
+            open_rate = {_event_rate_sql("f.opens", "f.delivered")},
+            unique_open_rate = {_rate_sql("f.unique_opens", "f.delivered")},
+            click_through_rate = CASE WHEN f.push THEN {_event_rate_sql("f.clicks", "f.delivered")}
+                                      ELSE {_rate_sql("f.unique_clicks", "f.delivered")} END,
+            unsubscribe_rate = {_event_rate_sql("f.unsubscribes", "f.delivered")},
+            mirror_page_rate = {_event_rate_sql("f.mirror_pages", "f.delivered")},
             reactivity = {_rate_sql("f.unique_clicks", "f.unique_opens")},
             indicators_updated_at = %s
         FROM figures f

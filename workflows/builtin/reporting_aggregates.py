@@ -1,28 +1,35 @@
 """reportingAggregates — Reporting aggregates.
 
-Why it exists: reports and KPI sharing read per-day figures; counting them from the logs at read
-time would scan millions of rows per report. This workflow keeps one DeliveryAggregate row per
-(day, delivery, channel) with sent, delivered, bounces, opens, unique opens, clicks, unique clicks
-and unsubscribes, and rewrites only the (day, delivery) pairs that changed since its last run.
+Why it exists: reports, the KPI page and KPI sharing read per-day figures; counting them from the
+logs at read time would scan millions of rows per report. This workflow keeps one DeliveryAggregate
+row per (day, delivery, channel) and rewrites only the (day, delivery) pairs that changed since its
+last run. The figures are those of the platform's indicator table (``campaign.indicators``; the
+email table for email and SMS, the push table for push), per day.
 
 What a day is (local days of the instance time zone, ``settings.TIME_ZONE``, DST included):
 
-- message counters (``delivered`` = logs in status 1, ``bounces`` = status 2, ``sent`` = both)
-  count on the day of the log's ``created_at``: the send day. It never changes, so a status that
-  arrives later (a bounce two days after the send) updates the send day's row, and no row ever has
-  to be moved from one day to another;
-- tracking counters count on the day of the tracking row's ``tracked_at``: ``opens`` = rows of
-  type 2, ``clicks`` = type 1, ``unsubscribes`` = type 3, ``unique_opens`` = distinct delivery logs
-  with a row of type 1, 2, 3 or 6 that day (a click implies an open), ``unique_clicks`` = distinct
-  delivery logs with a click that day. A recipient who opens on two days is unique on each of them,
+- message counters (``delivered`` = logs in status 1, ``bounces`` = status 2, ``sent`` = both;
+  ``hard_bounces``, ``soft_bounces``, ``on_denylist``, ``rejected``, ``quarantine`` among the
+  bounces) count on the day of the log's ``created_at``: the send day. It never changes, so a status
+  that arrives later (a bounce two days after the send) updates the send day's row, and no row ever
+  has to be moved from one day to another;
+- the send day's **cohort** counters count what the recipients of the messages delivered that day
+  did, whenever they did it (``cohort_opens`` = the Open formula over their tracking rows,
+  ``cohort_unique_opens``, ``cohort_clicks``, ``cohort_unique_clicks``, ``cohort_unsubscribes``,
+  ``cohort_mirror_pages``): the numerators of the per-day rates over ``delivered``, so a rate over
+  unique recipients never exceeds 100 %;
+- tracking counters count on the day of the tracking row's ``tracked_at``: ``opens`` (the Open
+  formula over that day's rows), ``unique_opens``, ``clicks``, ``unique_clicks``, ``unsubscribes``,
+  ``mirror_pages``, ``impressions``. A recipient who opens on two days is unique on each of them,
   so unique counts do not add up over days (the delivery's own indicators hold the overall ones).
 
-The two halves of a row come from different tables and change for different reasons, so they are
-recomputed separately, each from all of its own source rows, in two phases of a *pass*:
+The two halves of a row change for different reasons, so they are recomputed separately, each
+from all of its own source rows, in two phases of a *pass*:
 
-1. messages: for each delivery with a log updated since the last pass, the message counters of
-   the days of those logs, from all the delivery's logs of those days (batches of deliveries;
-   the logs of a delivery sit together, so this reads them in heap order through the delivery index);
+1. messages: for each delivery with a log updated, or a tracking row added, since the last pass,
+   the message and cohort counters of the send days of those logs, from all the delivery's logs of
+   those days and their tracking rows (batches of deliveries; the logs of a delivery sit together,
+   so this reads them in heap order through the delivery index);
 2. tracking: for each local day with a tracking row added since the last pass, the tracking
    counters of every delivery tracked that day, from all that day's tracking rows (batches of days;
    tracking rows are appended in ``tracked_at`` order, so a day range is read in heap order through
@@ -40,7 +47,9 @@ Invariants:
   zeros, never deleted nor left stale.
 - "Changed" = a DeliveryLog with ``updated_at`` after the timestamp cursor (updateDeliveryExecInfo
   sets it on every change) or a TrackingLog with an id after the id cursor (append-only, written by
-  that one workflow, one batch at a time, so ids become visible in order). The timestamp cursor is
+  that one workflow, one batch at a time, so ids become visible in order): the first changes its
+  send day's message half, the second its tracking day's tracking half and its log's send day's
+  message half (the cohort). The timestamp cursor is
   left ``CHANGE_MARGIN`` behind the start of the previous pass, so a log whose transaction committed
   after that start with an earlier ``updated_at`` is still seen; seeing it twice is harmless.
 - A pass fixes its window (cursor → now) when it starts; each batch's upsert commits with the
@@ -61,7 +70,19 @@ from django.db import connection
 from django.db.models import Max, Min
 from django.utils import timezone
 
-from campaign.models import Delivery, DeliveryAggregate, DeliveryLog, LogStatus, TrackingLog, UrlType
+from campaign.indicators import CLICK_URL_TYPES, OPEN_EVIDENCE_URL_TYPES
+from campaign.models import (
+    Channel,
+    Delivery,
+    DeliveryAggregate,
+    DeliveryLog,
+    FailureReason,
+    FailureType,
+    LogStatus,
+    Quarantine,
+    TrackingLog,
+    UrlType,
+)
 from workflows.context import ActivityContext, Batch
 from workflows.definition import Schedule, WorkflowDefinition, register
 from workflows.properties import DurationProperty, IntegerProperty
@@ -72,9 +93,10 @@ from workflows.sql import db_date, db_datetime
 CHANGE_MARGIN = timedelta(minutes=5)
 
 #: Deliveries per messages batch (one statement, one transaction). A batch reads every sent or
-#: bounced log of its deliveries: at ~5,000 messages per delivery, 100 deliveries is ~500,000 rows,
-#: about 0.3 s on PostgreSQL. Fewer, larger batches cost less in per-batch bookkeeping (a dozen
-#: statements each: lease, state, cursor, counters).
+#: bounced log of its deliveries and their tracking rows (the cohort): at ~5,000 messages per
+#: delivery, 100 deliveries is ~500,000 logs and as many tracking rows, under a second on
+#: PostgreSQL. Fewer, larger batches cost less in per-batch bookkeeping (a dozen statements each:
+#: lease, state, cursor, counters).
 DEFAULT_DELIVERIES_PER_BATCH = 100
 #: Days per tracking batch (one statement, one transaction): two weeks of tracking rows of an
 #: instance tracking ~10,000 hits a day is ~150,000 rows, about 0.2 s. A batch reads every
@@ -94,11 +116,13 @@ NO_CURSOR = {"logs_updated_after": None, "tracking_id_after": 0, "pass": None}
 PHASE_MESSAGES, PHASE_TRACKING = "messages", "tracking"
 
 MESSAGE_STATUSES = (LogStatus.SENT, LogStatus.FAILED)
-OPEN_URL_TYPES = (UrlType.CLICK, UrlType.OPEN, UrlType.OPT_OUT, UrlType.MIRROR_PAGE)
 
-#: The counters, in DeliveryAggregate's column order, and the half of the row each belongs to.
-MESSAGE_COUNTERS = ("sent", "delivered", "bounces")
-TRACKING_COUNTERS = ("opens", "unique_opens", "clicks", "unique_clicks", "unsubscribes")
+#: The counters, and the half of the row each belongs to: the messages half (send day, cohort
+#: included) and the tracking half (tracking day).
+MESSAGE_COUNTERS = ("sent", "delivered", "bounces", "hard_bounces", "soft_bounces", "on_denylist", "rejected",
+                    "quarantine", "cohort_opens", "cohort_unique_opens", "cohort_clicks", "cohort_unique_clicks",
+                    "cohort_unsubscribes", "cohort_mirror_pages")
+TRACKING_COUNTERS = ("opens", "unique_opens", "clicks", "unique_clicks", "unsubscribes", "mirror_pages", "impressions")
 COUNTERS = MESSAGE_COUNTERS + TRACKING_COUNTERS
 
 
@@ -147,36 +171,95 @@ def _upsert_clause(counters: Sequence[str]) -> str:
     return f"ON CONFLICT (day, delivery_id, channel) DO UPDATE SET {assignments} WHERE {changed}"
 
 
+def _opens_sql(counts: str) -> str:
+    """The Open count from a CTE's ``open_rows``, ``pixel`` (logs with an open row) and ``opened``
+    (logs with any proof of an open): the email table's formula, or the push table's (open rows)."""
+    return (f"CASE WHEN delivery.channel = '{Channel.PUSH.value}' THEN COALESCE({counts}.open_rows, 0) "
+            f"ELSE COALESCE({counts}.open_rows + {counts}.opened - {counts}.pixel, 0) END")
+
+
+def _unique_opens_sql(counts: str) -> str:
+    return (f"CASE WHEN delivery.channel = '{Channel.PUSH.value}' THEN COALESCE({counts}.pixel, 0) "
+            f"ELSE COALESCE({counts}.opened, 0) END")
+
+
+def _failed(condition: str) -> str:
+    return f"SUM(CASE WHEN status = {LogStatus.FAILED} AND {condition} THEN 1 ELSE 0 END)"
+
+
 def messages_upsert_sql(*, delivery_ids: Sequence[int], window: dict[str, Any] | None, now: datetime
                         ) -> tuple[str, dict[str, Any]]:
-    """Recompute and upsert the message counters of these deliveries: of every day with sent or
-    bounced logs (``window`` None), or of the days of their logs updated in the window."""
-    params: dict[str, Any] = {"now": db_datetime(now)}
+    """Recompute and upsert the message and cohort counters of these deliveries: of every day with
+    sent or bounced logs (``window`` None), or of the send days of their logs updated, or tracked
+    anew, in the window."""
+    params: dict[str, Any] = {"now": db_datetime(now),
+                              "quarantined": Quarantine.Status.QUARANTINED.value}
     ids = _in_list(delivery_ids)
-    logs, aggregates = DeliveryLog._meta.db_table, DeliveryAggregate._meta.db_table
+    logs, tracking = DeliveryLog._meta.db_table, TrackingLog._meta.db_table
+    aggregates, deliveries = DeliveryAggregate._meta.db_table, Delivery._meta.db_table
     log_day = _local_day_sql("created_at", params)
     if window is None:
         pairs = "SELECT day, delivery_id FROM message_counts"
     else:
         params["updated_after"] = db_datetime(datetime.fromisoformat(window["updated_after"]))
         params["updated_until"] = db_datetime(datetime.fromisoformat(window["updated_until"]))
-        pairs = (f"SELECT DISTINCT {log_day} AS day, delivery_id FROM {logs} WHERE delivery_id IN ({ids})"
-                 " AND updated_at > %(updated_after)s AND updated_at <= %(updated_until)s")
+        params["tracking_after"], params["tracking_until"] = window["tracking_after"], window["tracking_until"]
+        tracked_log_day = _local_day_sql("l.created_at", params)
+        pairs = (f"SELECT {log_day} AS day, delivery_id FROM {logs} WHERE delivery_id IN ({ids})"
+                 " AND updated_at > %(updated_after)s AND updated_at <= %(updated_until)s"
+                 f" UNION SELECT {tracked_log_day} AS day, l.delivery_id FROM {tracking} t"
+                 f" JOIN {logs} l ON l.id = t.delivery_log_id"
+                 f" WHERE t.id > %(tracking_after)s AND t.id <= %(tracking_until)s AND t.delivery_id IN ({ids})")
+    opening, clicking = _in_list(OPEN_EVIDENCE_URL_TYPES), _in_list(CLICK_URL_TYPES)
+    joined_log_day = _local_day_sql("l.created_at", params)
+    # Three reads of the deliveries' logs, each through the index that fits it, cost less than one
+    # materialised set of them read three times: the counts (every sent or bounced log), the
+    # quarantined addresses (failed logs only), the cohort (delivered logs joined to their tracking).
     sql = f"""
         WITH message_counts AS (
-            SELECT day, delivery_id, COUNT(*) AS sent,
+            SELECT {log_day} AS day, delivery_id, COUNT(*) AS sent,
                    SUM(CASE WHEN status = {LogStatus.SENT} THEN 1 ELSE 0 END) AS delivered,
-                   SUM(CASE WHEN status = {LogStatus.FAILED} THEN 1 ELSE 0 END) AS bounces
-            FROM (SELECT {log_day} AS day, delivery_id, status FROM {logs}
-                  WHERE delivery_id IN ({ids}) AND status IN ({_in_list(MESSAGE_STATUSES)})) AS messages
-            GROUP BY day, delivery_id
+                   SUM(CASE WHEN status = {LogStatus.FAILED} THEN 1 ELSE 0 END) AS bounces,
+                   {_failed(f"failure_type = {FailureType.HARD}")} AS hard_bounces,
+                   {_failed(f"failure_type = {FailureType.SOFT}")} AS soft_bounces,
+                   {_failed(f"failure_reason = {FailureReason.ON_DENYLIST} AND failure_type = {FailureType.HARD}")}
+                       AS on_denylist,
+                   {_failed(f"failure_reason = {FailureReason.REFUSED} AND failure_type = {FailureType.HARD}")} AS rejected
+            FROM {logs} WHERE delivery_id IN ({ids}) AND status IN ({_in_list(MESSAGE_STATUSES)})
+            GROUP BY 1, 2
+        ), quarantined AS (
+            SELECT {joined_log_day} AS day, l.delivery_id, COUNT(*) AS quarantine
+            FROM {logs} AS l
+            JOIN {deliveries} AS ld ON ld.id = l.delivery_id
+            JOIN {Quarantine._meta.db_table} AS q
+                ON q.address = l.address AND q.channel = ld.channel AND q.status = %(quarantined)s
+            WHERE l.delivery_id IN ({ids}) AND l.status = {LogStatus.FAILED}
+            GROUP BY 1, 2
+        ), cohort_counts AS (
+            -- What the recipients of each day's delivered messages did, whenever they did it.
+            SELECT {joined_log_day} AS day, l.delivery_id,
+                   SUM(CASE WHEN t.url_type = {UrlType.OPEN} THEN 1 ELSE 0 END) AS open_rows,
+                   COUNT(DISTINCT CASE WHEN t.url_type = {UrlType.OPEN} THEN l.id END) AS pixel,
+                   COUNT(DISTINCT CASE WHEN t.url_type IN ({opening}) THEN l.id END) AS opened,
+                   SUM(CASE WHEN t.url_type IN ({clicking}) THEN 1 ELSE 0 END) AS clicks,
+                   COUNT(DISTINCT CASE WHEN t.url_type IN ({clicking}) THEN l.id END) AS clicked,
+                   COUNT(DISTINCT CASE WHEN t.url_type = {UrlType.OPT_OUT} THEN l.id END) AS unsubscribed,
+                   COUNT(DISTINCT CASE WHEN t.url_type = {UrlType.MIRROR_PAGE} THEN l.id END) AS mirrored
+            FROM {tracking} AS t JOIN {logs} AS l ON l.id = t.delivery_log_id
+            WHERE t.delivery_id IN ({ids}) AND l.delivery_id IN ({ids}) AND l.status = {LogStatus.SENT}
+            GROUP BY 1, 2
         ), pairs AS ({pairs})
         INSERT INTO {aggregates} (day, delivery_id, channel, {", ".join(COUNTERS)}, updated_at)
         SELECT pairs.day, pairs.delivery_id, delivery.channel,
-               COALESCE(m.sent, 0), COALESCE(m.delivered, 0), COALESCE(m.bounces, 0), 0, 0, 0, 0, 0, %(now)s
+               {", ".join(f"COALESCE(m.{name}, 0)" for name in MESSAGE_COUNTERS[:7])}, COALESCE(q.quarantine, 0),
+               {_opens_sql("c")}, {_unique_opens_sql("c")}, COALESCE(c.clicks, 0), COALESCE(c.clicked, 0),
+               COALESCE(c.unsubscribed, 0), COALESCE(c.mirrored, 0),
+               {", ".join("0" for _ in TRACKING_COUNTERS)}, %(now)s
         FROM pairs
-        JOIN {Delivery._meta.db_table} AS delivery ON delivery.id = pairs.delivery_id
+        JOIN {deliveries} AS delivery ON delivery.id = pairs.delivery_id
         LEFT JOIN message_counts AS m ON m.day = pairs.day AND m.delivery_id = pairs.delivery_id
+        LEFT JOIN quarantined AS q ON q.day = pairs.day AND q.delivery_id = pairs.delivery_id
+        LEFT JOIN cohort_counts AS c ON c.day = pairs.day AND c.delivery_id = pairs.delivery_id
         WHERE COALESCE(m.sent, 0) > 0
            OR EXISTS (SELECT 1 FROM {aggregates} AS existing
                       WHERE existing.day = pairs.day AND existing.delivery_id = pairs.delivery_id
@@ -201,28 +284,32 @@ def tracking_upsert_sql(*, days: Sequence[date], now: datetime) -> tuple[str, di
         params[f"day_{index}"] = db_date(day)
     day_list = ", ".join(f"%(day_{index})s" for index in range(len(days)))
     some_tracking = " OR ".join(f"{name} > 0" for name in TRACKING_COUNTERS)
+    opening, clicking = _in_list(OPEN_EVIDENCE_URL_TYPES), _in_list(CLICK_URL_TYPES)
     sql = f"""
         WITH tracking_counts AS (
-            SELECT day, delivery_id,
-                   SUM(CASE WHEN url_type = {UrlType.OPEN} THEN 1 ELSE 0 END) AS opens,
-                   COUNT(DISTINCT CASE WHEN url_type IN ({_in_list(OPEN_URL_TYPES)}) THEN delivery_log_id END) AS unique_opens,
-                   SUM(CASE WHEN url_type = {UrlType.CLICK} THEN 1 ELSE 0 END) AS clicks,
-                   COUNT(DISTINCT CASE WHEN url_type = {UrlType.CLICK} THEN delivery_log_id END) AS unique_clicks,
-                   SUM(CASE WHEN url_type = {UrlType.OPT_OUT} THEN 1 ELSE 0 END) AS unsubscribes
+            SELECT day, delivery_id, COUNT(*) AS hits,
+                   SUM(CASE WHEN url_type = {UrlType.OPEN} THEN 1 ELSE 0 END) AS open_rows,
+                   COUNT(DISTINCT CASE WHEN url_type = {UrlType.OPEN} THEN delivery_log_id END) AS pixel,
+                   COUNT(DISTINCT CASE WHEN url_type IN ({opening}) THEN delivery_log_id END) AS opened,
+                   SUM(CASE WHEN url_type IN ({clicking}) THEN 1 ELSE 0 END) AS clicks,
+                   COUNT(DISTINCT CASE WHEN url_type IN ({clicking}) THEN delivery_log_id END) AS unique_clicks,
+                   SUM(CASE WHEN url_type = {UrlType.OPT_OUT} THEN 1 ELSE 0 END) AS unsubscribes,
+                   SUM(CASE WHEN url_type = {UrlType.MIRROR_PAGE} THEN 1 ELSE 0 END) AS mirror_pages,
+                   SUM(CASE WHEN url_type = {UrlType.IMPRESSION} THEN 1 ELSE 0 END) AS impressions
             FROM (SELECT {tracking_day} AS day, delivery_id, url_type, delivery_log_id FROM {tracking}
                   WHERE {" OR ".join(ranges)}) AS hits
             GROUP BY day, delivery_id
         ), pairs AS (
             -- The ranges' padding brings in parts of the neighbouring days: only whole days are kept.
             -- (Filtering here rather than in the scan keeps the planner's estimate of the range right.)
-            -- Every counted url type is an open, so unique_opens = 0 means nothing to count.
-            SELECT day, delivery_id FROM tracking_counts WHERE day IN ({day_list}) AND unique_opens > 0
+            SELECT day, delivery_id FROM tracking_counts WHERE day IN ({day_list}) AND hits > 0
             UNION
             SELECT day, delivery_id FROM {aggregates} WHERE day IN ({day_list}) AND ({some_tracking})
         )
         INSERT INTO {aggregates} (day, delivery_id, channel, {", ".join(COUNTERS)}, updated_at)
-        SELECT pairs.day, pairs.delivery_id, delivery.channel, 0, 0, 0,
-               {", ".join(f"COALESCE(t.{name}, 0)" for name in TRACKING_COUNTERS)}, %(now)s
+        SELECT pairs.day, pairs.delivery_id, delivery.channel, {", ".join("0" for _ in MESSAGE_COUNTERS)},
+               {_opens_sql("t")}, {_unique_opens_sql("t")},
+               {", ".join(f"COALESCE(t.{name}, 0)" for name in TRACKING_COUNTERS[2:])}, %(now)s
         FROM pairs
         JOIN {Delivery._meta.db_table} AS delivery ON delivery.id = pairs.delivery_id
         LEFT JOIN tracking_counts AS t ON t.day = pairs.day AND t.delivery_id = pairs.delivery_id
@@ -260,13 +347,17 @@ def upsert_tracking(*, days: Sequence[date], now: datetime) -> int:
 
 # -- what a pass visits ----------------------------------------------------------------------------
 def deliveries_to_visit(*, window: dict[str, Any] | None, after: int | None) -> list[int]:
-    """Deliveries whose message counters a pass recomputes, in id order, after the last one done."""
+    """Deliveries whose message counters a pass recomputes, in id order, after the last one done:
+    those with a log updated in the window, or a tracking row added in it (its send day's cohort)."""
     if window is None:
         return list(Delivery.objects.filter(id__gt=after or 0).order_by("id").values_list("id", flat=True))
-    changed = (DeliveryLog.objects
-               .filter(updated_at__gt=datetime.fromisoformat(window["updated_after"]),
-                       updated_at__lte=datetime.fromisoformat(window["updated_until"]), delivery_id__gt=after or 0)
-               .order_by().values_list("delivery_id", flat=True).distinct())
+    changed = set(DeliveryLog.objects
+                  .filter(updated_at__gt=datetime.fromisoformat(window["updated_after"]),
+                          updated_at__lte=datetime.fromisoformat(window["updated_until"]), delivery_id__gt=after or 0)
+                  .order_by().values_list("delivery_id", flat=True).distinct())
+    changed.update(TrackingLog.objects
+                   .filter(id__gt=window["tracking_after"], id__lte=window["tracking_until"], delivery_id__gt=after or 0)
+                   .order_by().values_list("delivery_id", flat=True).distinct())
     return sorted(changed)
 
 
@@ -434,7 +525,7 @@ definition = register(WorkflowDefinition(
         IntegerProperty(
             "deliveries_per_batch", DEFAULT_DELIVERIES_PER_BATCH, minimum=1, maximum=1000,
             help="Deliveries whose message counters are recomputed per batch (one transaction). A batch reads "
-                 "every sent or bounced log of its deliveries: lower it if deliveries are very large.",
+                 "every sent or bounced log of its deliveries and their tracking rows: lower it if deliveries are very large.",
         ),
         DurationProperty(
             "days_per_batch", DEFAULT_DAYS_PER_BATCH, minimum=1, maximum=366, unit="days",

@@ -1,8 +1,11 @@
 """updateDeliveryIndicators — Update delivery indicators.
 
 Recomputes the indicator fields of the deliveries whose logs or tracking changed since the last
-run, from the source rows (DeliveryLog, TrackingLog), never by adding increments: recomputing a
-delivery twice gives the same figures, so every batch is safe to redo.
+run, from the source rows (DeliveryLog, TrackingLog, and Quarantine for the failed logs' addresses),
+never by adding increments: recomputing a delivery twice gives the same figures, so every batch is
+safe to redo. The fields are the platform's published indicator tables — the email table for
+email and SMS, the push table for push — with their formulas (``campaign.indicators`` holds the
+codes they count; ``docs/workflows/updateDeliveryIndicators.md`` the table).
 
 What "changed" means (the contract with updateDeliveryExecInfo, the only writer of both tables):
 a DeliveryLog whose ``updated_at`` is after the timestamp watermark, or a TrackingLog whose ``id``
@@ -46,7 +49,8 @@ from django.db import connection
 from django.db.models import Count, Exists, Max, OuterRef, Q, QuerySet
 from django.utils import timezone
 
-from campaign.models import Delivery, DeliveryLog, FailureType, LogStatus, TrackingLog, UrlType
+from campaign.indicators import CLICK_URL_TYPES, OPEN_EVIDENCE_URL_TYPES, REASON_INDICATORS
+from campaign.models import Channel, Delivery, DeliveryLog, FailureType, LogStatus, Quarantine, TrackingLog, UrlType
 from campaign.rates import percent
 from workflows.context import ActivityContext, Batch, BatchStep
 from workflows.definition import Schedule, WorkflowDefinition, register
@@ -77,29 +81,41 @@ MAX_DELIVERIES_PER_BATCH = 1_000
 #: ids of those deliveries go into IN lists, and SQLite takes at most 32,766 parameters.
 DEFAULT_CHANGED_ROWS_PER_BATCH = 20_000
 
+#: Indicator fields counted from the logs alone. A delivery whose logs were all purged keeps them.
+LOG_FIELDS = (
+    "to_deliver", "delivered", "bounces", "hard_bounces", "soft_bounces", "bounces_by_reason",
+    *REASON_INDICATORS, "quarantine",
+)
 #: The fields this workflow owns on Delivery, all written by every recomputation.
 INDICATOR_FIELDS = (
     "to_deliver", "sent", "delivered", "bounces", "hard_bounces", "soft_bounces", "bounces_by_reason",
-    "opens", "unique_opens", "clicks", "unique_clicks", "unsubscribes", "mirror_pages",
-    "delivered_rate", "bounce_rate", "open_rate", "click_through_rate", "unsubscribe_rate", "reactivity",
-    "indicators_updated_at",
+    *REASON_INDICATORS, "quarantine",
+    "opens", "unique_opens", "clicks", "unique_clicks", "unsubscribes", "mirror_pages", "impressions",
+    "delivered_rate", "bounce_rate", "hard_bounce_rate", "soft_bounce_rate", "denylist_rate", "quarantine_rate",
+    "rejected_rate", "open_rate", "unique_open_rate", "click_through_rate", "unsubscribe_rate", "mirror_page_rate",
+    "reactivity", "indicators_updated_at",
 )
 
-#: Tracking types that prove the message was opened: a click, an opt-out or a mirror-page view can
-#: only come from an opened message, even when the open pixel was blocked.
-OPENING_URL_TYPES = (UrlType.CLICK, UrlType.OPEN, UrlType.OPT_OUT, UrlType.MIRROR_PAGE)
-
-#: Deliveries written per UPDATE statement (21 parameters each: well under SQLite's 32,766).
+#: Deliveries written per UPDATE statement (39 parameters each: well under SQLite's 32,766).
 UPDATE_SLICE = 500
 
 _HUNDRED_PERCENT = Decimal("100.00")
+#: The largest value of the rate columns that may exceed 100 % (8 digits, 2 decimals).
+_RATE_COLUMN_MAX = Decimal("999999.99")
 
 
 def percentage(numerator: int, denominator: int) -> Decimal:
     """``numerator / denominator`` in percent, two decimals, rounded half up; 0 when the
-    denominator is 0. Capped at 100: a rate above it only comes from inconsistent source rows
-    (tracking of a log since purged) and would not fit the column."""
+    denominator is 0. For a share of the denominator (unique recipients, logs): capped at 100, as
+    above it only comes from inconsistent source rows (tracking of a log since purged)."""
     return min(percent(numerator, denominator), _HUNDRED_PERCENT)
+
+
+def event_percentage(numerator: int, denominator: int) -> Decimal:
+    """The same for a count of repeated events over the delivered messages (the platform's Open
+    rate, unsubscribe and mirror-page rates, a push's click-through): not a share, so it may exceed
+    100; only bounded by its column."""
+    return min(percent(numerator, denominator), _RATE_COLUMN_MAX)
 
 
 # -- recomputation --------------------------------------------------------------------------------
@@ -113,17 +129,34 @@ class _LogCounts:
     hard_bounces: int = 0
     soft_bounces: int = 0
     bounces_by_reason: dict[str, int] = field(default_factory=dict)
+    by_indicator: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASON_INDICATORS, 0))
+    quarantine: int = 0
+
+    @classmethod
+    def stored(cls, values: Sequence[Any]) -> _LogCounts:
+        """The counts as stored on the delivery (``LOG_FIELDS`` order): kept when no log is left."""
+        stored = dict(zip(LOG_FIELDS, values, strict=True))
+        return cls(
+            to_deliver=stored["to_deliver"], delivered=stored["delivered"], bounces=stored["bounces"],
+            hard_bounces=stored["hard_bounces"], soft_bounces=stored["soft_bounces"],
+            bounces_by_reason=stored["bounces_by_reason"], by_indicator={name: stored[name] for name in REASON_INDICATORS},
+            quarantine=stored["quarantine"],
+        )
 
 
 @dataclass
 class _TrackingCounts:
+    """Per delivery, from its tracking rows."""
+
     rows: int = 0
-    opens: int = 0
-    unique_opens: int = 0
+    open_rows: int = 0  # rows of url type 2 (open pixel)
+    pixel_openers: int = 0  # logs with a row of url type 2
+    openers: int = 0  # logs with a row proving an open (OPEN_EVIDENCE_URL_TYPES)
     clicks: int = 0
-    unique_clicks: int = 0
+    clickers: int = 0
     unsubscribes: int = 0
     mirror_pages: int = 0
+    impressions: int = 0
 
 
 def _log_counts(delivery_ids: Sequence[int]) -> dict[int, _LogCounts]:
@@ -150,37 +183,70 @@ def _log_counts(delivery_ids: Sequence[int]) -> dict[int, _LogCounts]:
                 row.soft_bounces += logs
             reason = str(failure_reason)
             row.bounces_by_reason[reason] = row.bounces_by_reason.get(reason, 0) + logs
+            for name, (code, required_type) in REASON_INDICATORS.items():
+                if failure_reason == code and required_type in (None, failure_type):
+                    row.by_indicator[name] += logs
     return counts
 
 
+def _quarantined_counts(delivery_ids: Sequence[int]) -> dict[int, int]:
+    """Failed logs whose address is in quarantine on the delivery's channel: a probe of the
+    quarantine's (address, channel) index per failed log, read through the (delivery, status) index."""
+    logs, deliveries, quarantine = (DeliveryLog._meta.db_table, Delivery._meta.db_table, Quarantine._meta.db_table)
+    placeholders = ", ".join(["%s"] * len(delivery_ids))
+    sql = f"""
+        SELECT l.delivery_id, COUNT(*)
+        FROM {logs} l
+            JOIN {deliveries} d ON d.id = l.delivery_id
+            JOIN {quarantine} q ON q.address = l.address AND q.channel = d.channel
+        WHERE l.delivery_id IN ({placeholders}) AND l.status = {LogStatus.FAILED:d} AND q.status = %s
+        GROUP BY l.delivery_id
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*delivery_ids, Quarantine.Status.QUARANTINED.value])
+        return dict(cursor.fetchall())
+
+
 def _tracking_counts(delivery_ids: Sequence[int]) -> dict[int, _TrackingCounts]:
-    """Counts by type and distinct delivery logs that opened / clicked, in one scan through the
-    delivery-id index. Rows are counted by their ``delivery_id`` and the distinct counts by
-    ``delivery_log_id``, so tracking of a purged log still counts."""
+    """Counts by type and distinct delivery logs, in one scan through the delivery-id index. Rows
+    are counted by their ``delivery_id`` and the distinct counts by ``delivery_log_id``, so
+    tracking of a purged log still counts. (Three COUNT(DISTINCT) in one grouped scan cost less
+    than grouping by delivery log first: PostgreSQL sorts each delivery's few values in memory.)"""
     table = TrackingLog._meta.db_table
     placeholders = ", ".join(["%s"] * len(delivery_ids))
-    opening = ", ".join(str(int(code)) for code in OPENING_URL_TYPES)
+    opening = ", ".join(str(int(code)) for code in OPEN_EVIDENCE_URL_TYPES)
+    clicking = ", ".join(str(int(code)) for code in CLICK_URL_TYPES)
     sql = f"""
         SELECT delivery_id, COUNT(*),
                SUM(CASE WHEN url_type = {UrlType.OPEN:d} THEN 1 ELSE 0 END),
+               COUNT(DISTINCT CASE WHEN url_type = {UrlType.OPEN:d} THEN delivery_log_id END),
                COUNT(DISTINCT CASE WHEN url_type IN ({opening}) THEN delivery_log_id END),
-               SUM(CASE WHEN url_type = {UrlType.CLICK:d} THEN 1 ELSE 0 END),
-               COUNT(DISTINCT CASE WHEN url_type = {UrlType.CLICK:d} THEN delivery_log_id END),
+               SUM(CASE WHEN url_type IN ({clicking}) THEN 1 ELSE 0 END),
+               COUNT(DISTINCT CASE WHEN url_type IN ({clicking}) THEN delivery_log_id END),
                SUM(CASE WHEN url_type = {UrlType.OPT_OUT:d} THEN 1 ELSE 0 END),
-               SUM(CASE WHEN url_type = {UrlType.MIRROR_PAGE:d} THEN 1 ELSE 0 END)
+               SUM(CASE WHEN url_type = {UrlType.MIRROR_PAGE:d} THEN 1 ELSE 0 END),
+               SUM(CASE WHEN url_type = {UrlType.IMPRESSION:d} THEN 1 ELSE 0 END)
         FROM {table}
         WHERE delivery_id IN ({placeholders})
         GROUP BY delivery_id
     """
     with connection.cursor() as cursor:
         cursor.execute(sql, list(delivery_ids))
-        return {
-            delivery_id: _TrackingCounts(
-                rows=int(rows), opens=int(opens), unique_opens=int(opened), clicks=int(clicks),
-                unique_clicks=int(clicked), unsubscribes=int(unsubscribes), mirror_pages=int(mirror_pages),
-            )
-            for delivery_id, rows, opens, opened, clicks, clicked, unsubscribes, mirror_pages in cursor.fetchall()
-        }
+        return {row[0]: _TrackingCounts(*(int(value) for value in row[1:])) for row in cursor.fetchall()}
+
+
+def _tracking_indicators(tracking: _TrackingCounts, *, channel: str) -> dict[str, int]:
+    """The tracking-based counts of the platform's table: the email table (email and SMS), or
+    the push table, which has no implied opens."""
+    if channel == Channel.PUSH:
+        opens, unique_opens = tracking.open_rows, tracking.pixel_openers
+    else:
+        opens = tracking.open_rows + tracking.openers - tracking.pixel_openers
+        unique_opens = tracking.openers
+    return {
+        "opens": opens, "unique_opens": unique_opens, "clicks": tracking.clicks, "unique_clicks": tracking.clickers,
+        "unsubscribes": tracking.unsubscribes, "mirror_pages": tracking.mirror_pages, "impressions": tracking.impressions,
+    }
 
 
 @dataclass(frozen=True)
@@ -198,36 +264,45 @@ def recompute_indicators(*, delivery_ids: Sequence[int], now: datetime) -> Recom
     if not delivery_ids:
         return Recomputed(deliveries=0, source_rows=0)
     log_counts = _log_counts(delivery_ids)
+    quarantined = _quarantined_counts(delivery_ids)
     tracking_counts = _tracking_counts(delivery_ids)
-    kept = Delivery.objects.filter(pk__in=delivery_ids).order_by("pk").values_list(
-        "pk", "to_deliver", "delivered", "bounces", "hard_bounces", "soft_bounces", "bounces_by_reason",
-    )
+    kept = Delivery.objects.filter(pk__in=delivery_ids).order_by("pk").values_list("pk", "channel", *LOG_FIELDS)
     rows = []
-    for delivery_id, *stored in kept:
-        logs = log_counts.get(delivery_id) or _LogCounts(0, *stored)
-        tracking = tracking_counts.get(delivery_id, _TrackingCounts())
-        sent = logs.delivered + logs.bounces
+    for delivery_id, channel, *stored in kept:
+        logs = log_counts.get(delivery_id)
+        if logs is None:
+            logs = _LogCounts.stored(stored)
+        else:
+            logs.quarantine = quarantined.get(delivery_id, 0)
+        tracking = _tracking_indicators(tracking_counts.get(delivery_id, _TrackingCounts()), channel=channel)
+        sent, delivered = logs.delivered + logs.bounces, logs.delivered
+        push = channel == Channel.PUSH
         rows.append({
             "id": delivery_id,
             "to_deliver": logs.to_deliver,
             "sent": sent,
-            "delivered": logs.delivered,
+            "delivered": delivered,
             "bounces": logs.bounces,
             "hard_bounces": logs.hard_bounces,
             "soft_bounces": logs.soft_bounces,
             "bounces_by_reason": logs.bounces_by_reason,
-            "opens": tracking.opens,
-            "unique_opens": tracking.unique_opens,
-            "clicks": tracking.clicks,
-            "unique_clicks": tracking.unique_clicks,
-            "unsubscribes": tracking.unsubscribes,
-            "mirror_pages": tracking.mirror_pages,
-            "delivered_rate": percentage(logs.delivered, sent),
+            **logs.by_indicator,
+            "quarantine": logs.quarantine,
+            **tracking,
+            "delivered_rate": percentage(delivered, sent),
             "bounce_rate": percentage(logs.bounces, sent),
-            "open_rate": percentage(tracking.unique_opens, logs.delivered),
-            "click_through_rate": percentage(tracking.unique_clicks, logs.delivered),
-            "unsubscribe_rate": percentage(tracking.unsubscribes, logs.delivered),
-            "reactivity": percentage(tracking.unique_clicks, tracking.unique_opens),
+            "hard_bounce_rate": percentage(logs.hard_bounces, sent),
+            "soft_bounce_rate": percentage(logs.soft_bounces, sent),
+            "denylist_rate": percentage(logs.by_indicator["on_denylist"], sent),
+            "quarantine_rate": percentage(logs.quarantine, sent),
+            "rejected_rate": percentage(logs.by_indicator["rejected"], sent),
+            "open_rate": event_percentage(tracking["opens"], delivered),
+            "unique_open_rate": percentage(tracking["unique_opens"], delivered),
+            "click_through_rate": (event_percentage(tracking["clicks"], delivered) if push
+                                   else percentage(tracking["unique_clicks"], delivered)),
+            "unsubscribe_rate": event_percentage(tracking["unsubscribes"], delivered),
+            "mirror_page_rate": event_percentage(tracking["mirror_pages"], delivered),
+            "reactivity": percentage(tracking["unique_clicks"], tracking["unique_opens"]),
             "indicators_updated_at": now,
         })
     _write_indicators(rows)

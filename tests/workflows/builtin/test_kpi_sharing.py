@@ -16,7 +16,8 @@ from django.utils import timezone
 from werkzeug import Response
 
 from campaign.integrations import analytics
-from campaign.models import DeliveryAggregate, ExternalAccount, KpiShareState
+from campaign.models import Channel, DeliveryAggregate, ExternalAccount, KpiShareState, LogStatus, UrlType
+from tests.factories import DeliveryFactory, DeliveryLogFactory, TrackingLogFactory
 from tests.workflows.fake_analytics import (
     APPLY_THEN_FAIL,
     COLUMN,
@@ -499,3 +500,28 @@ def test_discard_pending_drops_the_batch_and_the_next_run_recomputes_it(service,
     assert service.posts[-1]["batch_id"] == dropped  # same aggregates, same ledger: the same batch
     assert service.counters() == local_window_totals()
     assert WorkflowLog.objects.filter(workflow_id=WORKFLOW_ID, message__contains=f"{dropped} (5 rows) discarded by ops").exists()
+
+
+def test_what_is_pushed_follows_the_platforms_formulas_with_the_protocols_keys_only(service):
+    """From logs and tracking rows through reportingAggregates to the service: ``opened`` is the
+    Open indicator (open-pixel hits plus one implied open per recipient who interacted without the
+    pixel), clicks count url types 1, 10 and 11, and a row carries the protocol's keys, no others."""
+    delivery = DeliveryFactory(label="Platform formulas", channel=Channel.EMAIL)
+    sent_at = timezone.now() - timedelta(minutes=30)
+    pixel, clicked_only, mirrored, _ = (
+        DeliveryLogFactory(delivery=delivery, profile=None, status=LogStatus.SENT, created_at=sent_at, updated_at=sent_at)
+        for _ in range(4)
+    )
+    for log, url_type in ((pixel, UrlType.OPEN), (pixel, UrlType.OPEN), (clicked_only, UrlType.OTHER_CLICK_10),
+                          (mirrored, UrlType.MIRROR_PAGE)):
+        TrackingLogFactory(delivery_log=log, url_type=url_type, tracked_at=sent_at)
+    assert commands.run_now("reportingAggregates", actor="test", sync=True).status == RunStatus.SUCCEEDED
+
+    assert run().status == RunStatus.SUCCEEDED
+
+    # 2 open rows + 3 recipients with an open, a click or a mirror page − 1 with an open row.
+    assert service.counters()[(timezone.localdate(sent_at).isoformat(), delivery.pk)] == {
+        "sent": 4, "delivered": 4, "opened": 4, "unique_opens": 3, "clicked": 1, "unique_clicks": 1,
+        "unsubscribed": 0, "bounces": 0,
+    }
+    assert all(set(row) == set(analytics.ROW_KEYS) for post in service.posts for row in post["rows"])

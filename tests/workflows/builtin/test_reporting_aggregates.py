@@ -1,4 +1,6 @@
-"""reportingAggregates: daily per-delivery counters, checked against a plain-Python computation.
+"""reportingAggregates: daily per-delivery counters, checked against a plain-Python computation of
+the platform's indicator formulas per day (message counters and their cohort on the send day,
+tracking counters on the tracking day).
 
 The fixed dataset spans 2024-03-29 .. 2024-04-02 in Europe/Paris, across the spring DST change
 (2024-03-31 01:00 UTC: +01:00 → +02:00), with logs and tracking rows close to local midnight on
@@ -15,8 +17,18 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from campaign.models import Channel, DeliveryAggregate, DeliveryLog, LogStatus, TrackingLog, UrlType
-from tests.factories import DeliveryFactory, DeliveryLogFactory, TrackingLogFactory
+from campaign.models import (
+    Channel,
+    DeliveryAggregate,
+    DeliveryLog,
+    FailureReason,
+    FailureType,
+    LogStatus,
+    Quarantine,
+    TrackingLog,
+    UrlType,
+)
+from tests.factories import DeliveryFactory, DeliveryLogFactory, QuarantineFactory, TrackingLogFactory
 from workflows import commands
 from workflows.builtin import reporting_aggregates
 from workflows.builtin.reporting_aggregates import CHANGE_MARGIN, COUNTERS, TRACKING_COUNTERS
@@ -30,6 +42,9 @@ PARIS = ZoneInfo(ZONE)
 SENT, FAILED, IGNORED = LogStatus.SENT, LogStatus.FAILED, LogStatus.IGNORED
 PENDING, CANCELLED = LogStatus.PENDING, LogStatus.CANCELLED
 CLICK, OPEN, OPT_OUT, MIRROR = UrlType.CLICK, UrlType.OPEN, UrlType.OPT_OUT, UrlType.MIRROR_PAGE
+CLICK_11, IMPRESSION = UrlType.OTHER_CLICK_11, UrlType.IMPRESSION
+OPEN_EVIDENCE = (CLICK, OPEN, OPT_OUT, MIRROR, UrlType.OTHER_CLICK_10, CLICK_11)
+CLICKS = (CLICK, UrlType.OTHER_CLICK_10, CLICK_11)
 
 
 def utc(text: str) -> datetime:
@@ -58,6 +73,14 @@ LOGS = {
     "n": ("late", "2024-03-31 00:30", SENT),       # 01:30 CET → 03-31, the DST night
 }
 
+# The failed logs' failure type and reason; the address of c is in quarantine.
+FAILURES = {
+    "c": (FailureType.HARD, FailureReason.USER_UNKNOWN),
+    "d": (FailureType.HARD, FailureReason.ON_DENYLIST),   # a complaint
+    "j": (FailureType.HARD, FailureReason.REFUSED),        # rejected
+}
+QUARANTINED = ("c",)
+
 # Tracking rows: (log, tracked_at UTC, url type). A log key of None is a purged log (no row).
 TRACKING = [
     ("a", "2024-03-30 06:00", OPEN),
@@ -67,9 +90,12 @@ TRACKING = [
     ("b", "2024-03-30 08:00", CLICK),      # a click without an open row still opens
     ("b", "2024-03-30 09:00", CLICK),
     ("b", "2024-03-30 10:00", OPT_OUT),
-    ("e", "2024-04-01 06:00", MIRROR),     # a mirror page only: unique open, no open
+    ("e", "2024-04-01 06:00", MIRROR),     # a mirror page only: unique open, no open row
+    ("e", "2024-04-01 07:00", CLICK_11),   # a click of type 11
     ("i", "2024-03-30 13:00", CLICK),
-    ("k", "2024-04-01 09:00", OPEN),
+    ("k", "2024-04-01 09:00", OPEN),       # push: an impression, an open and a tap
+    ("k", "2024-04-01 08:30", IMPRESSION),
+    ("k", "2024-04-01 09:01", CLICK),
     (None, "2024-03-30 12:00", OPEN),      # its log was purged: the row still counts
     ("n", "2024-03-30 23:10", OPEN),       # 00:10 CET → 03-31
     ("n", "2024-03-31 12:00", OPEN),       # 14:00 CEST → 03-31: 2 opens, 1 unique
@@ -86,28 +112,53 @@ def expected_aggregates(dataset: Dataset) -> dict[tuple[date, int, str], dict[st
     """The aggregate counters, from the database's source rows, in plain Python with zoneinfo."""
     rows: dict[tuple[date, int, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(COUNTERS, 0))
     channel = {delivery.pk: delivery.channel for delivery in dataset.deliveries.values()}
+    quarantined = set(Quarantine.objects.filter(status=Quarantine.Status.QUARANTINED).values_list("address", "channel"))
+    hits = list(TrackingLog.objects.all())
     for log in DeliveryLog.objects.all():
         if log.status not in (SENT, FAILED):
             continue
+        push = channel[log.delivery_id] == Channel.PUSH
         row = rows[(log.created_at.astimezone(PARIS).date(), log.delivery_id, channel[log.delivery_id])]
         row["sent"] += 1
-        row["delivered" if log.status == SENT else "bounces"] += 1
-    openers: dict[tuple, set[int]] = defaultdict(set)
-    clickers: dict[tuple, set[int]] = defaultdict(set)
-    for hit in TrackingLog.objects.all():
-        key = (hit.tracked_at.astimezone(PARIS).date(), hit.delivery_id, channel[hit.delivery_id])
-        row = rows[key]
-        row["opens"] += hit.url_type == OPEN
-        row["clicks"] += hit.url_type == CLICK
-        row["unsubscribes"] += hit.url_type == OPT_OUT
-        if hit.url_type in (CLICK, OPEN, OPT_OUT, MIRROR):
-            openers[key].add(hit.delivery_log_id)
-        if hit.url_type == CLICK:
-            clickers[key].add(hit.delivery_log_id)
-    for key, row in rows.items():
-        row["unique_opens"] = len(openers[key])
-        row["unique_clicks"] = len(clickers[key])
+        if log.status == FAILED:
+            row["bounces"] += 1
+            row["hard_bounces"] += log.failure_type == FailureType.HARD
+            row["soft_bounces"] += log.failure_type == FailureType.SOFT
+            hard = log.failure_type == FailureType.HARD
+            row["on_denylist"] += hard and log.failure_reason == FailureReason.ON_DENYLIST
+            row["rejected"] += hard and log.failure_reason == FailureReason.REFUSED
+            row["quarantine"] += (log.address, channel[log.delivery_id]) in quarantined
+            continue
+        row["delivered"] += 1
+        # The send day's cohort: what this delivered message's recipient did, whenever.
+        types = [hit.url_type for hit in hits if hit.delivery_log_id == log.pk]
+        opened, pixel = any(t in OPEN_EVIDENCE for t in types), OPEN in types
+        row["cohort_opens"] += types.count(OPEN) + (0 if push else opened - pixel)
+        row["cohort_unique_opens"] += pixel if push else opened
+        row["cohort_clicks"] += sum(t in CLICKS for t in types)
+        row["cohort_unique_clicks"] += any(t in CLICKS for t in types)
+        row["cohort_unsubscribes"] += OPT_OUT in types
+        row["cohort_mirror_pages"] += MIRROR in types
+    by_day: dict[tuple, list[TrackingLog]] = defaultdict(list)
+    for hit in hits:
+        by_day[(hit.tracked_at.astimezone(PARIS).date(), hit.delivery_id, channel[hit.delivery_id])].append(hit)
+    for key, day_hits in by_day.items():
+        row, push = rows[key], key[2] == Channel.PUSH
+        opened = {hit.delivery_log_id for hit in day_hits if hit.url_type in OPEN_EVIDENCE}
+        pixel = {hit.delivery_log_id for hit in day_hits if hit.url_type == OPEN}
+        open_rows = sum(hit.url_type == OPEN for hit in day_hits)
+        row["opens"] = open_rows if push else open_rows + len(opened) - len(pixel)
+        row["unique_opens"] = len(pixel) if push else len(opened)
+        row["clicks"] = sum(hit.url_type in CLICKS for hit in day_hits)
+        row["unique_clicks"] = len({hit.delivery_log_id for hit in day_hits if hit.url_type in CLICKS})
+        row["unsubscribes"] = sum(hit.url_type == OPT_OUT for hit in day_hits)
+        row["mirror_pages"] = sum(hit.url_type == MIRROR for hit in day_hits)
+        row["impressions"] = sum(hit.url_type == IMPRESSION for hit in day_hits)
     return dict(rows)
+
+
+def has_tracking(row: dict[str, int]) -> bool:
+    return any(row[name] for name in TRACKING_COUNTERS)
 
 
 def stored_aggregates() -> dict[tuple[date, int, str], dict[str, int]]:
@@ -136,8 +187,13 @@ def dataset(db, settings, time_machine) -> Dataset:
     deliveries = {key: DeliveryFactory(channel=channel, label=key) for key, channel in DELIVERIES.items()}
     logs = {}
     for key, (delivery, created, status) in LOGS.items():
+        failure_type, failure_reason = FAILURES.get(key, (FailureType.NONE, FailureReason.NONE))
         logs[key] = DeliveryLogFactory(delivery=deliveries[delivery], profile=None, status=status, created_at=utc(created),
-                                       updated_at=utc(created) + timedelta(minutes=3))
+                                       updated_at=utc(created) + timedelta(minutes=3), failure_type=failure_type,
+                                       failure_reason=failure_reason)
+    for key in QUARANTINED:
+        QuarantineFactory(address=logs[key].address, channel=deliveries[LOGS[key][0]].channel,
+                          status=Quarantine.Status.QUARANTINED)
     for log_key, tracked, url_type in TRACKING:
         if log_key is None:
             TrackingLog.objects.create(delivery_log_id=999_999, delivery=deliveries["news"], url_type=url_type,
@@ -148,7 +204,8 @@ def dataset(db, settings, time_machine) -> Dataset:
 
 
 def message_part(rows: dict) -> dict:
-    """Rows as they are after the messages phase alone: tracking counters still zero."""
+    """Rows as they are after the messages phase alone (message and cohort counters): tracking
+    counters still zero."""
     return {key: {**row, **dict.fromkeys(TRACKING_COUNTERS, 0)} for key, row in rows.items() if row["sent"]}
 
 
@@ -161,14 +218,26 @@ def test_first_run_writes_every_day_with_counts_in_the_instance_time_zone(datase
     news = dataset.deliveries["news"].pk
     # The DST evening: 22:30 UTC on 03-31 is 00:30 on 04-01 in Paris (a fixed +01:00 would say 03-31).
     assert expected[(date(2024, 4, 1), news, Channel.EMAIL)]["delivered"] == 1
+    # 03-30: b delivered (clicked twice and opted out, another day's open rows: none), c a hard bounce
+    # whose address is in quarantine; tracked that day: 3 open rows (a twice, a purged log), openers
+    # a, b (by its clicks) and the purged log, 2 of them with an open row: Open = 3 + 3 − 2.
     assert expected[(date(2024, 3, 30), news, Channel.EMAIL)] == {
-        "sent": 2, "delivered": 1, "bounces": 1, "opens": 3, "unique_opens": 3, "clicks": 2, "unique_clicks": 1,
-        "unsubscribes": 1,
+        **dict.fromkeys(COUNTERS, 0),
+        "sent": 2, "delivered": 1, "bounces": 1, "hard_bounces": 1, "quarantine": 1,
+        "cohort_opens": 1, "cohort_unique_opens": 1, "cohort_clicks": 2, "cohort_unique_clicks": 1,
+        "cohort_unsubscribes": 1,
+        "opens": 4, "unique_opens": 3, "clicks": 2, "unique_clicks": 1, "unsubscribes": 1,
     }
+    push = dataset.deliveries["push"].pk
+    assert expected[(date(2024, 4, 1), push, Channel.PUSH)] == {
+        **dict.fromkeys(COUNTERS, 0), "sent": 1, "delivered": 1, "cohort_opens": 1, "cohort_unique_opens": 1,
+        "cohort_clicks": 1, "cohort_unique_clicks": 1, "opens": 1, "unique_opens": 1, "clicks": 1, "unique_clicks": 1,
+        "impressions": 1,
+    }, "the push table: no implied opens"
     assert not DeliveryAggregate.objects.filter(delivery=dataset.deliveries["nothing_sent"]).exists(), \
         "a day with only pending or ignored messages has nothing to report"
     message_rows = sum(1 for row in expected.values() if row["sent"])
-    tracking_rows = sum(1 for row in expected.values() if row["unique_opens"])
+    tracking_rows = sum(1 for row in expected.values() if has_tracking(row))
     assert finished.counters == {"deliveries": 5, "tracking_days": 3, "rows_written": message_rows + tracking_rows}
     assert WorkflowLog.objects.filter(run=finished, message__startswith="First pass").exists()
 
@@ -222,7 +291,7 @@ def test_only_the_changed_days_are_rewritten(dataset, time_machine):
     stamps = updated_at_by_key()
     time_machine.shift(timedelta(days=1))
     news, push = dataset.deliveries["news"], dataset.deliveries["push"]
-    # A pending message of 04-01 is delivered now, and the push is opened again on 04-02.
+    # A pending message of 04-01 is delivered now, and the push (sent 04-01) is opened again on 04-02.
     DeliveryLog.objects.filter(pk=dataset.logs["g"].pk).update(status=SENT, updated_at=datetime.now(UTC))
     TrackingLogFactory(delivery_log=dataset.logs["k"], url_type=OPEN, tracked_at=utc("2024-04-02 07:00"))
 
@@ -230,8 +299,10 @@ def test_only_the_changed_days_are_rewritten(dataset, time_machine):
 
     assert stored_aggregates() == expected_aggregates(dataset)
     changed = {key for key, stamp in updated_at_by_key().items() if stamp != stamps.get(key)}
-    assert changed == {(date(2024, 4, 1), news.pk), (date(2024, 4, 2), push.pk)}
-    assert second.counters == {"deliveries": 1, "tracking_days": 1, "rows_written": 2}
+    # The open counts on its day (04-02) and in its message's send-day cohort (04-01).
+    assert changed == {(date(2024, 4, 1), news.pk), (date(2024, 4, 2), push.pk), (date(2024, 4, 1), push.pk)}
+    assert stored_aggregates()[(date(2024, 4, 1), push.pk, Channel.PUSH)]["cohort_opens"] == 2
+    assert second.counters == {"deliveries": 2, "tracking_days": 1, "rows_written": 3}
 
 
 def test_messages_and_tracking_halves_are_recounted_each_from_its_own_rows(dataset, time_machine):
@@ -276,7 +347,7 @@ def test_a_rebuild_recounts_tracking_rows_that_were_removed(dataset, time_machin
     run()
 
     assert stored_aggregates()[(date(2024, 3, 30), promo.pk, Channel.SMS)] == {
-        **dict.fromkeys(COUNTERS, 0), "sent": 2, "delivered": 1, "bounces": 1,
+        **dict.fromkeys(COUNTERS, 0), "sent": 2, "delivered": 1, "bounces": 1, "hard_bounces": 1, "rejected": 1,
     }
     assert stored_aggregates() == expected_aggregates(dataset)
 
@@ -304,8 +375,11 @@ def test_tracking_of_an_old_day_counts_on_its_tracking_day(dataset, time_machine
 
     assert stored_aggregates()[(date(2024, 3, 30), promo.pk, Channel.SMS)]["clicks"] == 2
     assert stored_aggregates()[(date(2024, 3, 30), promo.pk, Channel.SMS)]["unique_clicks"] == 1
+    assert stored_aggregates()[(date(2024, 3, 30), promo.pk, Channel.SMS)]["cohort_clicks"] == 2
     assert stored_aggregates() == expected_aggregates(dataset)
-    assert second.counters == {"tracking_days": 1, "rows_written": 1}, "the day's other deliveries are unchanged"
+    # The day's other deliveries are unchanged; the promo's row is written by both halves: the
+    # click's day and its message's send day (the cohort) are the same day.
+    assert second.counters == {"deliveries": 1, "tracking_days": 1, "rows_written": 2}
 
 
 @pytest.mark.parametrize(("deliveries_per_batch", "days_per_batch"), [(1, 1), (2, 2), (100, 14)])
@@ -382,7 +456,7 @@ def test_a_run_interrupted_in_the_tracking_phase_resumes_after_the_last_day_done
     resumed = run(days_per_batch=1)
 
     assert resumed.counters == {"tracking_days": 2, "rows_written": sum(
-        1 for (day, _, _), row in expected_aggregates(dataset).items() if day > date(2024, 3, 30) and row["unique_opens"])}
+        1 for (day, _, _), row in expected_aggregates(dataset).items() if day > date(2024, 3, 30) and has_tracking(row))}
     assert stored_aggregates() == expected_aggregates(dataset)
 
 
@@ -409,7 +483,9 @@ def test_an_interrupted_incremental_pass_resumes_with_its_own_window(dataset, mo
 
     resumed = run(deliveries_per_batch=1)
 
-    assert resumed.counters == {"deliveries": 1, "tracking_days": 1, "rows_written": 4}
+    # Left after the crash: promo and push (their messages' cohorts gained a click) and nothing_sent
+    # (its message delivered): three send-day rows, and today's tracking rows of news, promo and push.
+    assert resumed.counters == {"deliveries": 3, "tracking_days": 1, "rows_written": 6}
     assert stored_aggregates() == expected_aggregates(dataset)
     assert stored_aggregates()[(date(2024, 3, 30), nothing_sent.pk, Channel.EMAIL)]["delivered"] == 1
     cursors = stored_cursor()
