@@ -10,7 +10,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('campaign', '0008_billing_active_transactional_recipients_and_per_channel'),
+        ('campaign', '0009_platform_indicator_table'),
     ]
 
     operations = [
