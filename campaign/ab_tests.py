@@ -23,6 +23,11 @@ updateDeliveryIndicators: a click implies an open.
 
 A hand pick and a confirmation send :data:`winner_chosen` and :data:`winner_confirmed` inside their
 transaction, so that whoever keeps a journal of the decisions (abTesting's) records them with it.
+
+The winner goes to the rest of the target (:func:`winner_targets`): the profiles the test
+delivery's channel may still reach (:mod:`campaign.audience`: an address quarantined or on the
+denylist meanwhile is skipped) that did not get the test delivery. The sending side and the
+forecast both read it from there.
 """
 
 from __future__ import annotations
@@ -35,11 +40,12 @@ from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.dispatch import Signal
 from django.utils import timezone
 
-from campaign.models import ABTest, Delivery, DeliveryLog, LogStatus, TrackingLog, UrlType
+from campaign.audience import channel_targets
+from campaign.models import ABTest, Delivery, DeliveryLog, LogStatus, Profile, TrackingLog, UrlType
 from campaign.rates import percent
 
 #: Tracking types that prove a message was opened (a click, an opt-out or a mirror-page view
@@ -105,6 +111,27 @@ def deliveries_under_test(test_ids: Sequence[int]) -> dict[int, Delivery]:
 
 def delivery_under_test(test: ABTest) -> Delivery | None:
     return deliveries_under_test([test.pk]).get(test.pk)
+
+
+def won_test(delivery: Delivery) -> ABTest | None:
+    """The A/B test whose winner delivery ``delivery`` is, or None."""
+    if delivery.ab_test_id is None:
+        return None
+    return ABTest.objects.filter(winner_delivery_id=delivery.pk).first()
+
+
+def winner_targets(test: ABTest, profiles: QuerySet[Profile] | None = None) -> QuerySet[Profile]:
+    """The rest of the test's target, whom the winner delivery goes to: among ``profiles`` (all
+    by default), those the test delivery's channel may reach now (not opted out, an address that is
+    neither quarantined nor on the denylist, or a push target) and that got no message of the test
+    delivery. Nobody while the test has no test delivery. A queryset, never evaluated here; the test
+    delivery's logs are probed per profile through their profile index."""
+    delivery = delivery_under_test(test)
+    if delivery is None:
+        return Profile.objects.none()
+    profiles = profiles if profiles is not None else Profile.objects.all()
+    tested = DeliveryLog.objects.filter(delivery_id=delivery.pk, profile_id=OuterRef("pk"))
+    return channel_targets(profiles.exclude(Exists(tested)), channel=delivery.channel)
 
 
 def period_end(test: ABTest, delivery: Delivery | None) -> datetime | None:

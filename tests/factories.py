@@ -35,6 +35,7 @@ from campaign.models import (
     FailureReason,
     FailureType,
     ForecastLog,
+    InboundSms,
     KpiShareState,
     LogStatus,
     MessageTemplate,
@@ -157,6 +158,15 @@ class SendingFeedbackFactory(factory.django.DjangoModelFactory):
     delivery_log = factory.SubFactory(DeliveryLogFactory)
     outcome = SendingFeedback.Outcome.DELIVERED
     error_text = ""
+
+
+class InboundSmsFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = InboundSms
+
+    phone = factory.Sequence(lambda n: f"+3369{n:07d}")
+    text = "STOP"
+    short_code = "38111"
 
 
 class TrackingHitFactory(factory.django.DjangoModelFactory):

@@ -10,7 +10,8 @@ Invariants:
   when the module is imported, so an unbounded value can never reach a query or a ``timedelta``.
 - A duration (:class:`DurationProperty`) states its unit and may not declare a maximum longer than
   :data:`MAXIMUM_DURATION`, which ``timedelta`` and the databases' date arithmetic handle.
-- A text property with a format (:class:`MonthProperty`, :class:`DateTimeProperty`) checks it.
+- A text property with a format (:class:`MonthProperty`, :class:`DateTimeProperty`,
+  :class:`WordListProperty`) checks it.
 - A unit is declared in the plural (``rows``, ``days``) and agrees with its number wherever a
   message or a help text writes one (:func:`quantity`: ``1 row``, ``0 rows``).
 - :func:`invalid_values` lists, without raising, what in a stored or overridden mapping no longer
@@ -220,6 +221,28 @@ class TextProperty(Property):
     @property
     def range_text(self) -> str:
         return f"text, at most {self.max_length} characters"
+
+
+@dataclass(frozen=True)
+class WordListProperty(TextProperty):
+    """Comma-separated words or phrases, at least one; each must hold a letter or a digit (a lone
+    comma or punctuation would match nothing, or everything once normalised)."""
+
+    kind = "words"
+
+    def validate(self, value: Any) -> str:
+        value = super().validate(value)
+        items = [item.strip() for item in value.split(",")]
+        if not any(items):
+            raise self.error("expected at least one word")
+        for item in items:
+            if item and not any(char.isalnum() for char in item):
+                raise self.error(f"each item needs a letter or a digit, got {shown(item)}")
+        return value
+
+    @property
+    def range_text(self) -> str:
+        return f"comma-separated words, at least one, at most {self.max_length} characters"
 
 
 @dataclass(frozen=True)

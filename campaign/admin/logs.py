@@ -1,5 +1,5 @@
-"""The admin of the logs and of deliverability: delivery and tracking logs, the raw feedback and
-hits they are consolidated from, the quarantine and the bounce, MX and domain rules.
+"""The admin of the logs and of deliverability: delivery and tracking logs, the raw feedback, hits
+and SMS replies they are consolidated from, the quarantine and the bounce, MX and domain rules.
 
 The logs and the raw rows are read-only (the sending and tracking sides and the consolidation
 workflows write them) and grow without bound: searches go through indexes only (exact address, log
@@ -27,6 +27,7 @@ from campaign.models import (
     BounceRule,
     DeliveryLog,
     DomainRule,
+    InboundSms,
     MxRule,
     Quarantine,
     SendingFeedback,
@@ -98,6 +99,17 @@ class TrackingHitAdmin(DeliveryLogIdSearchMixin, LargeTableMixin, ReadOnlyAdmin)
     @admin.display(description="delivery log", ordering="delivery_log_id")
     def log(self, obj: TrackingHit) -> str:
         return delivery_log_link(obj.delivery_log_id)
+
+
+@admin.register(InboundSms)
+class InboundSmsAdmin(LargeTableMixin, ReadOnlyAdmin):
+    """Raw, append-only SMS replies from the SMS provider; an opt-out keyword denylists the number."""
+
+    list_display = ("id", "phone", "text", "short_code", "received_at")
+    list_filter = ("received_at",)
+    list_select_related = ()
+    search_fields = ("phone__exact",)
+    search_help_text = "Exact phone number, in international format (+33612345678)."
 
 
 @admin.register(TrackingLog)

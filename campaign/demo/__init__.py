@@ -9,8 +9,12 @@ How: the data is *simulated*, not drawn table by table. Each message has a send 
 reported by the provider after a short delay (delivered, bounce, or deferred then retried) and, when
 delivered, opens, clicks and opt-outs at later times. Everything that happened before the last
 consolidation (``anchor - UNCONSOLIDATED_WINDOW``) is already in the consolidated tables
-(DeliveryLog status, TrackingLog, Quarantine, profile blocklist flags); what happened after it and
-before the anchor is still raw (SendingFeedback, TrackingHit); nothing happens after the anchor.
+(DeliveryLog status, TrackingLog, Quarantine and its denylist, profile blocklist flags); what
+happened after it and before the anchor is still raw (SendingFeedback — spam complaints included —,
+TrackingHit, InboundSms); nothing happens after the anchor. In that raw window one recipient of the
+running newsletter complains and one of the running SMS replies STOP, so the first
+updateDeliveryExecInfo run puts both on the denylist, and forecasting and the A/B test's winner
+skip them from then on.
 So the database looks like one whose workers stopped two hours ago while the sending and tracking
 sides kept writing: a fresh instance's first updateDeliveryExecInfo run has real work.
 
@@ -25,8 +29,8 @@ Invariants:
   loader (:mod:`campaign.bulk_load`: COPY on PostgreSQL, one prepared INSERT on SQLite). Every id
   is assigned here, after the tables' highest id, so rows reference rows not yet written and
   nothing is read back; the sequences are reset at the end. No query runs per row.
-- Raw rows (SendingFeedback, TrackingHit) only describe what is not consolidated yet: the
-  workflow that consumes them starts from an empty cursor and must not count anything twice.
+- Raw rows (SendingFeedback, TrackingHit, InboundSms) only describe what is not consolidated yet:
+  the workflow that consumes them starts from an empty cursor and must not count anything twice.
 
 The modules, by role:
 

@@ -50,7 +50,8 @@ CHANNELS: dict[str, ChannelBehaviour] = {
         messages_per_hour=30_000, feedback_delay_mean_s=8.0, validity=timedelta(days=1),
         deferral_share=0.02, deferral_texts=("SMPP 0x00000058 ESME_RTHROTTLED: Throttling error, retrying",),
         transient_bounces=((SMS_ABSENT, 0.01),),
-        # Short-link clicks ~4% of delivered; STOP replies ~0.4%.
+        # Short-link clicks ~4% of delivered; opt-outs on the link's preferences page ~0.4% (replies,
+        # STOP among them, are drawn apart: campaign.demo.sending).
         engaged_share=0.045, records_opens=False,
         click_given_engaged=0.9, opt_out_given_engaged=0.1, mirror_given_engaged=0.0,
     ),

@@ -16,12 +16,14 @@ from django.db.models.functions import Coalesce
 
 from campaign.demo.parameters import SHARE_VISITORS_IN_AUDIENCE
 from campaign.demo.state import DeliveryPlan, SimulationState
+from campaign.demo.vocabulary import SMS_SHORT_CODE
 from campaign.demo.writer import update_in_chunks
 from campaign.models import (
     AudienceMember,
     Channel,
     Delivery,
     ExternalAccount,
+    InboundSms,
     Profile,
     Quarantine,
     Report,
@@ -43,6 +45,9 @@ class Finishing(SimulationState):
         self.raw_hits.sort(key=lambda row: (row[0], row[1], row[2]))
         for hit_at, log_id, url_type, url, user_agent in self.raw_hits:
             self.writer.add(TrackingHit(delivery_log_id=log_id, url_type=url_type, url=url, user_agent=user_agent, hit_at=hit_at))
+        self.raw_replies.sort()
+        for received_at, phone, text in self.raw_replies:
+            self.writer.add(InboundSms(phone=phone, text=text, short_code=SMS_SHORT_CODE, received_at=received_at))
 
     def _write_quarantine(self) -> None:
         self.writer.add_all(state.to_model() for state in self.quarantine.values())

@@ -58,7 +58,9 @@ SHARE_VISITORS_IN_AUDIENCE = 0.2  # of the profiles with a visitor id: the share
 SHARE_EMAIL_USER_UNKNOWN = 0.02
 SHARE_EMAIL_INVALID_DOMAIN = 0.004  # typo in the domain: gmial.example
 SHARE_EMAIL_ACCOUNT_DISABLED = 0.002
-SHARE_EMAIL_COMPLAINER = 0.001  # complained once: the address goes on the denylist
+#: Complained before: the mailbox provider refuses the address as on its suppression list (a hard
+#: bounce of reason 8, which puts it on the denylist too). Complaints during the history: COMPLAINT_RATE.
+SHARE_EMAIL_COMPLAINER = 0.001
 #: Complainers quarantined before the history (at least this many, so every quarantine status shows).
 MIN_COMPLAINERS_BEFORE_HISTORY = 3
 SHARE_EMAIL_MAILBOX_FULL = 0.012
@@ -114,5 +116,19 @@ CLICK_DELAY_MEAN = timedelta(minutes=3)
 EXTRA_OPEN_PROBABILITY = 0.45  # chance of each further open (geometric: ~0.8 repeat opens per opener)
 #: Clickers whose mail client blocked the tracking pixel: a click with no open row.
 CLICK_WITHOUT_PIXEL_SHARE = 0.1
+#: Spam complaints (a mailbox provider's feedback loop) per delivered marketing email, and how long
+#: after delivery they are reported; replies per delivered marketing SMS, the share of them that
+#: are an opt-out keyword and of them from a number no profile has (a number recycled since, a
+#: forwarded message), and how soon they come.
+COMPLAINT_RATE = 0.001
+COMPLAINT_DELAY_MEAN = timedelta(hours=8)
+SMS_REPLY_RATE = 0.008
+SMS_REPLY_OPT_OUT_SHARE = 0.7
+SMS_REPLY_UNKNOWN_NUMBER_SHARE = 0.05
+SMS_REPLY_DELAY_MEAN = timedelta(minutes=20)
+#: The showcase of denylisting: one recipient of the running email newsletter complains and one
+#: of the running SMS replies STOP, this long after delivery, in the window not consolidated yet
+#: (whatever the draws above gave), so updateDeliveryExecInfo's first run denylists both.
+SHOWCASE_REACTION_DELAY = timedelta(minutes=10)
 RETRY_DELAY_MEAN = timedelta(hours=2)  # a deferred message is retried until accepted or validity ends
 NEVER_ACCEPTED_SHARE = 0.05  # of deferred messages: still refused when validity ends (cancelled)

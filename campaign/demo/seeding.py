@@ -34,6 +34,7 @@ from campaign.models import (
     EventHistory,
     ExternalAccount,
     ForecastLog,
+    InboundSms,
     LogStatus,
     MessageTemplate,
     MxRule,
@@ -79,7 +80,7 @@ def database_has_domain_data() -> bool:
 #: API keys (credentials, not data) are not in it: --force keeps them, like users.
 DOMAIN_MODELS_DELETE_ORDER: tuple[type[models.Model], ...] = (
     AudienceMember, SharedAudience, ExternalAccount, ReportSend, ReportShare.recipients.through, ReportShare,
-    Report, CustomerMetrics, ForecastLog, DeliveryAggregate, TrackingLog, TrackingHit, SendingFeedback,
+    Report, CustomerMetrics, ForecastLog, DeliveryAggregate, TrackingLog, TrackingHit, SendingFeedback, InboundSms,
     EventHistory, Event, Quarantine, AppSubscription, DeliveryLog, ABTest, Delivery, MessageTemplate, Campaign,
     Profile, BounceRule, MxRule, DomainRule,
 )
@@ -107,8 +108,8 @@ def delete_domain_data() -> dict[str, int]:
 #: The tables seed_demo writes; it assigns all their ids itself.
 SEEDED_MODELS: tuple[type[models.Model], ...] = (
     BounceRule, MxRule, DomainRule, ExternalAccount, Profile, AppSubscription, Campaign, MessageTemplate, ABTest,
-    Delivery, DeliveryLog, TrackingLog, SendingFeedback, TrackingHit, Event, EventHistory, Quarantine, SharedAudience,
-    AudienceMember, Report, ReportShare,
+    Delivery, DeliveryLog, TrackingLog, SendingFeedback, TrackingHit, InboundSms, Event, EventHistory, Quarantine,
+    SharedAudience, AudienceMember, Report, ReportShare,
 )
 
 

@@ -1,32 +1,47 @@
 """The simulation of sending: each message's outcome, the provider's answers and the recipient's
-reactions, split at the last consolidation into consolidated rows and raw rows.
+reactions (opens, clicks, opt-outs; spam complaints and SMS replies), split at the last
+consolidation into consolidated rows and raw rows.
 
 Why it exists: this is where the tables come to agree with each other. A message is sent, the
 provider answers after a delay (delivered, bounce, or deferred then retried), and a delivered
 message may be opened, clicked or opted out of later. What happened before the cutoff
 (``anchor - UNCONSOLIDATED_WINDOW``) is written as updateDeliveryExecInfo would have left it
-(log status, tracking rows, quarantine, opt-outs); what happened after it is kept as raw feedback
-and hits; nothing happens after the anchor.
+(log status, tracking rows, quarantine and denylist, opt-outs); what happened after it is kept as
+raw feedback, hits and SMS replies; nothing happens after the anchor.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from campaign.demo.bounces import Bounce
+from campaign.demo.bounces import HARD, Bounce
 from campaign.demo.channels import CHANNELS
 from campaign.demo.parameters import (
     AB_VARIANT_B_APPEAL,
     CLICK_DELAY_MEAN,
     CLICK_WITHOUT_PIXEL_SHARE,
+    COMPLAINT_DELAY_MEAN,
+    COMPLAINT_RATE,
     EXTRA_OPEN_PROBABILITY,
     NEVER_ACCEPTED_SHARE,
     OPEN_DELAYS,
     REACTION_MAX_DELAY,
     RETRY_DELAY_MEAN,
+    SHOWCASE_REACTION_DELAY,
+    SMS_REPLY_DELAY_MEAN,
+    SMS_REPLY_OPT_OUT_SHARE,
+    SMS_REPLY_RATE,
+    SMS_REPLY_UNKNOWN_NUMBER_SHARE,
 )
 from campaign.demo.state import DeliveryPlan, SimulationState
-from campaign.demo.vocabulary import OPT_OUT_URL, SITE, TRACKING_SITE
+from campaign.demo.vocabulary import (
+    COMPLAINT_TEXT,
+    OPT_OUT_URL,
+    SITE,
+    SMS_OPT_OUT_REPLIES,
+    SMS_OTHER_REPLIES,
+    TRACKING_SITE,
+)
 from campaign.models import (
     Channel,
     Delivery,
@@ -62,6 +77,8 @@ class Sending(SimulationState):
             variant = ""
             appeal = plan.appeal
             if plan.ab_test_id is not None:
+                if profile_index is not None:
+                    self.ab_tested.add(profile_index)
                 variant = "A" if rng.random() < 0.5 else "B"
                 appeal *= AB_VARIANT_B_APPEAL if variant == "B" else 1.0
             self._send_message(
@@ -107,9 +124,73 @@ class Sending(SimulationState):
         self.log_statuses[status] += 1
         if status != LogStatus.PENDING and (plan.last_final_at is None or updated_at > plan.last_final_at):
             plan.last_final_at = updated_at
-        if delivered_at is not None and self.rng.random() < engaged_share * appeal:
+        if delivered_at is None:
+            return log_id, status
+        if profile_index is not None and plan.kind == Delivery.Kind.MARKETING and self._complain_or_reply(
+            plan, log_id=log_id, profile_index=profile_index, address=address, delivered_at=delivered_at,
+        ):
+            return log_id, status  # who complained or opted out by reply reacts no further
+        if self.rng.random() < engaged_share * appeal:
             self._react(plan, log_id=log_id, profile_index=profile_index, delivered_at=delivered_at)
         return log_id, status
+
+    def _complain_or_reply(
+        self, plan: DeliveryPlan, *, log_id: int, profile_index: int, address: str, delivered_at: datetime,
+    ) -> bool:
+        """A spam complaint about a delivered email, or a reply to a delivered SMS (from the
+        recipient's number, now and then from another). True when the recipient complained or
+        replied an opt-out keyword."""
+        rng = self.rng
+        if plan.channel == Channel.EMAIL:
+            if self._showcase(plan, profile_index, delivered_at):
+                at = delivered_at + SHOWCASE_REACTION_DELAY
+            elif rng.random() < COMPLAINT_RATE:
+                at = delivered_at + timedelta(seconds=round(rng.expovariate(1 / COMPLAINT_DELAY_MEAN.total_seconds())))
+            else:
+                return False
+            text = COMPLAINT_TEXT.format(domain=address.rpartition("@")[2])
+            if at < self.cutoff:
+                self._quarantine_state(Channel.EMAIL, address).record(at, HARD, FailureReason.ON_DENYLIST, text)
+            elif at < self.anchor:
+                self.raw_feedback.append((at, log_id, SendingFeedback.Outcome.COMPLAINT, text))
+            return True
+        if plan.channel != Channel.SMS:
+            return False
+        if self._showcase(plan, profile_index, delivered_at):
+            self._reply(address, "STOP", delivered_at + SHOWCASE_REACTION_DELAY, opt_out=True)
+            return True
+        if rng.random() >= SMS_REPLY_RATE:
+            return False
+        opt_out = rng.random() < SMS_REPLY_OPT_OUT_SHARE
+        text = rng.choice(SMS_OPT_OUT_REPLIES if opt_out else SMS_OTHER_REPLIES)
+        if rng.random() < SMS_REPLY_UNKNOWN_NUMBER_SHARE:
+            address = f"+447700900{rng.randrange(1000):03d}"  # a number reserved for fiction: no profile's
+        at = delivered_at + timedelta(seconds=round(rng.expovariate(1 / SMS_REPLY_DELAY_MEAN.total_seconds())) + 1)
+        self._reply(address, text, at, opt_out=opt_out)
+        return opt_out and address == self.recipients.phones[profile_index]
+
+    def _showcase(self, plan: DeliveryPlan, profile_index: int, delivered_at: datetime) -> bool:
+        """Whether this message carries the showcase complaint or STOP reply of its channel: the
+        first one of the running delivery delivered after the cutoff, early enough to be answered
+        before the anchor, to a profile outside the A/B test that has not opted out."""
+        due = (
+            plan.channel in self.showcase_due and plan.state == Delivery.State.IN_PROGRESS and plan.ab_test_id is None
+            and self.cutoff <= delivered_at and delivered_at + SHOWCASE_REACTION_DELAY < self.anchor
+            and profile_index not in self.ab_tested and profile_index not in self.opted_out.get(plan.channel, {})
+        )
+        if due:
+            self.showcase_due.discard(plan.channel)
+        return due
+
+    def _reply(self, phone: str, text: str, at: datetime, *, opt_out: bool) -> None:
+        """An SMS reply: raw after the cutoff; before it, consolidated (an opt-out keyword put the
+        number on the denylist)."""
+        if at >= self.anchor:
+            return
+        if at >= self.cutoff:
+            self.raw_replies.append((at, phone, text))
+        elif opt_out:
+            self._quarantine_state(Channel.SMS, phone).record(at, HARD, FailureReason.ON_DENYLIST, text)
 
     def _outcome(
         self, plan: DeliveryPlan, *, log_id: int, address: str, fate: tuple[Bounce, float] | None,

@@ -86,20 +86,23 @@ class QuarantineState:
     ERROR_COUNT_RESET_AFTER = timedelta(days=10)
 
     def record(self, at: datetime, failure_type: int, failure_reason: int, text: str) -> None:
-        if self.quarantined_at is not None:
+        """One error: a bounce, or a denylisting (a spam complaint, an SMS opt-out keyword, a hard
+        bounce of reason 8), which also takes a quarantined address onto the denylist."""
+        denylisting = failure_type == HARD and failure_reason == FailureReason.ON_DENYLIST
+        if self.status == Quarantine.Status.DENYLISTED or (self.quarantined_at is not None and not denylisting):
             return
         if self.first_error_at is None:
             self.first_error_at = at
         self.failure_type, self.failure_reason, self.error_text = failure_type, failure_reason, text
+        if self.last_error_at is not None and at - self.last_error_at > self.ERROR_COUNT_RESET_AFTER:
+            self.error_count, self.first_error_at = 0, at
         if failure_type == HARD:
             self.error_count += 1
             self.last_error_at = at
-            self.quarantined_at = at
-            denylisted = failure_reason == FailureReason.ON_DENYLIST
-            self.status = Quarantine.Status.DENYLISTED if denylisted else Quarantine.Status.QUARANTINED
+            if self.quarantined_at is None:
+                self.quarantined_at = at
+            self.status = Quarantine.Status.DENYLISTED if denylisting else Quarantine.Status.QUARANTINED
             return
-        if self.last_error_at is not None and at - self.last_error_at > self.ERROR_COUNT_RESET_AFTER:
-            self.error_count = 0
         if self.last_error_at is None or at - self.last_error_at >= self.SIGNIFICANT_ERROR_GAP:
             self.error_count += 1
             self.last_error_at = at
@@ -169,6 +172,11 @@ class SimulationState:
         self.opted_out: dict[str, dict[int, datetime]] = {Channel.EMAIL: {}, Channel.SMS: {}}
         self.raw_feedback: list[tuple[datetime, int, str, str]] = []
         self.raw_hits: list[tuple[datetime, int, int, str, str]] = []
+        self.raw_replies: list[tuple[datetime, str, str]] = []  # (received_at, phone, text)
+        # Profile positions that got the A/B test delivery (the winner goes to the others).
+        self.ab_tested: set[int] = set()
+        # The showcase complaint and STOP reply (SHOWCASE_REACTION_DELAY), once each.
+        self.showcase_due: set[str] = {Channel.EMAIL, Channel.SMS}
         self.log_statuses: Counter[int] = Counter()
         self.user: AbstractBaseUser | None = None
         self.templates: dict[str, MessageTemplate] = {}

@@ -56,6 +56,14 @@ EVENT_LOCALES = ("fr_FR", "en_GB", "de_DE")
 SITE = "https://www.brand.example"
 TRACKING_SITE = "https://t.brand.example"
 OPT_OUT_URL = f"{SITE}/preferences/unsubscribe"
+#: The summary a mailbox provider's feedback loop reports a spam complaint with (ARF fields).
+COMPLAINT_TEXT = "Feedback-Type: abuse; User-Agent: {domain} feedback loop; Reported-Domain: brand.example"
+#: The short code the SMS are sent from, which replies go to.
+SMS_SHORT_CODE = "38111"
+#: Replies to a marketing SMS: opt-out keywords as people type them, and replies that are none
+#: (updateDeliveryExecInfo compares the whole reply, ignoring case, accents and punctuation).
+SMS_OPT_OUT_REPLIES = ("STOP", "Stop", "stop", "Stop.", "STOP!", "stop ", "Arrêt", "ARRET", "UNSUBSCRIBE", "Stop all")
+SMS_OTHER_REPLIES = ("Thanks!", "Who is this?", "OK", "Stop sending me these please", "Is the sale on in stores too?", "YES")
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,16 @@
 """The domain of a marketing-campaign platform, as the technical workflows see it.
 
-Data flows one way: the sending and tracking sides append raw rows (SendingFeedback, TrackingHit);
-updateDeliveryExecInfo consolidates them into DeliveryLog and TrackingLog; indicators on Delivery
-and DeliveryAggregate rows are computed from those logs; reports and KPI exports read aggregates.
+Data flows one way: the sending and tracking sides append raw rows (SendingFeedback, TrackingHit,
+InboundSms); updateDeliveryExecInfo consolidates them into DeliveryLog, TrackingLog and Quarantine;
+indicators on Delivery and DeliveryAggregate rows are computed from those logs; reports and KPI
+exports read aggregates.
 
 One module per area, all in the ``campaign`` app:
 
 - :mod:`~campaign.models.codes`: channels and the platform's numeric codes;
 - :mod:`~campaign.models.profiles`: profiles, push subscriptions, shared audiences;
 - :mod:`~campaign.models.deliveries`: campaigns, A/B tests, message templates, deliveries;
-- :mod:`~campaign.models.logs`: delivery and tracking logs, raw feedback and hits, forecast logs;
+- :mod:`~campaign.models.logs`: delivery and tracking logs, raw feedback, hits and SMS replies, forecast logs;
 - :mod:`~campaign.models.deliverability`: quarantine, bounce, MX and domain rules;
 - :mod:`~campaign.models.events`: live and archived transactional events;
 - :mod:`~campaign.models.reporting`: aggregates, shared KPIs, reports, billing metrics;
@@ -31,7 +32,7 @@ from campaign.models.events import (
     EventHistory,
     EventStatus,
 )
-from campaign.models.logs import DeliveryLog, ForecastLog, SendingFeedback, TrackingHit, TrackingLog
+from campaign.models.logs import DeliveryLog, ForecastLog, InboundSms, SendingFeedback, TrackingHit, TrackingLog
 from campaign.models.profiles import (
     AppSubscription,
     AudienceMember,
@@ -75,6 +76,7 @@ __all__ = [
     "FailureReason",
     "FailureType",
     "ForecastLog",
+    "InboundSms",
     "KpiShareState",
     "LogStatus",
     "MessageTemplate",

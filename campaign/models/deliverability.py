@@ -14,7 +14,9 @@ from campaign.models.codes import Channel, FailureReason, FailureType
 
 
 class Quarantine(models.Model):
-    """An address that bounced: ``erroneous`` while soft errors accumulate, then ``quarantined``."""
+    """An address that bounced (``erroneous`` while soft errors accumulate, then ``quarantined``), or
+    that is ``denylisted``: its owner complained of spam or replied an SMS opt-out keyword, or the
+    provider refused it as on its own denylist. Quarantined and denylisted addresses are not targeted."""
 
     class Status(models.TextChoices):
         ERRONEOUS = "erroneous", "Erroneous"

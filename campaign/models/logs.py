@@ -1,6 +1,6 @@
 """The log tables: one row per message (DeliveryLog), the raw rows the sending and tracking sides
-append (SendingFeedback, TrackingHit), the tracking rows consolidated from them (TrackingLog), and
-the contacts the forecast expects (ForecastLog).
+append (SendingFeedback, TrackingHit, InboundSms), the tracking rows consolidated from them
+(TrackingLog), and the contacts the forecast expects (ForecastLog).
 
 These tables grow without bound and are purged on retention rules, so references *from* logs are
 foreign keys without a database constraint (``db_constraint=False``): purging a delivery log must
@@ -53,18 +53,22 @@ class DeliveryLog(models.Model):
 
 class SendingFeedback(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns
     """Raw, append-only feedback from the sending side; consolidated by updateDeliveryExecInfo
-    (cursor on ``id``)."""
+    (cursor on ``id``). A ``complaint`` is a mailbox provider's feedback-loop report that the
+    recipient marked the message as spam: it puts the log's address on the denylist."""
 
     class Outcome(models.TextChoices):
         DELIVERED = "delivered", "Delivered"
         BOUNCE = "bounce", "Bounce"
         DEFERRED = "deferred", "Deferred"
+        COMPLAINT = "complaint", "Spam complaint"
 
     delivery_log = models.ForeignKey(
         DeliveryLog, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+", verbose_name="delivery log",
     )
     outcome = models.CharField("outcome", max_length=16, choices=Outcome.choices)
-    error_text = models.TextField("raw error text", blank=True)
+    error_text = models.TextField(
+        "raw error text", blank=True, help_text="The provider's bounce or deferral text, or the complaint report's summary.",
+    )
     received_at = models.DateTimeField("received", default=timezone.now, db_index=True)
 
     class Meta:
@@ -86,6 +90,27 @@ class TrackingHit(models.Model):  # noqa: DJ008 - rows without a natural name, s
 
     class Meta:
         ordering = ["-id"]
+
+
+class InboundSms(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns
+    """Raw, append-only SMS reply (a mobile-originated message) from the SMS provider; consolidated
+    by updateDeliveryExecInfo (cursor on ``id``): a reply that is an opt-out keyword puts the number
+    on the denylist. The number may be one no profile has: nothing points to a profile or a log."""
+
+    phone = models.CharField(
+        "phone", max_length=32, help_text="The sender's number as the provider reports it (international format).",
+    )
+    text = models.TextField("text", blank=True, help_text="The message as received.")
+    short_code = models.CharField(
+        "short code", max_length=32, blank=True, help_text="The number or short code the reply was sent to.",
+    )
+    received_at = models.DateTimeField("received", default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name = "inbound SMS"
+        verbose_name_plural = "inbound SMS"
+        indexes = [models.Index(fields=["phone"], name="inboundsms_phone_idx")]
 
 
 class TrackingLog(models.Model):  # noqa: DJ008 - rows without a natural name, shown by their columns

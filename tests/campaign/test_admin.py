@@ -34,6 +34,7 @@ from campaign.models import (
     EventHistory,
     ExternalAccount,
     ForecastLog,
+    InboundSms,
     KpiShareState,
     LogStatus,
     MessageTemplate,
@@ -64,6 +65,7 @@ ROW_FACTORIES: dict[type[models.Model], Callable[..., models.Model]] = {
     DeliveryLog: factories.DeliveryLogFactory,
     SendingFeedback: factories.SendingFeedbackFactory,
     TrackingHit: factories.TrackingHitFactory,
+    InboundSms: factories.InboundSmsFactory,
     TrackingLog: factories.TrackingLogFactory,
     Quarantine: factories.QuarantineFactory,
     AppSubscription: factories.AppSubscriptionFactory,
@@ -89,14 +91,14 @@ ROW_FACTORIES: dict[type[models.Model], Callable[..., models.Model]] = {
 
 #: Written by other systems or computed by workflows: viewing only.
 READ_ONLY_MODELS = [
-    SendingFeedback, TrackingHit, DeliveryLog, TrackingLog, EventHistory,
+    SendingFeedback, TrackingHit, InboundSms, DeliveryLog, TrackingLog, EventHistory,
     DeliveryAggregate, ForecastLog, CustomerMetrics, ReportSend, AudienceMember, SharedKpi, KpiShareState,
     StagedAudienceMember,
 ]
 EDITABLE_MODELS = [model for model in ROW_FACTORIES if model not in READ_ONLY_MODELS]
 
 #: Tables that grow without bound: their changelist never counts the whole table.
-LARGE_MODELS = [Profile, DeliveryLog, SendingFeedback, TrackingHit, TrackingLog, Event, EventHistory, ForecastLog]
+LARGE_MODELS = [Profile, DeliveryLog, SendingFeedback, TrackingHit, InboundSms, TrackingLog, Event, EventHistory, ForecastLog]
 
 ALL_MODELS = list(ROW_FACTORIES)
 
@@ -317,6 +319,17 @@ def test_raw_and_tracking_rows_are_searched_by_delivery_log_id(superuser_client:
 
     assert [obj.pk for obj in by_id.context["cl"].result_list] == [wanted.pk]
     assert list(by_text.context["cl"].result_list) == []
+
+
+def test_sms_replies_are_searched_by_exact_phone_number(superuser_client: Client) -> None:
+    wanted = factories.InboundSmsFactory(phone="+33612345678", text="STOP")
+    factories.InboundSmsFactory(phone="+33612345679", text="STOP")
+
+    exact = superuser_client.get(admin_url(InboundSms, "changelist"), {"q": "+33612345678"})
+    partial = superuser_client.get(admin_url(InboundSms, "changelist"), {"q": "+3361234567"})
+
+    assert [obj.pk for obj in exact.context["cl"].result_list] == [wanted.pk]
+    assert list(partial.context["cl"].result_list) == []
 
 
 # --- Delivery: search, filters, indicators, deletion --------------------------------------------

@@ -1,5 +1,6 @@
-"""push_targets: the one selection of push recipients skips disabled subscriptions and profiles
-that opted out of push."""
+"""Who a delivery may reach: push_targets skips disabled subscriptions and profiles that opted out
+of push; address_targets skips opted-out profiles and addresses quarantined or on the denylist;
+an A/B winner goes to the rest of the test's target, with the same exclusions."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from campaign.audience import push_targets
-from campaign.models import Profile
+from campaign.ab_tests import winner_targets
+from campaign.audience import address_targets, channel_targets, push_targets
+from campaign.models import Channel, LogStatus, Profile, Quarantine
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -57,3 +59,52 @@ def test_push_targets_is_one_query_with_the_profiles_as_a_subquery():
 
     assert [subscription.device_token for subscription in result] == ["one"]
     assert len(queries.captured_queries) == 1, "the profiles are never loaded into Python"
+
+
+def ids(queryset) -> set[int]:
+    return set(queryset.values_list("pk", flat=True))
+
+
+@pytest.mark.parametrize("channel", [Channel.EMAIL, Channel.SMS])
+def test_address_targets_skip_opt_outs_empty_addresses_and_quarantined_or_denylisted_ones(channel):
+    field = "email" if channel == Channel.EMAIL else "phone"
+    fine, erroneous, quarantined, denylisted, empty = (factories.ProfileFactory() for _ in range(5))
+    opted_out = factories.ProfileFactory(**{f"blocklisted_{channel}": True})
+    Profile.objects.filter(pk=empty.pk).update(**{field: ""})
+    for who, status in ((erroneous, Quarantine.Status.ERRONEOUS), (quarantined, Quarantine.Status.QUARANTINED),
+                        (denylisted, Quarantine.Status.DENYLISTED)):
+        factories.QuarantineFactory(address=getattr(who, field), channel=channel, status=status)
+    other_channel = Channel.SMS if channel == Channel.EMAIL else Channel.EMAIL
+    factories.QuarantineFactory(address=getattr(fine, field), channel=other_channel, status=Quarantine.Status.DENYLISTED)
+
+    assert ids(address_targets(Profile.objects.all(), channel=channel)) == {fine.pk, erroneous.pk}
+    assert ids(channel_targets(Profile.objects.all(), channel=channel)) == {fine.pk, erroneous.pk}
+    assert opted_out.pk not in ids(address_targets(Profile.objects.all(), channel=channel))
+
+
+def test_channel_targets_for_push_are_the_profiles_with_a_push_target():
+    with_device, without_device, opted_out = (factories.ProfileFactory() for _ in range(3))
+    Profile.objects.filter(pk=opted_out.pk).update(blocklisted_push=True)
+    factories.AppSubscriptionFactory(profile=with_device)
+    factories.AppSubscriptionFactory(profile=opted_out)
+
+    assert ids(channel_targets(Profile.objects.all(), channel=Channel.PUSH)) == {with_device.pk}
+
+
+def test_the_winner_goes_to_the_rest_of_the_target_without_denylisted_or_quarantined_addresses():
+    tested, rest, denylisted, quarantined, opted_out = (factories.ProfileFactory() for _ in range(5))
+    Profile.objects.filter(pk=opted_out.pk).update(blocklisted_email=True)
+    test = factories.ABTestFactory()
+    test_delivery = factories.DeliveryFactory(channel=Channel.EMAIL, ab_test=test)
+    factories.DeliveryLogFactory(delivery=test_delivery, profile=tested, status=LogStatus.SENT, variant="A")
+    factories.QuarantineFactory(address=denylisted.email, status=Quarantine.Status.DENYLISTED)
+    factories.QuarantineFactory(address=quarantined.email, status=Quarantine.Status.QUARANTINED)
+
+    assert ids(winner_targets(test)) == {rest.pk}
+    assert ids(winner_targets(test, Profile.objects.filter(pk__in=[tested.pk, denylisted.pk]))) == set()
+
+
+def test_a_test_without_a_test_delivery_has_no_winner_targets():
+    factories.ProfileFactory()
+
+    assert ids(winner_targets(factories.ABTestFactory())) == set()

@@ -20,6 +20,8 @@ from django.db.models import Count, F, Value
 from django.db.models import Model as DjangoModel
 
 from campaign import demo
+from campaign.ab_tests import winner_targets
+from campaign.demo import vocabulary as demo_vocabulary
 from campaign.models import (
     ABTest,
     AppSubscription,
@@ -34,6 +36,8 @@ from campaign.models import (
     ExternalAccount,
     FailureReason,
     FailureType,
+    ForecastLog,
+    InboundSms,
     LogStatus,
     MessageTemplate,
     Profile,
@@ -54,7 +58,7 @@ PROFILES = 2_000
 FEW_PROFILES = 500
 #: Tables compared row by row between two runs (their first rows, by id).
 SNAPSHOT_MODELS: tuple[type[DjangoModel], ...] = (
-    Profile, Campaign, Delivery, DeliveryLog, TrackingLog, SendingFeedback, TrackingHit, Event, EventHistory,
+    Profile, Campaign, Delivery, DeliveryLog, TrackingLog, SendingFeedback, TrackingHit, InboundSms, Event, EventHistory,
     Quarantine, AppSubscription,
 )
 SNAPSHOT_ROWS = 40
@@ -171,14 +175,20 @@ def test_every_delivery_state_channel_and_kind_is_present(seeded: str) -> None:
     assert not transactional.exclude(campaign=None).exists()
 
 
-def test_raw_feedback_points_at_pending_logs_and_hits_at_delivered_ones(seeded: str) -> None:
+def test_raw_feedback_points_at_pending_logs_and_hits_and_complaints_at_delivered_ones(seeded: str) -> None:
     outcomes = set(SendingFeedback.objects.values_list("outcome", flat=True))
     assert outcomes == set(SendingFeedback.Outcome.values)
     feedback_logs = SendingFeedback.objects.values("delivery_log_id")
-    assert not DeliveryLog.objects.filter(id__in=feedback_logs).exclude(status=LogStatus.PENDING).exists()
+    answers = SendingFeedback.objects.exclude(outcome=SendingFeedback.Outcome.COMPLAINT).values("delivery_log_id")
+    assert not DeliveryLog.objects.filter(id__in=answers).exclude(status=LogStatus.PENDING).exists()
     assert DeliveryLog.objects.filter(id__in=feedback_logs).count() == feedback_logs.distinct().count()
     assert TrackingHit.objects.exists()
     delivered_raw = SendingFeedback.objects.filter(outcome=SendingFeedback.Outcome.DELIVERED).values("delivery_log_id")
+    complained = DeliveryLog.objects.filter(
+        id__in=SendingFeedback.objects.filter(outcome=SendingFeedback.Outcome.COMPLAINT).values("delivery_log_id"))
+    assert complained.exists()
+    assert not complained.exclude(status=LogStatus.SENT).exclude(id__in=delivered_raw).exists()
+    assert not complained.exclude(delivery__channel=Channel.EMAIL).exists()
     hit_logs = DeliveryLog.objects.filter(id__in=TrackingHit.objects.values("delivery_log_id"))
     assert hit_logs.exists()
     assert not hit_logs.exclude(status=LogStatus.SENT).exclude(id__in=delivered_raw).exists()
@@ -213,6 +223,84 @@ def test_quarantine_holds_every_status_and_quarantined_addresses_are_ignored(see
     assert ignored.exists()
     quarantined = Quarantine.objects.exclude(status=Quarantine.Status.ERRONEOUS).values("address")
     assert not ignored.exclude(address__in=quarantined).exists()
+
+
+def test_sms_replies_are_raw_and_opt_out_replies_are_keywords_of_the_workflow(seeded: str) -> None:
+    from workflows.builtin.update_delivery_exec_info_quarantine import (
+        DEFAULT_OPT_OUT_KEYWORDS,
+        normalised_reply,
+        opt_out_keywords,
+    )
+
+    keywords = opt_out_keywords(DEFAULT_OPT_OUT_KEYWORDS)
+    assert all(normalised_reply(text) in keywords for text in demo_vocabulary.SMS_OPT_OUT_REPLIES)
+    assert not any(normalised_reply(text) in keywords for text in demo_vocabulary.SMS_OTHER_REPLIES)
+    cutoff = ANCHOR_AT - demo.UNCONSOLIDATED_WINDOW
+    assert not InboundSms.objects.exclude(received_at__gte=cutoff, received_at__lt=ANCHOR_AT).exists()
+    replies = set(InboundSms.objects.values_list("text", flat=True))
+    assert replies & set(demo_vocabulary.SMS_OPT_OUT_REPLIES)
+    # Opt-outs consolidated before the cutoff: numbers on the denylist, some of them nobody's.
+    denylisted = Quarantine.objects.filter(channel=Channel.SMS, status=Quarantine.Status.DENYLISTED)
+    assert denylisted.filter(address__in=Profile.objects.values("phone")).exists()
+    assert denylisted.filter(failure_type=FailureType.HARD, failure_reason=FailureReason.ON_DENYLIST).count() == \
+        denylisted.count()
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_the_raw_complaints_and_stop_replies_end_denylisted_and_skipped_by_forecasting_and_the_ab_winner(
+    time_machine: Any,
+) -> None:
+    """The showcase of denylisting: at the anchor, the winner of the A/B test and the coming
+    deliveries target the recipients who complained or replied STOP after the last consolidation;
+    once updateDeliveryExecInfo consumed the raw rows, neither forecasting nor the winner does."""
+    from workflows import commands
+    from workflows.builtin.update_delivery_exec_info_quarantine import (
+        DEFAULT_OPT_OUT_KEYWORDS,
+        normalised_reply,
+        opt_out_keywords,
+    )
+
+    call_command("flush", interactive=False)
+    seed(profiles=PROFILES)
+    time_machine.move_to(ANCHOR_AT + timedelta(minutes=1), tick=False)
+    test = ABTest.objects.get()
+    tested = DeliveryLog.objects.filter(delivery__ab_test=test).values("profile_id")
+    complaints = SendingFeedback.objects.filter(outcome=SendingFeedback.Outcome.COMPLAINT).values("delivery_log__profile_id")
+    complainers = list(Profile.objects.filter(id__in=complaints, blocklisted_email=False).exclude(id__in=tested))
+    keywords = opt_out_keywords(DEFAULT_OPT_OUT_KEYWORDS)
+    stop_numbers = [reply.phone for reply in InboundSms.objects.all() if normalised_reply(reply.text) in keywords]
+    repliers = list(Profile.objects.filter(phone__in=stop_numbers, blocklisted_sms=False))
+    assert complainers and repliers, "the showcase: at least one of each"
+
+    def run(workflow_id: str) -> None:
+        assert commands.run_now(workflow_id, actor="test", sync=True).status == "succeeded", workflow_id
+
+    def planned(profile: Profile, channel: str) -> set[int]:
+        return set(ForecastLog.objects.filter(profile=profile, channel=channel).values_list("delivery_id", flat=True))
+
+    run("abTesting")
+    run("forecasting")
+    test.refresh_from_db()
+    assert test.winner_delivery is not None
+    for complainer in complainers:
+        assert complainer.pk in set(winner_targets(test).values_list("pk", flat=True))
+        assert test.winner_delivery_id in planned(complainer, Channel.EMAIL)
+    for replier in repliers:
+        assert planned(replier, Channel.SMS), "the provisional launch SMS"
+
+    run("updateDeliveryExecInfo")
+    run("forecasting")
+
+    winner_targeted = set(winner_targets(test).values_list("pk", flat=True))
+    for complainer in complainers:
+        entry = Quarantine.objects.get(address=complainer.email, channel=Channel.EMAIL)
+        assert (entry.status, entry.failure_type, entry.failure_reason) == (
+            Quarantine.Status.DENYLISTED, FailureType.HARD, FailureReason.ON_DENYLIST)
+        assert complainer.pk not in winner_targeted
+        assert planned(complainer, Channel.EMAIL) == set()
+    for replier in repliers:
+        assert Quarantine.objects.get(address=replier.phone, channel=Channel.SMS).status == Quarantine.Status.DENYLISTED
+        assert planned(replier, Channel.SMS) == set()
 
 
 def test_events_wait_pending_and_some_types_have_no_published_template(seeded: str) -> None:

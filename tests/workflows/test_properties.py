@@ -235,6 +235,25 @@ def test_a_due_time_must_be_an_iso_date_time_with_its_offset():
         prop.validate("2026-02-30T08:00:00+00:00")
 
 
+@pytest.mark.parametrize(("text", "message"), [
+    ("", "opt_out_keywords: expected at least one word"),
+    (" , ", "opt_out_keywords: expected at least one word"),
+    ("STOP, --", "opt_out_keywords: each item needs a letter or a digit, got '--'"),
+    ("STOP" * 300, "opt_out_keywords: at most 1000 characters, got 1200"),
+])
+def test_a_keyword_list_needs_words(text: str, message: str):
+    prop = get_definition("updateDeliveryExecInfo").get_property("opt_out_keywords")
+
+    with pytest.raises(ValidationError) as raised:
+        prop.parse(text)
+    assert raised.value.messages == [message]
+
+
+@pytest.mark.parametrize("text", ["STOP", "STOP, ARRET", "stop,, quit", "opt out, ne plus recevoir"])
+def test_a_keyword_list_accepts_comma_separated_words(text: str):
+    assert get_definition("updateDeliveryExecInfo").get_property("opt_out_keywords").parse(text) == text
+
+
 def test_invalid_values_names_each_bad_or_unknown_entry_and_nothing_else():
     declared = mc_synch_local.definition.properties
 

@@ -1,6 +1,7 @@
 """Benchmark case of updateDeliveryExecInfo: ``rows`` pending delivery logs with about as many raw
-sending feedback rows and tracking hits, consolidated by the workflow against the hand-written SQL
-doing the same work in a handful of whole-table statements.
+sending feedback rows and tracking hits (and a few hundred spam complaints and SMS replies),
+consolidated by the workflow against the hand-written SQL doing the same work in a handful of
+whole-table statements.
 
 The data has a sending platform's shape: deliveries (mostly email, some SMS and push) sent one
 after the other over two months to a population where each profile receives about twenty
@@ -9,11 +10,15 @@ bounce soft most of the time, a few are flaky), so the quarantine rules — inte
 reset — all come into play; some messages are deferred then delivered, some never answered (their
 delivery's validity has ended, so they are cancelled), a few feedback rows and hits point to logs
 that were purged. Bounce texts embed the address, as providers' do, so they are nearly all
-distinct. The increment is the next hours: new deliveries with their feedback and first hits.
+distinct. A few recipients complain of a delivered email, a few answer an SMS (an opt-out keyword
+in its usual spellings, or something else; now and then from a number no profile has): their
+addresses go on the denylist and their messages still pending fail. The increment is the next
+hours: new deliveries with their feedback and first hits.
 
 The SQL bound qualifies bounces with the database's own regex (``~*`` on PostgreSQL, REGEXP on
 SQLite), which reads the benchmark's patterns exactly as Python's ``re`` does (no ``\\b`` and the
-like), and replays the quarantine with a recursive query.
+like), compares SMS replies with the opt-out keywords after stripping the punctuation the data
+uses, and replays the quarantine with a recursive query.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from campaign.models import (
     DeliveryLog,
     FailureReason,
     FailureType,
+    InboundSms,
     LogStatus,
     Profile,
     Quarantine,
@@ -44,6 +50,7 @@ from campaign.models import (
     UrlType,
 )
 from workflows.benchmarks import BenchmarkCase, register
+from workflows.builtin.update_delivery_exec_info_quarantine import DENYLISTED_LOG_TEXT, opt_out_keywords
 from workflows.sql import db_datetime
 
 #: Messages per delivery (100 deliveries at a million logs) and profiles per message (each profile
@@ -91,6 +98,17 @@ FLAKY_TEXTS = ("421 4.4.2 mx1 for {a}: Connection timed out", "554 Transaction f
                "554 5.7.1 Client host blocked using zen.spamhaus.org ({a})", "451 4.4.0 DNS resolving error for {a}")
 IGNORED_TEXT = "Auto-reply: {a} is out of office until Monday"
 
+#: Per delivered email, the chance of a spam complaint (providers' feedback loops report a few per
+#: thousand); per delivered SMS, the chance of a reply, and the replies drawn from (the keyword
+#: spellings use only the punctuation the bound strips: space, full stop, exclamation mark).
+COMPLAINT_PROBABILITY = 0.002
+COMPLAINT_TEXT = "Feedback-Type: abuse; User-Agent: fbl.{a}"
+REPLY_PROBABILITY = 0.01
+OPT_OUT_REPLIES = ("STOP", "stop", "Stop.", "STOP!", " Stop ", "unsubscribe", "ARRET", "Quit", "end")
+OTHER_REPLIES = ("Thanks", "Who is this", "ok", "stop please", "STOPPED")
+#: Every this-many-th reply comes from a number no profile has.
+UNKNOWN_NUMBER_EVERY = 40
+
 # Outcome codes of a log in the generation arrays.
 O_DELIVERED, O_BOUNCE, O_DEFERRED_THEN_DELIVERED, O_DEFERRED, O_NONE, O_TWICE, O_BOUNCE_THEN_DELIVERED = range(7)
 
@@ -108,10 +126,13 @@ class Generator:
     are ``profile_ids`` (1..P), ``fates[id - 1]`` their addresses' fate."""
 
     def __init__(self, *, rng: random.Random, deliveries: list[Delivery], count: int, profile_ids: range,
-                 fates: bytes, first_log: int, first_feedback: int, first_hit: int) -> None:
+                 fates: bytes, first_log: int, first_feedback: int, first_hit: int, first_reply: int = 1) -> None:
         self.rng, self.deliveries, self.count = rng, deliveries, count
         self.profile_ids, self.fates = profile_ids, fates
         self.first_log, self.first_feedback, self.first_hit = first_log, first_feedback, first_hit
+        self.first_reply = first_reply
+        # Complaints and replies draw from their own generator: the other rows stay as they were.
+        self.reactions = random.Random(first_log * 7_919 + count)
         # Compact per-log decisions shared by the three passes (13 bytes a log).
         self.profiles = array("l")
         self.outcomes = array("b")
@@ -163,6 +184,8 @@ class Generator:
 
     def feedback(self) -> Iterator[tuple[Any, ...]]:
         feedback_id = self.first_feedback
+        # Complaints come hours after delivery, after the answers about the other messages.
+        complaints: list[tuple[int, str, datetime]] = []
         for index in range(self.count):
             outcome = self.outcomes[index]
             if outcome == O_NONE:
@@ -183,12 +206,19 @@ class Generator:
                 rows.append(("delivered", "", at))
                 if outcome == O_TWICE:
                     rows.append(("delivered", "", at + timedelta(seconds=5)))
+            delivered = outcome in (O_DELIVERED, O_TWICE, O_DEFERRED_THEN_DELIVERED)
+            if delivered and delivery.channel == Channel.EMAIL and self.reactions.random() < COMPLAINT_PROBABILITY:
+                address = _address(delivery.channel, profile_id)
+                complaints.append((log_id, COMPLAINT_TEXT.format(a=address), rows[-1][2] + timedelta(hours=6)))
             for outcome_name, text, received_at in rows:
                 yield (feedback_id, log_id, outcome_name, text, received_at)
                 feedback_id += 1
             if index % 997 == 0:  # feedback about a log purged meanwhile
                 yield (feedback_id, 10 * (self.first_log + self.count) + index, "delivered", "", at)
                 feedback_id += 1
+        for log_id, text, received_at in complaints:
+            yield (feedback_id, log_id, "complaint", text, received_at)
+            feedback_id += 1
 
     def hits(self) -> Iterator[tuple[Any, ...]]:
         rng, hit_id = self.rng, self.first_hit
@@ -220,10 +250,28 @@ class Generator:
                 hit_id += 1
 
 
+    def replies(self) -> Iterator[tuple[Any, ...]]:
+        """SMS replies to delivered SMS, a few hours after delivery."""
+        reply_id = self.first_reply
+        for index in range(self.count):
+            delivery = self._delivery(index)
+            if delivery.channel != Channel.SMS or self.outcomes[index] not in (O_DELIVERED, O_TWICE, O_DEFERRED_THEN_DELIVERED):
+                continue
+            if self.reactions.random() >= REPLY_PROBABILITY:
+                continue
+            texts = OPT_OUT_REPLIES if self.reactions.random() < 0.75 else OTHER_REPLIES
+            unknown = (reply_id - self.first_reply) % UNKNOWN_NUMBER_EVERY == UNKNOWN_NUMBER_EVERY - 1
+            phone = f"+337{reply_id:08d}" if unknown else _address(Channel.SMS, self.profiles[index])
+            at = delivery.started_at + timedelta(seconds=self.delays[index], hours=3)
+            yield (reply_id, phone, self.reactions.choice(texts), "38111", at)
+            reply_id += 1
+
+
 LOG_FIELDS = ("id", "delivery_id", "profile_id", "address", "variant", "status", "failure_type", "failure_reason",
               "error_text", "created_at", "updated_at")
 FEEDBACK_FIELDS = ("id", "delivery_log_id", "outcome", "error_text", "received_at")
 HIT_FIELDS = ("id", "delivery_log_id", "url_type", "url", "user_agent", "hit_at")
+REPLY_FIELDS = ("id", "phone", "text", "short_code", "received_at")
 PROFILE_FIELDS = ("id", "email", "phone", "first_name", "last_name", "blocklisted_email", "blocklisted_sms",
                   "blocklisted_push", "created_at", "updated_at")
 
@@ -259,7 +307,7 @@ class DeliveryExecInfoCase(BenchmarkCase):
                     break
         created = now - timedelta(days=400)
         load(Profile, PROFILE_FIELDS, (
-            (pid, f"p{pid}@example.com", f"+3361{pid:07d}", "Ada", f"R{pid}", False, False, False, created, created)
+            (pid, f"p{pid}@example.com", _address(Channel.SMS, pid), "Ada", f"R{pid}", False, False, False, created, created)
             for pid in range(1, profile_count + 1)
         ))
         BounceRule.objects.bulk_create(BounceRule(priority=p, pattern=pattern, failure_type=t, failure_reason=r)
@@ -282,12 +330,14 @@ class DeliveryExecInfoCase(BenchmarkCase):
         generator = Generator(rng=rng, deliveries=deliveries, count=rows, profile_ids=range(1, profile_count + 1),
                               fates=bytes(fates), first_log=1, first_feedback=1, first_hit=1)
         self._load(generator)
-        reset_sequences(Profile, Campaign, Delivery, DeliveryLog, SendingFeedback, TrackingHit, BounceRule, Quarantine)
+        reset_sequences(Profile, Campaign, Delivery, DeliveryLog, SendingFeedback, TrackingHit, InboundSms, BounceRule,
+                        Quarantine)
 
     def _load(self, generator: Generator) -> None:
         load(DeliveryLog, LOG_FIELDS, generator.logs())
         load(SendingFeedback, FEEDBACK_FIELDS, generator.feedback())
         load(TrackingHit, HIT_FIELDS, generator.hits())
+        load(InboundSms, REPLY_FIELDS, generator.replies())
 
     def add_increment(self, *, rows: int, seed: int) -> None:
         rng = random.Random(seed)
@@ -300,9 +350,10 @@ class DeliveryExecInfoCase(BenchmarkCase):
 
         generator = Generator(rng=rng, deliveries=deliveries, count=rows, profile_ids=range(1, profile_count + 1),
                               fates=bytes(profile_count), first_log=next_id(DeliveryLog),
-                              first_feedback=next_id(SendingFeedback), first_hit=next_id(TrackingHit))
+                              first_feedback=next_id(SendingFeedback), first_hit=next_id(TrackingHit),
+                              first_reply=next_id(InboundSms))
         self._load(generator)
-        reset_sequences(DeliveryLog, SendingFeedback, TrackingHit)
+        reset_sequences(DeliveryLog, SendingFeedback, TrackingHit, InboundSms)
 
     # -- the bound -------------------------------------------------------------------------------
     def sql_bound(self) -> None:
@@ -352,8 +403,8 @@ def FINGERPRINT_QUERIES(vendor: str) -> dict[str, str]:  # a table of queries
 
 def bound_statements(*, now: Any, properties: dict[str, Any]) -> list[tuple[str, list[Any]]]:
     """The workflow's work as whole-table statements: qualify every bounce once, update each log
-    from its last feedback, replay the quarantine recursively, copy the hits, blocklist, cancel,
-    finish."""
+    from its last feedback, replay the quarantine recursively (bounces, complaints, opt-out replies),
+    fail the pending logs of denylisted addresses, copy the hits, blocklist, cancel, finish."""
     postgres = connection.vendor == "postgresql"
     matches = "f.error_text ~* rule.pattern" if postgres else "f.error_text REGEXP ('(?i)' || rule.pattern)"
     elapsed_ms = ("(EXTRACT(EPOCH FROM ({0} - {1})) * 1000)" if postgres
@@ -386,22 +437,41 @@ def bound_statements(*, now: Any, properties: dict[str, Any]) -> list[tuple[str,
             LEFT JOIN bench_bounce AS b ON b.id = f.id
         WHERE campaign_deliverylog.id = f.delivery_log_id
     """, [now]))
-    # 3. The quarantine: errors numbered per (address, channel) in feedback order, replayed from
-    # the stored state (a released address starts afresh).
+    # 3. The quarantine: errors numbered per (address, channel) — bounces and complaints in feedback
+    # order, then the SMS opt-out replies in reply order —, replayed from the stored state (a
+    # released address starts afresh; a complaint or an opt-out is a hard error of reason 8).
+    keywords = sorted(opt_out_keywords(properties["opt_out_keywords"]))
+    stripped = "regexp_replace(r.text, '[^[:alnum:]]', '', 'g')" if postgres else (
+        "replace(replace(replace(r.text, ' ', ''), '.', ''), '!', '')")
     statements.append((f"""
         CREATE TEMP TABLE bench_error AS
-        SELECT l.address, d.channel, b.received_at AS at, b.failure_type, b.failure_reason, b.error_text,
-               ROW_NUMBER() OVER (PARTITION BY l.address, d.channel ORDER BY b.id) AS rn
-        FROM bench_bounce AS b
-            JOIN campaign_deliverylog AS l ON l.id = b.delivery_log_id
-            JOIN campaign_delivery AS d ON d.id = l.delivery_id
-        WHERE b.failure_type <> {IGNORED}
-    """, []))
+        SELECT e.address, e.channel, e.at, e.failure_type, e.failure_reason, e.error_text,
+               ROW_NUMBER() OVER (PARTITION BY e.address, e.channel ORDER BY e.source, e.id) AS rn
+        FROM (
+            SELECT 0 AS source, b.id, l.address, d.channel, b.received_at AS at, b.failure_type, b.failure_reason,
+                   b.error_text
+            FROM bench_bounce AS b
+                JOIN campaign_deliverylog AS l ON l.id = b.delivery_log_id
+                JOIN campaign_delivery AS d ON d.id = l.delivery_id
+            WHERE b.failure_type <> {IGNORED}
+            UNION ALL
+            SELECT 0, f.id, l.address, d.channel, f.received_at, {HARD}, {FailureReason.ON_DENYLIST}, f.error_text
+            FROM campaign_sendingfeedback AS f
+                JOIN campaign_deliverylog AS l ON l.id = f.delivery_log_id
+                JOIN campaign_delivery AS d ON d.id = l.delivery_id
+            WHERE f.outcome = 'complaint'
+            UNION ALL
+            SELECT 1, r.id, r.phone, 'sms', r.received_at, {HARD}, {FailureReason.ON_DENYLIST}, r.text
+            FROM campaign_inboundsms AS r
+            WHERE lower({stripped}) IN ({", ".join(["%s"] * len(keywords))})
+        ) AS e
+    """, keywords))
     statements.append(("CREATE INDEX bench_error_walk ON bench_error (address, channel, rn)", []))
     reset = f"(w.last_at IS NOT NULL AND {elapsed_ms.format('e.at', 'w.last_at')} > {reset_ms})"
     significant = (f"(e.failure_type = {HARD} OR w.last_at IS NULL OR {reset} "
                    f"OR {elapsed_ms.format('e.at', 'w.last_at')} >= {interval_ms})")
-    settled = "(w.status IN ('quarantined', 'denylisted'))"
+    denylisting = f"(e.failure_type = {HARD} AND e.failure_reason = {FailureReason.ON_DENYLIST})"
+    settled = f"(w.status = 'denylisted' OR (w.status = 'quarantined' AND NOT {denylisting}))"
     count = f"((CASE WHEN {reset} THEN 0 ELSE w.cnt END) + (CASE WHEN {significant} THEN 1 ELSE 0 END))"
     statements.append((f"""
         WITH RECURSIVE walk (address, channel, rn, status, cnt, first_at, last_at, failure_type, failure_reason, error_text) AS (
@@ -415,7 +485,7 @@ def bound_statements(*, now: Any, properties: dict[str, Any]) -> list[tuple[str,
                 LEFT JOIN campaign_quarantine AS q ON q.address = k.address AND q.channel = k.channel
             UNION ALL
             SELECT w.address, w.channel, e.rn,
-                   CASE WHEN {settled} THEN w.status
+                   CASE WHEN {settled} THEN w.status WHEN {denylisting} THEN 'denylisted'
                         WHEN e.failure_type = {HARD} OR {count} >= {threshold} THEN 'quarantined' ELSE 'erroneous' END,
                    CASE WHEN {settled} THEN w.cnt ELSE {count} END,
                    CASE WHEN {settled} THEN w.first_at
@@ -439,6 +509,15 @@ def bound_statements(*, now: Any, properties: dict[str, Any]) -> list[tuple[str,
             last_error_at = excluded.last_error_at, failure_type = excluded.failure_type,
             failure_reason = excluded.failure_reason, error_text = excluded.error_text, updated_at = excluded.updated_at
     """, [now, now]))
+    # The messages still pending of the addresses now on the denylist (none was before) fail.
+    statements.append((f"""
+        UPDATE campaign_deliverylog SET status = {LogStatus.FAILED}, failure_type = {HARD},
+            failure_reason = {FailureReason.ON_DENYLIST}, error_text = '{DENYLISTED_LOG_TEXT}', updated_at = %s
+        WHERE status = {LogStatus.PENDING} AND EXISTS (
+            SELECT 1 FROM campaign_quarantine AS q JOIN campaign_delivery AS d ON d.channel = q.channel
+            WHERE q.address = campaign_deliverylog.address AND d.id = campaign_deliverylog.delivery_id
+                AND q.status = 'denylisted')
+    """, [now]))
     # 4. Tracking rows, the delivery denormalised from the log.
     statements.append(("""
         INSERT INTO campaign_trackinglog (delivery_log_id, delivery_id, url_type, url, tracked_at)

@@ -45,8 +45,8 @@ Invariants:
   pass where it halted; any other run (including the one after a crash) starts a new pass: the
   forecast is a full rebuild from the source tables, so starting over gives exactly the result of
   an uninterrupted run, where continuing a crashed pass would finish a forecast of another day.
-- **Safe to rerun.** Everything is recomputed from Delivery, DeliveryLog, Profile, Quarantine and
-  AppSubscription; a rerun over the same data writes the same rows.
+- **Safe to rerun.** Everything is recomputed from Delivery, ABTest, DeliveryLog, Profile, Quarantine
+  and AppSubscription; a rerun over the same data writes the same rows.
 """
 
 from __future__ import annotations
@@ -59,8 +59,9 @@ from django.db import connection
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
-from campaign.audience import push_targets
-from campaign.models import Channel, Delivery, DeliveryLog, ForecastLog, LogStatus, Profile, Quarantine
+from campaign.ab_tests import winner_targets, won_test
+from campaign.audience import BLOCKLIST_FIELD, address_targets, on_denylist, push_targets
+from campaign.models import Channel, Delivery, DeliveryLog, ForecastLog, LogStatus, Profile
 from workflows.context import ActivityContext, Batch
 from workflows.definition import Schedule, WorkflowDefinition, register
 from workflows.properties import DurationProperty, IntegerProperty
@@ -73,19 +74,6 @@ CONTACT_STATUSES = (LogStatus.SENT, LogStatus.FAILED, LogStatus.PENDING)
 
 #: Delivery states of the provisional forecast.
 FORECAST_STATES = (Delivery.State.SCHEDULED, Delivery.State.PROVISIONAL)
-
-#: Quarantine statuses whose address is not contacted (an erroneous address still is).
-UNREACHABLE_QUARANTINE = (Quarantine.Status.QUARANTINED, Quarantine.Status.DENYLISTED)
-
-#: The profile flag that opts out of each channel.
-BLOCKLIST_FIELD = {
-    Channel.EMAIL: "blocklisted_email",
-    Channel.SMS: "blocklisted_sms",
-    Channel.PUSH: "blocklisted_push",
-}
-
-#: The profile column holding the address of the channels whose address is on the profile.
-ADDRESS_FIELD = {Channel.EMAIL: "email", Channel.SMS: "phone"}
 
 DEFAULT_HORIZON_DAYS = 7
 DEFAULT_FATIGUE_THRESHOLD = 5
@@ -146,32 +134,38 @@ def forecast_targets(delivery: Delivery, *, after: int = 0, upto: int | None = N
     The project has no targeting model yet, so the target is defined here, and only here:
 
     - a delivery that has prepared its target (it has DeliveryLog rows) targets the profiles of
-      its logs in a contact status (1, 2, 6), except those that opted out of its channel since;
-    - otherwise, every profile that did not opt out of the channel (``blocklisted_<channel>``) and
-      can be reached on it: for email and SMS, a non-empty address that is not quarantined or
-      denylisted (an ``erroneous`` address is still tried); for push, an enabled subscription, as
-      :func:`campaign.audience.push_targets` selects them.
+      its logs in a contact status (1, 2, 6), except those that opted out of its channel since and
+      the logs whose address went on the denylist since;
+    - the winner delivery of an A/B test targets the rest of the test's target
+      (:func:`campaign.ab_tests.winner_targets`);
+    - otherwise, every profile the channel may reach (:mod:`campaign.audience`): for email and SMS,
+      not opted out, with an address that is neither quarantined nor on the denylist (an
+      ``erroneous`` address is still tried); for push, an enabled subscription.
 
     The id range is put on every table read (profiles, logs, subscriptions), not only on the
     profiles: the database does not carry a range across a join, and without it a later slice
-    would read everything before it again.
+    would read everything before it again. The quarantine and a winner's test logs are probed per
+    row through their indexes (address; profile).
     """
     def in_range(column: str) -> Q:
         bounds = Q(**{f"{column}__gt": after})
         return bounds if upto is None else bounds & Q(**{f"{column}__lte": upto})
 
     channel = delivery.channel
-    profiles = Profile.objects.filter(in_range("pk"), **{BLOCKLIST_FIELD[channel]: False})
+    in_slice = Profile.objects.filter(in_range("pk"))
     logs = DeliveryLog.objects.filter(delivery_id=delivery.pk)
     if logs.exists():
-        contacted = logs.filter(in_range("profile_id"), status__in=CONTACT_STATUSES)
-        return profiles.filter(Exists(contacted.filter(profile_id=OuterRef("pk"))))
+        contacted = (logs.filter(in_range("profile_id"), status__in=CONTACT_STATUSES)
+                     .exclude(on_denylist(OuterRef("address"), channel)))
+        return in_slice.filter(**{BLOCKLIST_FIELD[channel]: False}).filter(
+            Exists(contacted.filter(profile_id=OuterRef("pk"))))
+    test = won_test(delivery)
+    if test is not None:
+        return winner_targets(test, in_slice)
     if channel == Channel.PUSH:
-        subscriptions = push_targets(Profile.objects.filter(in_range("pk"))).filter(in_range("profile_id"))
-        return profiles.filter(Exists(subscriptions.filter(profile_id=OuterRef("pk"))))
-    address = ADDRESS_FIELD[channel]
-    unreachable = Quarantine.objects.filter(address=OuterRef(address), channel=channel, status__in=UNREACHABLE_QUARANTINE)
-    return profiles.exclude(**{address: ""}).exclude(Exists(unreachable))
+        subscriptions = push_targets(in_slice).filter(in_range("profile_id"))
+        return in_slice.filter(blocklisted_push=False).filter(Exists(subscriptions.filter(profile_id=OuterRef("pk"))))
+    return address_targets(in_slice, channel=channel)
 
 
 # --- Set-based statements over one slice of profiles ------------------------------------------------
@@ -271,7 +265,8 @@ def forecast_batch(after: int, size: int, *, forecast: ForecastPass) -> Batch:
     if batch is None:
         return Batch(rows=0, cursor=after)
     stale = clear_slice(forecast, after=batch.after, upto=batch.upto)
-    deliveries = list(forecast_deliveries(forecast).order_by("pk").only("pk", "channel", "priority", "scheduled_at"))
+    deliveries = list(forecast_deliveries(forecast).order_by("pk").only("pk", "channel", "priority", "scheduled_at",
+                                                                       "ab_test_id"))
     if deliveries:
         sql, params = planning_statement(deliveries, forecast, after=batch.after, upto=batch.upto)
         with connection.cursor() as cursor:

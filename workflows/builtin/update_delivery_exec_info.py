@@ -1,10 +1,11 @@
 """updateDeliveryExecInfo — Update delivery execution.
 
 Why it exists: the sending and tracking sides only ever append raw rows (SendingFeedback,
-TrackingHit). Everything downstream — indicators, aggregates, reports, KPI sharing — reads the
-consolidated logs, and this workflow is the *only* writer of DeliveryLog status and failure fields
-and of TrackingLog rows. It also keeps the quarantine, the opt-out blocklist and the delivery
-execution states.
+TrackingHit, InboundSms). Everything downstream — indicators, aggregates, reports, KPI sharing —
+reads the consolidated logs, and this workflow is the *only* writer of DeliveryLog status and
+failure fields and of TrackingLog rows. It also keeps the quarantine and the denylist (the rules of
+an address's state are in :mod:`workflows.builtin.update_delivery_exec_info_quarantine`), the
+opt-out blocklist and the delivery execution states.
 
 Invariants it keeps:
 
@@ -19,14 +20,17 @@ Invariants it keeps:
   cancellation runs in bounded cursor-less batches until a short one, the finishing in one unit,
   each committing with its counter.
 - **Batch boundaries do not matter.** For a log, the last ``delivered`` or ``bounce`` feedback
-  (highest id) wins, and ``deferred`` feedback never changes a log (it *stays* pending); the
-  quarantine is replayed error by error, in feedback id order, from the state stored before the
-  batch. So an interrupted run followed by a rerun ends exactly where an uninterrupted run ends.
+  (highest id) wins, and ``deferred`` and ``complaint`` feedback never change it; the quarantine
+  is replayed error by error (bounces, complaints, opt-out replies), in raw id order, from the
+  state stored before the batch; the logs an address's denylisting fails are those still pending
+  after the batch's own feedback, and a later answer about them wins as any later feedback does.
+  So an interrupted run followed by a rerun ends exactly where an uninterrupted run ends.
 - **One regex dialect.** Bounce texts are qualified in Python with the rules compiled once per
   run. Python's ``re`` is what validates a BounceRule's pattern (``BounceRule.clean``), so a pattern
   means the same thing everywhere (PostgreSQL's dialect reads ``\\b`` as a backspace, for one). Only
-  the bounces of a batch (a bounded, small share of it) reach Python; everything else is set-based
-  SQL over the batch's id range.
+  the bounces and complaints of a batch (a bounded, small share of it) reach Python; everything
+  else is set-based SQL over the batch's id range. SMS replies, few and short, are read into
+  Python whole, a batch at a time, to be compared with the opt-out keywords.
 - **"Changed since" contract.** Every DeliveryLog change sets ``updated_at`` to the current time;
   TrackingLog rows are append-only (ids increase). updateDeliveryIndicators and reportingAggregates
   rely on both.
@@ -36,10 +40,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from collections.abc import Sequence
+from datetime import datetime
 
 from django.db import connection
 from django.db.models import Max
@@ -52,34 +54,44 @@ from campaign.models import (
     DeliveryLog,
     FailureReason,
     FailureType,
+    InboundSms,
     LogStatus,
     Profile,
-    Quarantine,
     SendingFeedback,
     TrackingHit,
     TrackingLog,
     UrlType,
 )
+from workflows.builtin.update_delivery_exec_info_quarantine import (
+    DEFAULT_OPT_OUT_KEYWORDS,
+    DENYLISTING,
+    AddressEvent,
+    Qualification,
+    QuarantinePolicy,
+    fail_pending_logs,
+    normalised_phone,
+    normalised_reply,
+    opt_out_keywords,
+    update_quarantine,
+)
 from workflows.context import ActivityContext, Batch
 from workflows.definition import Schedule, WorkflowDefinition, register
 from workflows.errors import PermanentError
-from workflows.properties import DurationProperty, IntegerProperty
+from workflows.properties import DurationProperty, IntegerProperty, WordListProperty
 from workflows.sql import db_datetime, table
 
 WORKFLOW_ID = "updateDeliveryExecInfo"
 
-#: Cursor names in ``Workflow.cursors``: the last consolidated SendingFeedback / TrackingHit id.
+#: Cursor names in ``Workflow.cursors``: the last consolidated SendingFeedback / TrackingHit /
+#: InboundSms id.
 FEEDBACK_CURSOR = "sending_feedback_id"
 HITS_CURSOR = "tracking_hit_id"
+INBOUND_SMS_CURSOR = "inbound_sms_id"
 
 #: Raw rows per batch. 20,000 feedback rows carry ~2,000 bounces into Python (a few MB) and update
 #: as many logs in well under a second on PostgreSQL, so a batch holds its row locks briefly
 #: while the per-batch overhead (cursor write, lease check, statement planning) stays below 2%.
 DEFAULT_BATCH_SIZE = 20_000
-
-#: Existing quarantine rows are read per batch in chunks of this many addresses (SQLite accepts at
-#: most 32,766 parameters a statement; smaller chunks keep each statement cheap to plan).
-ADDRESS_CHUNK = 500
 
 #: Counter of a bounce, by its failure type.
 BOUNCE_COUNTERS = {FailureType.SOFT: "soft_bounces", FailureType.HARD: "hard_bounces", FailureType.IGNORED: "ignored_bounces"}
@@ -96,12 +108,6 @@ BLOCKLIST_COLUMN = {
 # --------------------------------------------------------------------------------------------
 # Bounce qualification
 # --------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Qualification:
-    failure_type: int
-    failure_reason: int
-
 
 #: What a bounce that no rule matches becomes: soft, reason "not defined".
 UNQUALIFIED = Qualification(FailureType.SOFT, FailureReason.NONE)
@@ -138,133 +144,6 @@ class BounceRules:
 
 
 # --------------------------------------------------------------------------------------------
-# Quarantine
-# --------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class QuarantinePolicy:
-    """Soft errors count only when ``error_interval`` after the last significant one; the
-    address is quarantined at the ``threshold``-th; the count restarts when the last significant
-    error is older than ``counter_reset``. A hard error quarantines at once."""
-
-    error_interval: timedelta
-    counter_reset: timedelta
-    threshold: int
-
-    @classmethod
-    def from_properties(cls, properties: dict[str, Any]) -> QuarantinePolicy:
-        return cls(
-            error_interval=timedelta(days=properties["error_interval_days"]),
-            counter_reset=timedelta(days=properties["counter_reset_days"]),
-            threshold=properties["quarantine_threshold"],
-        )
-
-
-#: Statuses no bounce changes: the address is already excluded, and its row says why.
-SETTLED_STATUSES = (Quarantine.Status.QUARANTINED, Quarantine.Status.DENYLISTED)
-
-
-@dataclass(frozen=True)
-class QuarantineState:
-    """One (address, channel)'s quarantine row, as the replay sees it; ``status`` None = no row yet."""
-
-    status: str | None = None
-    error_count: int = 0
-    first_error_at: datetime | None = None
-    last_error_at: datetime | None = None
-    failure_type: int = FailureType.NONE
-    failure_reason: int = FailureReason.NONE
-    error_text: str = ""
-
-
-def apply_error(
-    state: QuarantineState, *, at: datetime, qualification: Qualification, error_text: str, policy: QuarantinePolicy
-) -> tuple[QuarantineState, bool]:
-    """The state after one bounce at ``at``, and whether the bounce counted (was significant).
-    Ignored failures and addresses already quarantined or denylisted are left as they are; a
-    ``valid`` (released) address starts counting afresh."""
-    if qualification.failure_type == FailureType.IGNORED or state.status in SETTLED_STATUSES:
-        return state, False
-    fresh = state.status in (None, Quarantine.Status.VALID)
-    last = None if fresh else state.last_error_at
-    reset = last is not None and at - last > policy.counter_reset
-    significant = (
-        qualification.failure_type == FailureType.HARD or last is None or reset or at - last >= policy.error_interval
-    )
-    count = (0 if fresh or reset else state.error_count) + (1 if significant else 0)
-    quarantined = qualification.failure_type == FailureType.HARD or count >= policy.threshold
-    return QuarantineState(
-        status=Quarantine.Status.QUARANTINED if quarantined else Quarantine.Status.ERRONEOUS,
-        error_count=count,
-        first_error_at=at if fresh or reset or state.first_error_at is None else state.first_error_at,
-        last_error_at=at if significant else last,
-        failure_type=qualification.failure_type,
-        failure_reason=qualification.failure_reason,
-        error_text=error_text,
-    ), significant
-
-
-@dataclass(frozen=True)
-class Bounce:
-    """One bounce of a batch, with what the quarantine needs of its log and delivery."""
-
-    feedback_id: int
-    error_text: str
-    received_at: datetime
-    address: str
-    channel: str
-
-
-QUARANTINE_FIELDS = ("status", "error_count", "first_error_at", "last_error_at", "failure_type", "failure_reason", "error_text")
-
-
-def _load_quarantine(keys: set[tuple[str, str]]) -> dict[tuple[str, str], QuarantineState]:
-    addresses = sorted({address for address, _ in keys})
-    states: dict[tuple[str, str], QuarantineState] = {}
-    for start in range(0, len(addresses), ADDRESS_CHUNK):
-        rows = Quarantine.objects.filter(address__in=addresses[start:start + ADDRESS_CHUNK]).values_list(
-            "address", "channel", *QUARANTINE_FIELDS
-        )
-        for address, channel, *values in rows:
-            if (address, channel) in keys:
-                states[(address, channel)] = QuarantineState(**dict(zip(QUARANTINE_FIELDS, values, strict=True)))
-    return states
-
-
-def update_quarantine(
-    bounces: Iterable[tuple[Bounce, Qualification]], *, policy: QuarantinePolicy
-) -> dict[str, int]:
-    """Replay a batch's bounces (in feedback id order) on the stored quarantine and upsert the rows
-    that changed. Returns counters."""
-    bounces = list(bounces)
-    keys = {(bounce.address, bounce.channel) for bounce, _ in bounces}
-    before = _load_quarantine(keys)
-    after = dict(before)
-    significant = 0
-    for bounce, qualification in bounces:
-        key = (bounce.address, bounce.channel)
-        state = after.get(key, QuarantineState())
-        after[key], counted = apply_error(
-            state, at=bounce.received_at, qualification=qualification, error_text=bounce.error_text, policy=policy
-        )
-        significant += counted
-    changed = {key: state for key, state in after.items() if state.status is not None and state != before.get(key)}
-    Quarantine.objects.bulk_create(
-        [Quarantine(address=address, channel=channel, **{f: getattr(s, f) for f in QUARANTINE_FIELDS})
-         for (address, channel), s in sorted(changed.items())],
-        update_conflicts=True,
-        unique_fields=["address", "channel"],
-        update_fields=[*QUARANTINE_FIELDS, "updated_at"],
-    )
-    newly_quarantined = sum(
-        1 for key, state in changed.items()
-        if state.status == Quarantine.Status.QUARANTINED and before.get(key, QuarantineState()).status != state.status
-    )
-    return {"significant_errors": significant, "quarantine_rows_written": len(changed),
-            "addresses_quarantined": newly_quarantined}
-
-
-# --------------------------------------------------------------------------------------------
 # SQL helpers
 # --------------------------------------------------------------------------------------------
 
@@ -295,7 +174,7 @@ def batch_range(model: type, *, after: int, up_to: int, limit: int) -> tuple[int
 
 def _update_logs(*, after: int, up_to: int, qualified: dict[int, Qualification], now: datetime) -> int:
     """Apply the winning feedback of each log in the id range (after, up_to]: the last delivered or
-    bounce row (deferred rows never change a log). Returns the number of logs updated."""
+    bounce row (deferred and complaint rows never change a log). Returns the number of logs updated."""
     feedback, logs = table(SendingFeedback), table(DeliveryLog)
     payload = json.dumps([[fid, q.failure_type, q.failure_reason] for fid, q in qualified.items()])
     # No WITH prefix: Python's sqlite3 reports a row count only for statements starting with UPDATE.
@@ -330,8 +209,19 @@ def _outcome_counts(*, after: int, up_to: int) -> dict[str, int]:
         return dict(cursor.fetchall())
 
 
+def record_errors(events: list[tuple[AddressEvent, Qualification]], *, policy: QuarantinePolicy,
+                  now: datetime) -> dict[str, int]:
+    """Replay a batch's errors on the quarantine; fail the pending logs of the addresses it put on
+    the denylist. Returns the counters."""
+    update = update_quarantine(events, policy=policy)
+    counters = dict(update.counters)
+    counters["logs_denylisted"] = fail_pending_logs(keys=update.denylisted, now=now) if update.denylisted else 0
+    return counters
+
+
 def consolidate_sending_feedback(ctx: ActivityContext) -> None:
-    """SendingFeedback → DeliveryLog status and failure fields; bounces → quarantine."""
+    """SendingFeedback → DeliveryLog status and failure fields; bounces and spam complaints →
+    quarantine and denylist."""
     rules = BounceRules.load()
     policy = QuarantinePolicy.from_properties(ctx.properties)
     up_to = SendingFeedback.objects.aggregate(last=Max("id"))["last"] or 0
@@ -343,25 +233,34 @@ def consolidate_sending_feedback(ctx: ActivityContext) -> None:
         if not rows:
             return Batch(rows=0, cursor=cursor)
         now = timezone.now()
-        bounces = [
-            Bounce(*values) for values in SendingFeedback.objects
-            .filter(id__gt=cursor, id__lte=last, outcome=SendingFeedback.Outcome.BOUNCE)
+        # Bounces and complaints whose log exists (the join drops those about purged logs).
+        errors = (
+            SendingFeedback.objects
+            .filter(id__gt=cursor, id__lte=last, outcome__in=(SendingFeedback.Outcome.BOUNCE, SendingFeedback.Outcome.COMPLAINT))
             .order_by("id")
-            .values_list("id", "error_text", "received_at", "delivery_log__address", "delivery_log__delivery__channel")
-        ]
+            .values_list("outcome", "id", "error_text", "received_at", "delivery_log__address", "delivery_log__delivery__channel")
+        )
         cache: dict[str, Qualification] = {}  # per batch: the same text often bounces many times
-        qualified = []
-        for bounce in bounces:
-            if bounce.error_text not in cache:
-                cache[bounce.error_text] = rules.qualify(bounce.error_text)
-            qualified.append((bounce, cache[bounce.error_text]))
-        updated = _update_logs(after=cursor, up_to=last, qualified={b.feedback_id: q for b, q in qualified}, now=now)
+        events: list[tuple[AddressEvent, Qualification]] = []
+        bounces: dict[int, Qualification] = {}
+        for outcome, *values in errors:
+            event = AddressEvent(*values)
+            if outcome == SendingFeedback.Outcome.COMPLAINT:
+                events.append((event, DENYLISTING))
+                continue
+            if event.error_text not in cache:
+                cache[event.error_text] = rules.qualify(event.error_text)
+            bounces[event.raw_id] = cache[event.error_text]
+            events.append((event, cache[event.error_text]))
+        updated = _update_logs(after=cursor, up_to=last, qualified=bounces, now=now)
         counters = {f"feedback_{outcome}": n for outcome, n in _outcome_counts(after=cursor, up_to=last).items()}
         counters["logs_updated"] = updated
-        for _, qualification in qualified:
+        for qualification in bounces.values():
             kind = BOUNCE_COUNTERS.get(qualification.failure_type, "other_bounces")
             counters[kind] = counters.get(kind, 0) + 1
-        counters.update(update_quarantine(qualified, policy=policy))
+        complaints = len(events) - len(bounces)
+        counters["complaints_without_log"] = counters.get("feedback_complaint", 0) - complaints
+        counters.update(record_errors(events, policy=policy, now=now))
         return Batch(rows=rows, cursor=last, counters=counters)
 
     consumed = ctx.batches(FEEDBACK_CURSOR, step, batch_size=ctx.properties["batch_size"])
@@ -369,7 +268,47 @@ def consolidate_sending_feedback(ctx: ActivityContext) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Activity 2: TrackingHit → TrackingLog, opt-outs
+# Activity 2: InboundSms → denylist
+# --------------------------------------------------------------------------------------------
+
+def consolidate_sms_replies(ctx: ActivityContext) -> None:
+    """InboundSms → an opt-out keyword puts the sender's number on the SMS denylist; any other
+    reply is consumed without effect."""
+    policy = QuarantinePolicy.from_properties(ctx.properties)
+    keywords = opt_out_keywords(ctx.properties["opt_out_keywords"])
+    up_to = InboundSms.objects.aggregate(last=Max("id"))["last"] or 0
+    start = ctx.get_cursor(INBOUND_SMS_CURSOR, 0)
+    ctx.set_progress_total(InboundSms.objects.filter(id__gt=start, id__lte=up_to).count())
+
+    def step(cursor: int, limit: int) -> Batch:
+        rows, last = batch_range(InboundSms, after=cursor, up_to=up_to, limit=limit)
+        if not rows:
+            return Batch(rows=0, cursor=cursor)
+        replies = InboundSms.objects.filter(id__gt=cursor, id__lte=last).order_by("id").values_list(
+            "id", "text", "received_at", "phone",
+        )
+        events = [
+            (AddressEvent(reply_id, text, received_at, number, Channel.SMS), DENYLISTING)
+            for reply_id, text, received_at, phone in replies
+            if normalised_reply(text) in keywords and (number := normalised_phone(phone))
+        ]
+        numbers = sorted({event.address for event, _ in events})
+        known = set(Profile.objects.filter(phone__in=numbers).values_list("phone", flat=True)) if numbers else set()
+        counters = {
+            "sms_replies": rows,
+            "sms_opt_outs": len(events),
+            "sms_replies_ignored": rows - len(events),
+            "sms_opt_outs_unknown_number": sum(1 for event, _ in events if event.address not in known),
+        }
+        counters.update(record_errors(events, policy=policy, now=timezone.now()))
+        return Batch(rows=rows, cursor=last, counters=counters)
+
+    consumed = ctx.batches(INBOUND_SMS_CURSOR, step, batch_size=ctx.properties["batch_size"])
+    ctx.log(f"Consolidated {consumed} SMS replies with {len(keywords)} opt-out keywords (up to reply #{up_to}).")
+
+
+# --------------------------------------------------------------------------------------------
+# Activity 3: TrackingHit → TrackingLog, opt-outs
 # --------------------------------------------------------------------------------------------
 
 def _insert_tracking_logs(*, after: int, up_to: int) -> int:
@@ -434,7 +373,7 @@ def consolidate_tracking_hits(ctx: ActivityContext) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Activity 3: delivery execution states
+# Activity 4: delivery execution states
 # --------------------------------------------------------------------------------------------
 
 def _cancel_expired_batch(*, now: datetime, limit: int) -> int:
@@ -496,10 +435,10 @@ def update_delivery_states(ctx: ActivityContext) -> None:
 definition = register(WorkflowDefinition(
     id=WORKFLOW_ID,
     label="Update delivery execution",
-    description="Consolidates raw sending feedback and tracking hits into delivery and tracking logs, qualifies bounces, "
-                "maintains the quarantine and delivery states.",
+    description="Consolidates raw sending feedback, SMS replies and tracking hits into delivery and tracking logs, "
+                "qualifies bounces, maintains the quarantine, the denylist and delivery states.",
     schedule=Schedule("*/10 * * * *"),
-    activities=(consolidate_sending_feedback, consolidate_tracking_hits, update_delivery_states),
+    activities=(consolidate_sending_feedback, consolidate_sms_replies, consolidate_tracking_hits, update_delivery_states),
     properties=(
         IntegerProperty("batch_size", DEFAULT_BATCH_SIZE, minimum=1, maximum=1_000_000, unit="rows",
                         help="Raw rows consolidated per transaction."),
@@ -509,6 +448,10 @@ definition = register(WorkflowDefinition(
                         help="Counted soft errors after which an address is quarantined."),
         DurationProperty("counter_reset_days", 10, minimum=1, maximum=3650, unit="days",
                          help="The error count starts again when the last counted error is older than this."),
+        WordListProperty("opt_out_keywords", DEFAULT_OPT_OUT_KEYWORDS, max_length=1000,
+                         help="SMS replies that put the sender's number on the denylist, comma-separated. A reply "
+                              "matches when it is one of them as a whole, ignoring case, accents, spaces and "
+                              "punctuation (\"Stop.\" is STOP)."),
     ),
     batch_size=DEFAULT_BATCH_SIZE,
     expire_s=600,  # a late message is dropped: the next slot does the same work

@@ -16,7 +16,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from campaign.models import AppSubscription, Delivery, DeliveryLog, ForecastLog, Profile, Quarantine
+from campaign.models import ABTest, AppSubscription, Delivery, DeliveryLog, ForecastLog, Profile, Quarantine
 from tests import factories
 from tests.workflows.helpers import fail_on_call
 from workflows import commands
@@ -139,10 +139,17 @@ def expected_forecast(*, now: datetime, horizon_days: int = 7, threshold: int = 
     start, end = now - timedelta(days=horizon_days), now + timedelta(days=horizon_days)
     profiles = {p["id"]: p for p in Profile.objects.values()}
     deliveries = {d["id"]: d for d in Delivery.objects.values()}
-    logs = list(DeliveryLog.objects.values("delivery_id", "profile_id", "status", "created_at"))
+    logs = list(DeliveryLog.objects.values("delivery_id", "profile_id", "address", "status", "created_at"))
     subscriptions = list(AppSubscription.objects.values("profile_id", "disabled"))
-    unreachable = {(q["address"], q["channel"]) for q in Quarantine.objects.values("address", "channel", "status")
-                   if q["status"] in ("quarantined", "denylisted")}
+    quarantine = list(Quarantine.objects.values("address", "channel", "status"))
+    unreachable = {(q["address"], q["channel"]) for q in quarantine if q["status"] in ("quarantined", "denylisted")}
+    denylisted = {(q["address"], q["channel"]) for q in quarantine if q["status"] == "denylisted"}
+    # A/B tests: winner delivery id -> the test's first other marketing delivery (its test delivery).
+    test_delivery = {}
+    for test in ABTest.objects.exclude(winner_delivery=None).values("id", "winner_delivery_id"):
+        own = sorted(d_id for d_id, d in deliveries.items()
+                     if d["ab_test_id"] == test["id"] and d["kind"] == "marketing" and d_id != test["winner_delivery_id"])
+        test_delivery[test["winner_delivery_id"]] = own[0] if own else None
 
     forecast = {d_id: d for d_id, d in deliveries.items()
                 if d["kind"] == "marketing" and d["state"] in ("scheduled", "provisional")
@@ -154,7 +161,12 @@ def expected_forecast(*, now: datetime, horizon_days: int = 7, threshold: int = 
         own_logs = [log for log in logs if log["delivery_id"] == delivery["id"]]
         if own_logs:
             return {log["profile_id"] for log in own_logs
-                    if log["status"] in (SENT, FAILED, PENDING) and log["profile_id"] in reachable}
+                    if log["status"] in (SENT, FAILED, PENDING) and log["profile_id"] in reachable
+                    and (log["address"], channel) not in denylisted}
+        if delivery["id"] in test_delivery:  # a winner: the rest of the target
+            if test_delivery[delivery["id"]] is None:
+                return set()
+            reachable -= {log["profile_id"] for log in logs if log["delivery_id"] == test_delivery[delivery["id"]]}
         if channel == "push":
             return {s["profile_id"] for s in subscriptions if not s["disabled"]} & reachable
         address = "email" if channel == "email" else "phone"
@@ -268,6 +280,39 @@ def test_a_delivery_with_logs_of_its_own_is_not_counted_twice(db, frozen):
     run(fatigue_threshold=1)
 
     assert list(ForecastLog.objects.values_list("delivery_id", "profile_id", "excluded")) == [(prepared.pk, who.pk, False)]
+
+
+def test_a_prepared_log_whose_address_went_on_the_denylist_since_is_not_planned(db, frozen):
+    kept, complained = factories.ProfileFactory(), factories.ProfileFactory()
+    prepared = factories.DeliveryFactory(channel="email", state="provisional", scheduled_at=NOW + DAY)
+    for who in (kept, complained):
+        factories.DeliveryLogFactory(delivery=prepared, profile=who, status=PENDING, created_at=NOW - DAY)
+    factories.QuarantineFactory(address=complained.email, channel="email", status=Quarantine.Status.DENYLISTED)
+    factories.QuarantineFactory(address=kept.email, channel="sms", status=Quarantine.Status.DENYLISTED)  # other channel
+
+    run()
+
+    assert list(ForecastLog.objects.values_list("profile_id", flat=True)) == [kept.pk]
+    assert forecast_rows() == expected_forecast(now=NOW)
+
+
+def test_an_ab_winner_plans_the_rest_of_the_target_without_denylisted_addresses(db, frozen):
+    tested, rest, complained, quarantined, erroneous = (factories.ProfileFactory() for _ in range(5))
+    test = factories.ABTestFactory()
+    test_delivery = factories.DeliveryFactory(channel="email", ab_test=test, state="finished",
+                                              started_at=NOW - 2 * DAY, scheduled_at=NOW - 2 * DAY)
+    factories.DeliveryLogFactory(delivery=test_delivery, profile=tested, status=SENT, variant="A", created_at=NOW - 2 * DAY)
+    factories.QuarantineFactory(address=complained.email, channel="email", status=Quarantine.Status.DENYLISTED)
+    factories.QuarantineFactory(address=quarantined.email, channel="email", status=Quarantine.Status.QUARANTINED)
+    factories.QuarantineFactory(address=erroneous.email, channel="email", status=Quarantine.Status.ERRONEOUS)
+    winner = factories.DeliveryFactory(channel="email", ab_test=test, state="scheduled", scheduled_at=NOW)
+    ABTest.objects.filter(pk=test.pk).update(winner_delivery=winner, winner_variant="A", status="winner_sent")
+
+    run()
+
+    planned = set(ForecastLog.objects.filter(delivery=winner).values_list("profile_id", flat=True))
+    assert planned == {rest.pk, erroneous.pk}, "not the tested one, not the quarantined nor the denylisted address"
+    assert forecast_rows() == expected_forecast(now=NOW)
 
 
 # --- Rerun, horizon, interruptions ---------------------------------------------------------------------

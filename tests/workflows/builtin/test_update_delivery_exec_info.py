@@ -8,6 +8,7 @@ the rules (``reference``), which walks the raw rows one by one instead of in SQL
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,13 +16,17 @@ from typing import Any
 import pytest
 from django.core.exceptions import ValidationError
 
+from campaign.ab_tests import winner_targets
 from campaign.models import (
+    ABTest,
     BounceRule,
     Channel,
     Delivery,
     DeliveryLog,
     FailureReason,
     FailureType,
+    ForecastLog,
+    InboundSms,
     LogStatus,
     Profile,
     Quarantine,
@@ -31,13 +36,16 @@ from campaign.models import (
     UrlType,
 )
 from tests.factories import (
+    ABTestFactory,
     BounceRuleFactory,
     DeliveryFactory,
     DeliveryLogFactory,
+    InboundSmsFactory,
     ProfileFactory,
     QuarantineFactory,
     SendingFeedbackFactory,
     TrackingHitFactory,
+    TrackingLogFactory,
 )
 from workflows import commands
 from workflows.builtin import update_delivery_exec_info as module
@@ -47,10 +55,11 @@ from workflows.models import RunStatus, Trigger, Workflow, WorkflowState
 ID = module.WORKFLOW_ID
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
-BOUNCE, DELIVERED, DEFERRED = (SendingFeedback.Outcome.BOUNCE, SendingFeedback.Outcome.DELIVERED,
-                               SendingFeedback.Outcome.DEFERRED)
+BOUNCE, DELIVERED, DEFERRED, COMPLAINT = (SendingFeedback.Outcome.BOUNCE, SendingFeedback.Outcome.DELIVERED,
+                                          SendingFeedback.Outcome.DEFERRED, SendingFeedback.Outcome.COMPLAINT)
 IN_PROGRESS, FINISHED = Delivery.State.IN_PROGRESS, Delivery.State.FINISHED
-ERRONEOUS, QUARANTINED = Quarantine.Status.ERRONEOUS, Quarantine.Status.QUARANTINED
+ERRONEOUS, QUARANTINED, DENYLISTED = (Quarantine.Status.ERRONEOUS, Quarantine.Status.QUARANTINED,
+                                      Quarantine.Status.DENYLISTED)
 
 
 def run_workflow(**overrides: Any):
@@ -399,6 +408,224 @@ def test_a_released_address_starts_counting_afresh(frozen, rules):
 
 
 # ---------------------------------------------------------------------------------------------
+# Denylisting: spam complaints, SMS opt-out keywords
+# ---------------------------------------------------------------------------------------------
+
+def complaint(log: DeliveryLog, text: str = "Feedback-Type: abuse", **fields: Any) -> SendingFeedback:
+    return SendingFeedbackFactory(delivery_log=log, outcome=COMPLAINT, error_text=text, **fields)
+
+
+def sms_log(phone: str, *, status: int = LogStatus.PENDING) -> DeliveryLog:
+    delivery = DeliveryFactory(channel=Channel.SMS, state=IN_PROGRESS, validity_end=NOW + DAY)
+    return DeliveryLogFactory(delivery=delivery, profile=ProfileFactory(phone=phone), address=phone, status=status)
+
+
+def test_a_spam_complaint_puts_the_address_on_the_denylist_and_leaves_its_log_sent(frozen, rules):
+    log = DeliveryLogFactory(profile=None, address="angry@example.com", status=LogStatus.SENT, updated_at=NOW - DAY)
+    complaint(log, "Feedback-Type: abuse; User-Agent: mail.example FBL", received_at=NOW - timedelta(hours=1))
+
+    run = run_workflow()
+
+    entry = quarantine_of("angry@example.com")
+    assert (entry.status, entry.failure_type, entry.failure_reason) == (DENYLISTED, FailureType.HARD, FailureReason.ON_DENYLIST)
+    assert (entry.error_text, entry.error_count, entry.last_error_at) == (
+        "Feedback-Type: abuse; User-Agent: mail.example FBL", 1, NOW - timedelta(hours=1))
+    log.refresh_from_db()
+    assert (log.status, log.failure_reason, log.updated_at) == (LogStatus.SENT, 0, NOW - DAY), "the message was delivered"
+    assert (run.counters["feedback_complaint"], run.counters["addresses_denylisted"]) == (1, 1)
+    assert run.counters.get("hard_bounces", 0) == 0 and run.counters["logs_updated"] == 0
+
+
+def test_the_pending_logs_of_a_denylisted_address_fail_with_reason_8_on_its_channel_only(frozen, rules):
+    """The platform records a message to an address on the denylist at the time of sending as
+    failed, hard (type 2), reason 8: the messages not sent yet are never sent."""
+    profile = ProfileFactory(email="angry@example.com", phone="+33611111111")
+    email = DeliveryFactory(channel=Channel.EMAIL, state=IN_PROGRESS, validity_end=NOW + DAY)
+    sms = DeliveryFactory(channel=Channel.SMS, state=IN_PROGRESS, validity_end=NOW + DAY)
+    complained = DeliveryLogFactory(delivery=email, profile=profile, address=profile.email, status=LogStatus.SENT)
+    pending = DeliveryLogFactory(delivery=DeliveryFactory(channel=Channel.EMAIL, state=IN_PROGRESS), profile=profile,
+                                 address=profile.email)
+    pending_sms = DeliveryLogFactory(delivery=sms, profile=profile, address=profile.phone)
+    other = DeliveryLogFactory(delivery=email, address="calm@example.com")
+    complaint(complained)
+
+    run = run_workflow()
+
+    pending.refresh_from_db()
+    assert (pending.status, pending.failure_type, pending.failure_reason, pending.error_text, pending.updated_at) == (
+        LogStatus.FAILED, FailureType.HARD, FailureReason.ON_DENYLIST, "Address on denylist", NOW)
+    assert DeliveryLog.objects.get(pk=pending_sms.pk).status == LogStatus.PENDING, "another channel"
+    assert DeliveryLog.objects.get(pk=other.pk).status == LogStatus.PENDING, "another address"
+    assert run.counters["logs_denylisted"] == 1
+
+
+def test_an_answer_about_a_log_failed_by_the_denylist_still_says_what_happened(frozen, rules):
+    angry = DeliveryLogFactory(profile=None, address="angry@example.com", status=LogStatus.SENT)
+    pending = DeliveryLogFactory(profile=None, address="angry@example.com")
+    complaint(angry)
+    run_workflow()
+    assert DeliveryLog.objects.get(pk=pending.pk).failure_reason == FailureReason.ON_DENYLIST
+
+    SendingFeedbackFactory(delivery_log=pending, outcome=DELIVERED)
+    run_workflow()
+
+    pending.refresh_from_db()
+    assert (pending.status, pending.failure_type, pending.failure_reason) == (LogStatus.SENT, 0, 0)
+    assert quarantine_of("angry@example.com").status == DENYLISTED
+
+
+def test_a_hard_bounce_of_reason_8_puts_the_address_on_the_denylist(frozen, rules):
+    bounce(DeliveryLogFactory(profile=None, address="listed@example.com"), "550 refused after a spam complaint")
+
+    run = run_workflow()
+
+    assert quarantine_of("listed@example.com").status == DENYLISTED
+    assert (run.counters["addresses_denylisted"], run.counters["addresses_quarantined"]) == (1, 0)
+
+
+def test_a_complaint_denylists_a_quarantined_address_and_leaves_a_denylisted_one_as_it_is(frozen, rules):
+    QuarantineFactory(address="q@example.com", status=QUARANTINED, error_count=5, last_error_at=NOW - 3 * DAY)
+    denylisted = QuarantineFactory(address="d@example.com", status=DENYLISTED, error_count=1, error_text="first report")
+    complaint(DeliveryLogFactory(profile=None, address="q@example.com", status=LogStatus.SENT))
+    complaint(DeliveryLogFactory(profile=None, address="d@example.com", status=LogStatus.SENT), "second report")
+
+    run = run_workflow()
+
+    entry = quarantine_of("q@example.com")
+    assert (entry.status, entry.error_count, entry.failure_reason, entry.last_error_at) == (
+        DENYLISTED, 6, FailureReason.ON_DENYLIST, NOW)
+    assert quarantine_of("d@example.com").error_text == "first report"
+    assert quarantine_of("d@example.com").updated_at == denylisted.updated_at
+    assert run.counters["addresses_denylisted"] == 1
+
+
+def test_a_complaint_about_a_purged_log_is_consumed_without_effect(frozen, rules):
+    SendingFeedbackFactory(delivery_log_id=424242, outcome=COMPLAINT, error_text="Feedback-Type: abuse")
+
+    run = run_workflow()
+
+    assert not Quarantine.objects.exists()
+    assert (run.counters["feedback_complaint"], run.counters["complaints_without_log"]) == (1, 1)
+
+
+@pytest.mark.parametrize("text", ["STOP", "stop", "Stop.", " STOP! ", "s.t.o.p", "Stop all", "ARRET", "Arrêt",
+                                  "UNSUBSCRIBE", "unsubscribe.", "Cancel", "END", "quit", "opt-out", "REVOKE"])
+def test_an_opt_out_keyword_puts_the_number_on_the_sms_denylist(frozen, rules, text):
+    pending = sms_log("+33622222222")
+    InboundSmsFactory(phone="+33622222222", text=text, received_at=NOW - timedelta(minutes=5))
+
+    run = run_workflow()
+
+    entry = quarantine_of("+33622222222", Channel.SMS)
+    assert (entry.status, entry.failure_type, entry.failure_reason, entry.error_text, entry.last_error_at) == (
+        DENYLISTED, FailureType.HARD, FailureReason.ON_DENYLIST, text, NOW - timedelta(minutes=5))
+    assert DeliveryLog.objects.get(pk=pending.pk).failure_reason == FailureReason.ON_DENYLIST
+    assert (run.counters["sms_replies"], run.counters["sms_opt_outs"], run.counters["sms_replies_ignored"]) == (1, 1, 0)
+    assert not Quarantine.objects.filter(channel=Channel.EMAIL).exists()
+
+
+@pytest.mark.parametrize("text", ["Stop please", "STOPPED", "don't stop", "Thanks!", "", "?!", "YES", "START"])
+def test_a_reply_that_is_not_a_keyword_as_a_whole_is_consumed_without_effect(frozen, rules, text):
+    pending = sms_log("+33622222222")
+    InboundSmsFactory(phone="+33622222222", text=text)
+
+    run = run_workflow()
+
+    assert not Quarantine.objects.exists()
+    assert DeliveryLog.objects.get(pk=pending.pk).status == LogStatus.PENDING
+    assert (run.counters["sms_replies"], run.counters["sms_opt_outs"], run.counters["sms_replies_ignored"]) == (1, 0, 1)
+
+
+def test_a_reply_from_a_number_no_profile_has_is_denylisted_and_counted(frozen, rules):
+    ProfileFactory(phone="+33633333333")
+    InboundSmsFactory(phone="+33 6 99 99 99 99", text="STOP")  # nobody's
+    InboundSmsFactory(phone="0033633333333", text="STOP")  # a profile's, written another way
+
+    run = run_workflow()
+
+    assert set(Quarantine.objects.values_list("address", "channel", "status")) == {
+        ("+33699999999", Channel.SMS, DENYLISTED), ("+33633333333", Channel.SMS, DENYLISTED)}
+    assert (run.counters["sms_opt_outs"], run.counters["sms_opt_outs_unknown_number"]) == (2, 1)
+
+
+def test_the_opt_out_keywords_are_a_property(frozen, rules):
+    set_properties(opt_out_keywords="HALT, ne plus recevoir")
+    InboundSmsFactory(phone="+33644444444", text="halt")
+    InboundSmsFactory(phone="+33655555555", text="Ne plus recevoir.")
+    InboundSmsFactory(phone="+33666666666", text="STOP")
+
+    run_workflow()
+
+    assert set(Quarantine.objects.values_list("address", flat=True)) == {"+33644444444", "+33655555555"}
+
+
+@pytest.mark.parametrize("value", ["", " , ,", "STOP, ?!"])
+def test_an_opt_out_keyword_list_without_words_is_refused(db, value):
+    with pytest.raises(ValidationError, match="opt_out_keywords"):
+        run_workflow(opt_out_keywords=value)
+
+
+def test_denylisting_on_the_fixed_dataset(frozen, rules):
+    data = build_dataset(rules)
+    expected = reference(now=NOW)
+
+    run = run_workflow()
+
+    assert_matches(observed(), expected)
+    statuses = {key: entry["status"] for key, entry in expected["quarantine"].items() if entry["status"] == DENYLISTED}
+    assert statuses == dict.fromkeys([
+        ("kim@example.com", Channel.EMAIL), ("ivan@example.com", Channel.EMAIL), ("complainer@example.com", Channel.EMAIL),
+        ("+33620000001", Channel.SMS), ("+33620000002", Channel.SMS), ("+33699999999", Channel.SMS)], DENYLISTED)
+    failed = DeliveryLog.objects.filter(failure_reason=FailureReason.ON_DENYLIST, error_text="Address on denylist")
+    assert sorted(failed.values_list("address", flat=True)) == ["+33620000001", "+33620000002", "kim@example.com"]
+    assert DeliveryLog.objects.get(address="+33620000000").status == LogStatus.PENDING, "kim's SMS: another channel"
+    assert DeliveryLog.objects.get(address="+33620000003").status == LogStatus.PENDING, "nora said no keyword"
+    assert data.deliveries["email2"].logs.filter(status=LogStatus.PENDING).exists()
+    assert {name: run.counters[name] for name in (
+        "feedback_complaint", "complaints_without_log", "addresses_denylisted", "logs_denylisted", "sms_replies",
+        "sms_opt_outs", "sms_replies_ignored", "sms_opt_outs_unknown_number")} == {
+        "feedback_complaint": 4, "complaints_without_log": 1, "addresses_denylisted": 6, "logs_denylisted": 3,
+        "sms_replies": 6, "sms_opt_outs": 4, "sms_replies_ignored": 2, "sms_opt_outs_unknown_number": 1}
+
+
+def test_a_complaint_and_a_stop_reply_are_skipped_by_forecasting_and_by_the_ab_winner(frozen, rules):
+    """From the raw rows to targeting: updateDeliveryExecInfo denylists, abTesting sends the winner
+    to the rest of the target, forecasting plans the coming deliveries; neither reaches the two."""
+    ann, bob, cat, dan, eve = (ProfileFactory(email=f"{name}@example.com", phone=f"+3363000000{i}")
+                               for i, name in enumerate(["ann", "bob", "cat", "dan", "eve"]))
+    test = ABTestFactory(test_duration=timedelta(hours=4), winner_sending=ABTest.WinnerSending.AUTOMATIC)
+    test_delivery = DeliveryFactory(campaign=test.campaign, ab_test=test, channel=Channel.EMAIL,
+                                    state=Delivery.State.FINISHED, started_at=NOW - DAY)
+    for who, variant in ((dan, "A"), (eve, "B")):
+        log = DeliveryLogFactory(delivery=test_delivery, profile=who, address=who.email, variant=variant,
+                                 status=LogStatus.SENT)
+        if variant == "A":
+            TrackingLogFactory(delivery_log=log)  # A opened: A wins
+    newsletter = DeliveryFactory(channel=Channel.EMAIL, state=FINISHED)
+    sms = DeliveryFactory(channel=Channel.SMS, state=FINISHED)
+    complaint(DeliveryLogFactory(delivery=newsletter, profile=bob, address=bob.email, status=LogStatus.SENT))
+    DeliveryLogFactory(delivery=sms, profile=cat, address=cat.phone, status=LogStatus.SENT)
+    InboundSmsFactory(phone=cat.phone, text="Stop.")
+    teaser = DeliveryFactory(channel=Channel.EMAIL, state=Delivery.State.SCHEDULED, scheduled_at=NOW + 2 * DAY)
+    launch_sms = DeliveryFactory(channel=Channel.SMS, state=Delivery.State.PROVISIONAL, scheduled_at=NOW + 3 * DAY)
+
+    assert run_workflow().status == RunStatus.SUCCEEDED
+    assert commands.run_now("abTesting", actor="test", sync=True).status == RunStatus.SUCCEEDED
+    assert commands.run_now("forecasting", actor="test", sync=True).status == RunStatus.SUCCEEDED
+
+    test.refresh_from_db()
+    assert (test.status, test.winner_variant) == (ABTest.Status.WINNER_SENT, "A")
+
+    def planned(delivery: Delivery) -> set[int]:
+        return set(ForecastLog.objects.filter(delivery=delivery).values_list("profile_id", flat=True))
+
+    assert set(winner_targets(test).values_list("pk", flat=True)) == {ann.pk, cat.pk}
+    assert planned(test.winner_delivery) == {ann.pk, cat.pk}, "the rest of the target, without bob"
+    assert planned(teaser) == {ann.pk, cat.pk, dan.pk, eve.pk}, "bob complained"
+    assert planned(launch_sms) == {ann.pk, bob.pk, dan.pk, eve.pk}, "cat replied STOP"
+
+
+# ---------------------------------------------------------------------------------------------
 # TrackingHit → TrackingLog, opt-outs
 # ---------------------------------------------------------------------------------------------
 
@@ -609,7 +836,56 @@ def build_dataset(rules: dict[str, BounceRule]) -> Dataset:
     hit(erin_push, UrlType.OPT_OUT, ago=timedelta(hours=5))
     hit(erin_push, UrlType.CLICK, "app://promo", ago=timedelta(hours=4))
     hit(987654, UrlType.OPEN, ago=timedelta(hours=3))
+    add_denylisting_cases()
     return Dataset(deliveries=deliveries, profiles=profiles)
+
+
+def add_denylisting_cases() -> None:
+    """Spam complaints and SMS replies, on logs of two more deliveries that stay in progress (so
+    the counters of the cases above are unchanged): a complaint about a message already consolidated
+    as sent, whose address still has a pending message (failed by the denylisting) and a pending SMS
+    (another channel: untouched); a second complaint of the same address; a complaint about a
+    quarantined address; one about a purged log; opt-out replies in several spellings, from known and
+    unknown numbers, and replies that are not keywords."""
+    weekly = DeliveryFactory(channel=Channel.EMAIL, state=IN_PROGRESS, validity_end=NOW + 5 * DAY)
+    sms2 = DeliveryFactory(channel=Channel.SMS, state=IN_PROGRESS, validity_end=NOW + DAY)
+    kim, lena, mona, nora = (ProfileFactory(email=f"{name}@example.com", phone=f"+3362000000{i}")
+                             for i, name in enumerate(["kim", "lena", "mona", "nora"]))
+
+    def log(delivery: Delivery, profile: Profile | None, address: str, status: int = LogStatus.PENDING) -> DeliveryLog:
+        return DeliveryLogFactory(delivery=delivery, profile=profile, address=address, status=status,
+                                  updated_at=NOW - 7 * DAY)
+
+    def complaint(target: DeliveryLog | int, *, ago: timedelta) -> None:
+        fields = {"delivery_log_id": target} if isinstance(target, int) else {"delivery_log": target}
+        SendingFeedbackFactory(outcome=COMPLAINT, error_text="Feedback-Type: abuse; Source: mail.example",
+                               received_at=NOW - ago, **fields)
+
+    kim_sent = log(weekly, kim, kim.email, LogStatus.SENT)
+    log(weekly, kim, kim.email)  # pending: fails with reason 8
+    log(sms2, kim, kim.phone)  # pending SMS: an email complaint leaves it as it is
+    complaint(kim_sent, ago=DAY)
+    complaint(kim_sent, ago=timedelta(hours=20))  # a second report: already on the denylist
+    complaint(log(weekly, None, "ivan@example.com", LogStatus.SENT), ago=timedelta(hours=5))  # quarantined before
+    complaint(987655, ago=timedelta(hours=4))
+    log(weekly, lena, lena.email)  # pending, never answered: weekly stays in progress
+    for who in (lena, mona, nora):
+        log(sms2, who, who.phone)
+
+    def reply(phone: str, text: str, *, ago: timedelta) -> None:
+        InboundSmsFactory(phone=phone, text=text, received_at=NOW - ago)
+
+    reply(lena.phone, "Stop.", ago=DAY)
+    reply("0033 6 20 00 00 02", " arrêt ", ago=timedelta(hours=20))  # mona, written another way
+    reply("+33699999999", "UNSUBSCRIBE", ago=timedelta(hours=10))  # a number no profile has
+    reply(nora.phone, "Thanks, see you!", ago=timedelta(hours=9))
+    reply(nora.phone, "stop please", ago=timedelta(hours=8))  # not a keyword as a whole
+    reply(lena.phone, "STOP", ago=timedelta(hours=2))  # already on the denylist
+
+
+ASCII_LETTERS_AND_DIGITS = "abcdefghijklmnopqrstuvwxyz0123456789"
+#: The workflow's default opt-out keywords, as the reference compares them.
+KEYWORDS = {"stop", "stopall", "unsubscribe", "cancel", "end", "quit", "optout", "revoke", "arret"}
 
 
 def reference(*, now: datetime, threshold: int = 5, interval_days: int = 1, reset_days: int = 10) -> dict[str, Any]:
@@ -629,21 +905,15 @@ def reference(*, now: datetime, threshold: int = 5, interval_days: int = 1, rese
         "address", "channel", "status", "error_count", "first_error_at", "last_error_at", "failure_type", "failure_reason",
         "error_text")}
 
-    for feedback in SendingFeedback.objects.order_by("id"):
-        log = logs.get(feedback.delivery_log_id)
-        if log is None or feedback.outcome == DEFERRED:
-            continue
-        if feedback.outcome == DELIVERED:
-            log.update(status=LogStatus.SENT, failure_type=0, failure_reason=0, error_text="", updated_at=now)
-            continue
-        failure_type, failure_reason = qualify(feedback.error_text)
-        log.update(status=LogStatus.FAILED, failure_type=failure_type, failure_reason=failure_reason,
-                   error_text=feedback.error_text, updated_at=now)
-        key = (log["address"], channel_of[log["delivery_id"]])
+    def record_error(key: tuple[str, str], at: datetime, failure_type: int, failure_reason: int, text: str) -> None:
+        """One error of an address; a hard error of reason 8 puts it on the denylist, and its logs
+        still pending on that channel then fail with that reason."""
         entry = quarantine.get(key)
-        if failure_type == FailureType.IGNORED or (entry and entry["status"] in (QUARANTINED, Quarantine.Status.DENYLISTED)):
-            continue
-        at = feedback.received_at
+        denylisting = (failure_type, failure_reason) == (FailureType.HARD, FailureReason.ON_DENYLIST)
+        if failure_type == FailureType.IGNORED or (entry and entry["status"] == DENYLISTED):
+            return
+        if entry and entry["status"] == QUARANTINED and not denylisting:
+            return
         if entry is None or entry["status"] == Quarantine.Status.VALID:
             entry = quarantine[key] = {"error_count": 0, "first_error_at": at, "last_error_at": None}
         last = entry["last_error_at"]
@@ -653,10 +923,38 @@ def reference(*, now: datetime, threshold: int = 5, interval_days: int = 1, rese
         if failure_type == FailureType.HARD or last is None or at - last >= timedelta(days=interval_days):
             entry.update(error_count=entry["error_count"] + 1, last_error_at=at)
         quarantined = failure_type == FailureType.HARD or entry["error_count"] >= threshold
-        entry.update(status=QUARANTINED if quarantined else ERRONEOUS, failure_type=failure_type,
-                     failure_reason=failure_reason, error_text=feedback.error_text)
+        entry.update(status=DENYLISTED if denylisting else QUARANTINED if quarantined else ERRONEOUS,
+                     failure_type=failure_type, failure_reason=failure_reason, error_text=text)
         if entry["first_error_at"] is None:
             entry["first_error_at"] = at
+        if denylisting:
+            for log in logs.values():
+                if (log["address"], channel_of[log["delivery_id"]]) == key and log["status"] == LogStatus.PENDING:
+                    log.update(status=LogStatus.FAILED, failure_type=FailureType.HARD,
+                               failure_reason=FailureReason.ON_DENYLIST, error_text="Address on denylist", updated_at=now)
+
+    for feedback in SendingFeedback.objects.order_by("id"):
+        log = logs.get(feedback.delivery_log_id)
+        if log is None or feedback.outcome == DEFERRED:
+            continue
+        key = (log["address"], channel_of[log["delivery_id"]])
+        if feedback.outcome == COMPLAINT:
+            record_error(key, feedback.received_at, FailureType.HARD, FailureReason.ON_DENYLIST, feedback.error_text)
+            continue
+        if feedback.outcome == DELIVERED:
+            log.update(status=LogStatus.SENT, failure_type=0, failure_reason=0, error_text="", updated_at=now)
+            continue
+        failure_type, failure_reason = qualify(feedback.error_text)
+        log.update(status=LogStatus.FAILED, failure_type=failure_type, failure_reason=failure_reason,
+                   error_text=feedback.error_text, updated_at=now)
+        record_error(key, feedback.received_at, failure_type, failure_reason, feedback.error_text)
+
+    for reply in InboundSms.objects.order_by("id"):
+        word = "".join(c for c in unicodedata.normalize("NFKD", reply.text.lower()) if c in ASCII_LETTERS_AND_DIGITS)
+        number = reply.phone.replace(" ", "")
+        number = "+" + number[2:] if number.startswith("00") else number
+        if word in KEYWORDS:
+            record_error((number, Channel.SMS), reply.received_at, FailureType.HARD, FailureReason.ON_DENYLIST, reply.text)
 
     blocklist = {row["id"]: row
                  for row in Profile.objects.values("id", "blocklisted_email", "blocklisted_sms", "blocklisted_push")}
@@ -758,6 +1056,7 @@ def test_a_second_run_changes_nothing(frozen, rules):
     assert observed() == first, "no row rewritten, no updated_at moved"
     assert second.counters.get("logs_updated", 0) == 0 and second.counters.get("tracking_logs_written", 0) == 0
     assert second.counters.get("logs_cancelled", 0) == 0 and second.counters.get("deliveries_finished", 0) == 0
+    assert second.counters.get("addresses_denylisted", 0) == 0 and second.counters.get("logs_denylisted", 0) == 0
 
 
 def test_new_raw_rows_are_consolidated_by_the_next_run_only(frozen, rules):
@@ -792,7 +1091,8 @@ def crash_after(monkeypatch: pytest.MonkeyPatch, name: str, calls: int) -> None:
     monkeypatch.setattr(module, name, wrapper)
 
 
-@pytest.mark.parametrize("step", ["_update_logs", "update_quarantine", "_insert_tracking_logs", "_apply_opt_outs"])
+@pytest.mark.parametrize("step", ["_update_logs", "update_quarantine", "fail_pending_logs", "_insert_tracking_logs",
+                                  "_apply_opt_outs"])
 def test_a_run_killed_inside_a_batch_then_rerun_gives_the_uninterrupted_result(frozen, rules, monkeypatch, step):
     build_dataset(rules)
     expected = reference(now=NOW)
@@ -816,6 +1116,38 @@ def test_a_run_killed_inside_a_batch_then_rerun_gives_the_uninterrupted_result(f
     assert observed() != expected, "the crash happened before the end"
 
     rerun = run_workflow(batch_size=3)
+
+    assert rerun.status == RunStatus.SUCCEEDED
+    assert_matches(observed(), expected)
+
+
+def test_a_run_killed_while_reading_sms_replies_then_rerun_gives_the_uninterrupted_result(frozen, rules, monkeypatch):
+    build_dataset(rules)
+    expected = reference(now=NOW)
+    original_errors, original_keywords = module.record_errors, module.opt_out_keywords
+    seen = {"in_sms_activity": False, "sms_batches": 0}
+
+    def keywords(setting: str) -> Any:  # read once, when the SMS activity starts
+        seen["in_sms_activity"] = True
+        return original_keywords(setting)
+
+    def flaky(events: Any, *, policy: Any, now: datetime) -> Any:
+        if seen["in_sms_activity"]:
+            seen["sms_batches"] += 1
+            if seen["sms_batches"] == 2:
+                raise Crash("killed while denylisting numbers")
+        return original_errors(events, policy=policy, now=now)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(module, "opt_out_keywords", keywords)
+        patch.setattr(module, "record_errors", flaky)
+        crashed = run_workflow(batch_size=2)
+    assert crashed.status == RunStatus.FAILED and "killed" in crashed.reason
+    cursors = Workflow.objects.get(pk=ID).cursors
+    assert cursors[module.FEEDBACK_CURSOR] == SendingFeedback.objects.order_by("-id")[0].pk
+    assert 0 < cursors[module.INBOUND_SMS_CURSOR] < InboundSms.objects.order_by("-id")[0].pk
+
+    rerun = run_workflow(batch_size=2)
 
     assert rerun.status == RunStatus.SUCCEEDED
     assert_matches(observed(), expected)
