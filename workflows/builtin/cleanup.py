@@ -26,7 +26,7 @@ Invariants it keeps:
   (1 day) is ever removed: retention properties refuse values below 1 day, and
   :func:`~workflows.builtin.cleanup_retention.cutoff` refuses a cutoff closer to now, so a value
   that escaped validation cannot empty a table.
-- **Only consolidated raw rows.** SendingFeedback and TrackingHit rows are removed only up to
+- **Only consolidated raw rows.** SendingFeedback, TrackingHit and InboundSms rows are removed only up to
   updateDeliveryExecInfo's cursors: a row that workflow has not read yet is kept, however old.
 - **Tracking rows outlive their logs.** TrackingLog points to DeliveryLog without a database
   constraint: purging a delivery log neither deletes, locks nor changes its tracking rows (aged
@@ -62,6 +62,7 @@ from workflows.builtin.cleanup_retention import (
     DELIVERY_LOGS,
     EVENTS,
     FORECAST_LOGS,
+    INBOUND_SMS,
     MAXIMUM_RETENTION_DAYS,
     MINIMUM_AGE,
     RELEASED_QUARANTINE,
@@ -79,7 +80,7 @@ from workflows.builtin.cleanup_retention import (
     purge_expired,
     purge_workflow_history,
 )
-from workflows.builtin.update_delivery_exec_info import FEEDBACK_CURSOR, HITS_CURSOR
+from workflows.builtin.update_delivery_exec_info import FEEDBACK_CURSOR, HITS_CURSOR, INBOUND_SMS_CURSOR
 from workflows.context import ActivityContext, Batch, LeaseLost, RunHalted
 from workflows.definition import Activity, Schedule, WorkflowDefinition, register
 from workflows.errors import describe
@@ -147,6 +148,10 @@ def purge_sending_feedback(ctx: ActivityContext) -> None:
 
 def purge_tracking_hits(ctx: ActivityContext) -> None:
     purge_consolidated(ctx, TRACKING_HITS, HITS_CURSOR)
+
+
+def purge_inbound_sms(ctx: ActivityContext) -> None:
+    purge_consolidated(ctx, INBOUND_SMS, INBOUND_SMS_CURSOR)
 
 
 def purge_events(ctx: ActivityContext) -> None:
@@ -412,6 +417,7 @@ definition = register(WorkflowDefinition(
         purge_tracking_logs,
         purge_sending_feedback,
         purge_tracking_hits,
+        purge_inbound_sms,
         purge_events,
         purge_archived_events,
         purge_delivery_aggregates,

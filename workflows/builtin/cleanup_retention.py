@@ -35,6 +35,7 @@ from campaign.models import (
     Event,
     EventHistory,
     ForecastLog,
+    InboundSms,
     Quarantine,
     SendingFeedback,
     TrackingHit,
@@ -117,6 +118,8 @@ SENDING_FEEDBACK = AgeRule("sending_feedback", SendingFeedback, "received_at", "
                            log_table=True)
 TRACKING_HITS = AgeRule("tracking_hits", TrackingHit, "hit_at", "tracking_hits_days", 30, "raw tracking hits",
                         "Raw tracking hits older than this many days are removed, once consolidated.", log_table=True)
+INBOUND_SMS = AgeRule("inbound_sms", InboundSms, "received_at", "inbound_sms_days", 30, "raw SMS replies",
+                      "Raw SMS replies older than this many days are removed, once consolidated.", log_table=True)
 EVENTS = AgeRule("events", Event, "created_at", "events_days", 30, "events",
                  "Real-time events created more than this many days ago are removed.")
 ARCHIVED_EVENTS = AgeRule("archived_events", EventHistory, "archived_at", "archived_events_days", 180,
@@ -138,7 +141,7 @@ RELEASED_QUARANTINE = AgeRule("released_quarantine", Quarantine, "updated_at", "
                               "Quarantine rows released (status valid) and not updated since, for this many days, are "
                               "removed: the address is deliverable, the row only kept its history.")
 
-RETENTIONS = (DELIVERY_LOGS, TRACKING_LOGS, SENDING_FEEDBACK, TRACKING_HITS, EVENTS, ARCHIVED_EVENTS,
+RETENTIONS = (DELIVERY_LOGS, TRACKING_LOGS, SENDING_FEEDBACK, TRACKING_HITS, INBOUND_SMS, EVENTS, ARCHIVED_EVENTS,
               DELIVERY_AGGREGATES, FORECAST_LOGS, DELIVERIES, APP_SUBSCRIPTIONS, RELEASED_QUARANTINE)
 
 

@@ -32,6 +32,7 @@ from campaign.models import (
     FailureReason,
     FailureType,
     ForecastLog,
+    InboundSms,
     LogStatus,
     Quarantine,
     SendingFeedback,
@@ -47,6 +48,7 @@ from tests.factories import (
     EventFactory,
     EventHistoryFactory,
     ForecastLogFactory,
+    InboundSmsFactory,
     QuarantineFactory,
     SendingFeedbackFactory,
     TrackingHitFactory,
@@ -56,7 +58,7 @@ from tests.workflows.admin_helpers import change_url, edit
 from workflows import commands
 from workflows.builtin import cleanup
 from workflows.builtin import cleanup_purges as purges
-from workflows.builtin.update_delivery_exec_info import FEEDBACK_CURSOR, HITS_CURSOR
+from workflows.builtin.update_delivery_exec_info import FEEDBACK_CURSOR, HITS_CURSOR, INBOUND_SMS_CURSOR
 from workflows.errors import PermanentError
 from workflows.models import (
     ActivityRun,
@@ -91,6 +93,7 @@ def consolidate_everything() -> None:
     Workflow.objects.filter(pk="updateDeliveryExecInfo").update(cursors={
         FEEDBACK_CURSOR: SendingFeedback.objects.order_by("-id").values_list("id", flat=True).first() or 0,
         HITS_CURSOR: TrackingHit.objects.order_by("-id").values_list("id", flat=True).first() or 0,
+        INBOUND_SMS_CURSOR: InboundSms.objects.order_by("-id").values_list("id", flat=True).first() or 0,
     })
 
 
@@ -110,6 +113,7 @@ BOUNDARY_CASES: dict[str, tuple[type[models.Model], int, Callable[[datetime], mo
     "tracking_logs": (TrackingLog, 180, lambda at: TrackingLogFactory(tracked_at=at)),
     "sending_feedback": (SendingFeedback, 30, lambda at: SendingFeedbackFactory(received_at=at)),
     "tracking_hits": (TrackingHit, 30, lambda at: TrackingHitFactory(hit_at=at)),
+    "inbound_sms": (InboundSms, 30, lambda at: InboundSmsFactory(received_at=at)),
     "events": (Event, 30, lambda at: EventFactory(created_at=at)),
     "archived_events": (EventHistory, 180, lambda at: EventHistoryFactory(archived_at=at)),
     "forecast_logs": (ForecastLog, 7, lambda at: ForecastLogFactory(computed_at=at)),
@@ -149,7 +153,8 @@ def test_retention_defaults_are_the_platforms_published_ones():
 
     assert defaults == {
         "delivery_logs_days": 180, "tracking_logs_days": 180, "sending_feedback_days": 30, "tracking_hits_days": 30,
-        "events_days": 30, "archived_events_days": 180, "delivery_aggregates_days": 360, "forecast_logs_days": 7,
+        "inbound_sms_days": 30, "events_days": 30, "archived_events_days": 180, "delivery_aggregates_days": 360,
+        "forecast_logs_days": 7,
         "deliveries_days": 730, "app_subscriptions_days": 180, "released_quarantine_days": 7,
         "soft_error_release_days": 10, "mailbox_full_release_days": 30, "log_batch_size": 20_000, "batch_size": 5_000,
         "statistics": "vacuum_analyze", "purge_deliveries": False, "dry_run": False,
@@ -543,6 +548,7 @@ def mixed_dataset() -> None:
     TrackingLogFactory(tracked_at=ago(361))
     SendingFeedbackFactory(received_at=ago(31))
     TrackingHitFactory(hit_at=ago(31))
+    InboundSmsFactory(received_at=ago(31))
     EventFactory(created_at=ago(31))
     EventHistoryFactory(archived_at=ago(361))
     DeliveryAggregateFactory(day=NOW.date() - timedelta(days=400))
@@ -563,7 +569,7 @@ def mixed_dataset() -> None:
 
 
 def snapshot() -> dict[str, Any]:
-    tables = [DeliveryLog, TrackingLog, SendingFeedback, TrackingHit, Event, EventHistory, DeliveryAggregate,
+    tables = [DeliveryLog, TrackingLog, SendingFeedback, TrackingHit, InboundSms, Event, EventHistory, DeliveryAggregate,
               ForecastLog, Delivery, AppSubscription]
     state: dict[str, Any] = {model.__name__: sorted(model.objects.values_list("pk", flat=True)) for model in tables}
     state["journal"] = sorted(WorkflowLog.objects.exclude(workflow_id="cleanup").values_list("pk", flat=True))
