@@ -42,6 +42,7 @@ from workflows.properties import (
     MonthProperty,
     Property,
     TextProperty,
+    WordListProperty,
     quantity,
 )
 
@@ -99,6 +100,10 @@ def property_form_field(prop: Property) -> forms.Field:
         field = forms.BooleanField(required=False, **common)
     elif isinstance(prop, ChoiceProperty):
         field = forms.ChoiceField(choices=[(choice, choice) for choice in prop.choices], **common)
+    elif isinstance(prop, WordListProperty):
+        # A list reads whole on a few lines; a one-line input would hide most of it.
+        field = forms.CharField(max_length=prop.max_length, required=False,
+                                widget=forms.Textarea(attrs={"rows": 2, "cols": 60}), **common)
     elif isinstance(prop, TextProperty):
         field = forms.CharField(max_length=prop.max_length, required=False, **common)
     else:
