@@ -8,14 +8,17 @@ the working directory so that a relative path cannot land in the source tree.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from kombu import Connection
 
 from project.config import (
+    EMBEDDED_BROKER_POLLING_INTERVAL_S,
     REDIS_VISIBILITY_TIMEOUT,
     WORKFLOW_MAX_HARD_TIME_LIMIT,
     Config,
@@ -63,11 +66,25 @@ def test_embedded_default_uses_the_filesystem_broker_with_its_folders_under_var_
     config = load(tmp_path)
 
     queue, control = tmp_path / "var" / "broker" / "queue", tmp_path / "var" / "broker" / "control"
-    assert config.broker_url == "filesystem://"
+    assert config.broker_url == "filesystem://localhost/"
     assert config.broker_transport_options == {
         "data_folder_in": str(queue), "data_folder_out": str(queue), "control_folder": str(control),
+        "polling_interval": EMBEDDED_BROKER_POLLING_INTERVAL_S,
     }
     assert queue.is_dir() and control.is_dir()
+
+
+@pytest.mark.parametrize("url", [None, "filesystem://", "memory://"])
+def test_the_in_process_brokers_connect_without_kombus_missing_hostname_warning(
+    tmp_path: Path, url: str | None, caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = load(tmp_path, **({"CELERY_BROKER_URL": url} if url else {}))
+
+    with caplog.at_level(logging.WARNING, logger="kombu"):
+        info = Connection(config.broker_url, transport_options=config.broker_transport_options).info()
+
+    assert info["hostname"] == "localhost"
+    assert not [record for record in caplog.records if "hostname" in record.getMessage()]
 
 
 def test_embedded_default_writes_email_as_files(tmp_path: Path) -> None:
