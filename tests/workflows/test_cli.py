@@ -566,10 +566,11 @@ def test_missing_id_is_a_usage_error() -> None:
 
 # -- as a real process ---------------------------------------------------------------------------
 
-def manage(*args: str) -> subprocess.CompletedProcess[str]:
+def manage(*args: str, python_flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DATABASE_URL": database_url(), "SECRET_KEY": settings.SECRET_KEY}
     return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=settings.BASE_DIR, env=env, capture_output=True, text=True, timeout=120,
+        [sys.executable, *python_flags, "manage.py", *args], cwd=settings.BASE_DIR, env=env, capture_output=True,
+        text=True, timeout=120,
     )
 
 
@@ -595,6 +596,21 @@ def test_manage_py_unknown_id_exits_2_with_one_line_and_no_traceback() -> None:
     assert completed.stderr.strip().splitlines() == [
         "workflow: unknown workflow 'noSuchWorkflow'; `workflow list` shows the ids"
     ]
+
+
+#: Libraries that ``workflow list`` has no use for, each some 50 ms (reportlab 100) to import.
+UNUSED_AT_START_UP = ("reportlab", "requests", "redis", "PIL")
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_manage_py_workflow_list_imports_no_pdf_http_or_redis_library() -> None:
+    completed = manage("workflow", "list", python_flags=("-X", "importtime"))
+
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    imported = {line.rpartition("|")[2].strip().split(".")[0] for line in completed.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "django" in imported, "the import log was read"
+    assert not imported & set(UNUSED_AT_START_UP)
 
 
 class Terminal(StringIO):
