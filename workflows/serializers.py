@@ -86,6 +86,6 @@ def workflow_to_dict(workflow: Workflow, *, last_run: WorkflowRun | None | _Unse
         "state": workflow.state,
         "schedule": schedules.schedule_summary(workflow),
         "next_run_at": isoformat(schedules.next_run_at(workflow)),
-        "cursors": dict(workflow.cursors or {}),
+        "cursors": dict(sorted((workflow.cursors or {}).items())),  # PostgreSQL's jsonb keeps its own key order
         "last_run": run_to_dict(run) if run is not None else None,
     }

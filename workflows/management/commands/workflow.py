@@ -259,7 +259,7 @@ class Command(BaseCommand):
             f"Last run:    {describe_last_run(last_run)}"
             + (f" — {last_run.reason}" if last_run is not None and last_run.reason else ""),
             f"Progress:    {format_progress(last_run)}" if last_run is not None and last_run.status == RunStatus.RUNNING else "",
-            f"Cursors:     {format_counters(workflow.cursors)}" if workflow.cursors else "",
+            f"Cursors:     {format_counters(dict(sorted(workflow.cursors.items())))}" if workflow.cursors else "",
             f"History:     {workflow.history_days} days",
             "Properties:" + ("  -" if not definition.properties else ""),
         ]
