@@ -298,6 +298,22 @@ def test_manage_py_exits_with_an_error_naming_a_malformed_variable(tmp_path: Pat
     assert "System check identified" not in result.stdout
 
 
+@pytest.mark.parametrize("process", ["worker", "beat"])
+def test_a_celery_process_stops_at_once_with_one_line_naming_the_variable(tmp_path: Path, process: str) -> None:
+    """As the Procfile starts them; gunicorn's counterpart is in test_web_server.py."""
+    env = {name: value for name, value in os.environ.items() if name not in ("SECRET_KEY", "CELERY_BROKER_URL")}
+    env.update({"DATABASE_URL": POSTGRES_URL, "VAR_DIR": str(tmp_path / "var")})
+
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "campaign", process, "--loglevel", "INFO"],
+        cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=10, check=False,
+    )
+
+    assert result.returncode == 2
+    assert (result.stdout + result.stderr).strip() == \
+        "Configuration error: SECRET_KEY: is required when DATABASE_URL is set (production)"
+
+
 def test_deployment_check_is_clean_under_the_production_defaults(tmp_path: Path) -> None:
     """Django's own deployment check, with nothing but the required production variables."""
     env = {
