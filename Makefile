@@ -17,9 +17,9 @@ run: $(VENV)/.installed
 	$(PY) manage.py migrate --no-input
 	$(PY) manage.py ensure_admin
 	$(PY) manage.py seed_demo --if-empty
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(PY) -m project.run start -f Procfile
 
-## Seed, run every workflow once through a real worker, print a table (embedded default).
+## Seed, run every workflow once through a real worker in data-flow order, print a table (embedded default).
 demo: $(VENV)/.installed
 	$(PY) manage.py migrate --no-input
 	$(PY) manage.py demo

@@ -8,11 +8,22 @@ and is answered 408 after ``WEB_BODY_TIMEOUT`` seconds; complete requests run th
 WSGI handler on ``WEB_THREADS`` threads per worker. Database connections: at most
 ``WEB_WORKERS`` × ``WEB_THREADS`` per web process.
 
-A malformed variable stops gunicorn before any worker starts, with a message that names it.
+A malformed or missing variable, gunicorn's (``WEB_*``) or Django's (docs/configuration.md),
+stops gunicorn here, in the master, before it listens or starts a worker: one line that names the
+variable, and exit status 2. (Found by a worker instead, the error would end that worker only, and
+the master would start another, and another, while holding the port.)
 """
 
 import os
 import sys
+from typing import NoReturn
+
+from project.config import exit_on_config_error
+
+
+def _stop(message: str) -> NoReturn:
+    sys.stderr.write(f"Configuration error: {message}\n")
+    raise SystemExit(2)
 
 
 def _int(name: str, default: int, minimum: int) -> int:
@@ -22,11 +33,14 @@ def _int(name: str, default: int, minimum: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        sys.exit(f"Configuration error: {name}: expected a whole number, got {raw!r}")
+        _stop(f"{name}: expected a whole number, got {raw!r}")
     if value < minimum:
-        sys.exit(f"Configuration error: {name}: must be at least {minimum}, got {value}")
+        _stop(f"{name}: must be at least {minimum}, got {value}")
     return value
 
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+exit_on_config_error()
 
 wsgi_app = "project.asgi:application"
 worker_class = "asgi"  # gunicorn.workers.gasgi.ASGIWorker

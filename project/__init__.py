@@ -1,5 +1,6 @@
 """The deployment's wiring, above both apps: settings and the environment they are parsed from
-(:mod:`project.config`), the Celery app, the root URLconf and the WSGI/ASGI entry points.
+(:mod:`project.config`), the Celery app, the root URLconf, the WSGI/ASGI entry points, and
+``make run``'s launcher of the Procfile (:mod:`project.run`).
 
 Why a package of its own: ``campaign`` (the domain) and ``workflows`` (the engine) are Django apps
 that know nothing of how an instance is assembled; this package imports both, neither imports it

@@ -29,6 +29,14 @@ REDIS_VISIBILITY_TIMEOUT = WORKFLOW_MAX_HARD_TIME_LIMIT + 3600
 
 SQLITE_BUSY_TIMEOUT_MS = 20_000
 
+#: The embedded broker's URL: kombu's filesystem transport, named with its host (the transport
+#: ignores it; without one, kombu warns "No hostname was supplied" at each connection).
+EMBEDDED_BROKER_URL = "filesystem://localhost/"
+#: Seconds between two looks at the embedded broker's folder when it is empty (kombu's default
+#: is 1): a queued run starts within this, and a stopping worker notices its stop sooner (its
+#: loop waits for messages at most 2 s, plus this).
+EMBEDDED_BROKER_POLLING_INTERVAL_S = 0.2
+
 #: Django's deployment check wants at least 50 characters (and 5 different ones) in production.
 PRODUCTION_SECRET_KEY_LENGTH = 50
 
@@ -309,7 +317,7 @@ def parse_database(env: Mapping[str, str], *, var_dir: Path) -> dict[str, Any]:
 
 
 def parse_broker_url(env: Mapping[str, str]) -> str:
-    url = env.get("CELERY_BROKER_URL") or "filesystem://"
+    url = env.get("CELERY_BROKER_URL") or EMBEDDED_BROKER_URL
     scheme = urlsplit(url).scheme
     if scheme not in BROKER_SCHEMES:
         raise ConfigError(
@@ -317,8 +325,10 @@ def parse_broker_url(env: Mapping[str, str]) -> str:
             f"unsupported scheme {scheme!r}; use redis://HOST:PORT/DB or amqp://USER:PASSWORD@HOST:PORT/VHOST "
             "(or leave unset for the embedded broker)",
         )
-    if not scheme.startswith(("redis", "amqp")):
-        return url
+    if scheme in ("filesystem", "memory"):
+        # The host means nothing to these transports, but kombu warns at each connection
+        # without one: "filesystem://" is read as "filesystem://localhost/".
+        return url if urlsplit(url).hostname else f"{scheme}://localhost/"
     parts = urlsplit(url)
     try:
         parts.port  # noqa: B018 - raises ValueError for a malformed port
@@ -352,7 +362,8 @@ def broker_transport_options(url: str, *, var_dir: Path) -> dict[str, Any]:
         control = var_dir / "broker" / "control"
         for folder in (queue, control):
             folder.mkdir(parents=True, exist_ok=True)
-        return {"data_folder_in": str(queue), "data_folder_out": str(queue), "control_folder": str(control)}
+        return {"data_folder_in": str(queue), "data_folder_out": str(queue), "control_folder": str(control),
+                "polling_interval": EMBEDDED_BROKER_POLLING_INTERVAL_S}
     return {}
 
 

@@ -17,6 +17,7 @@ so this module imports nothing of Celery and nothing that runs workflows.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import pkgutil
 from collections.abc import Callable, Mapping
@@ -205,7 +206,22 @@ def resolve_id(name: str) -> str:
             return workflow_id
     if lowered in ALIASES:
         return ALIASES[lowered]
+    if (meant := closest_id(name)) is not None:
+        raise UnknownWorkflow(f"unknown workflow {name!r}; did you mean {meant!r}?")
     raise UnknownWorkflow(f"unknown workflow {name!r}; `workflow list` shows the ids")
+
+
+#: How alike a mistyped id and a declared one must be for the second to be suggested (difflib's
+#: ratio: "cleenup" and "cleanup" score 0.86; unrelated ids stay under 0.5).
+SUGGESTION_CUTOFF = 0.75
+
+
+def closest_id(name: str) -> str | None:
+    """The declared id nearest to a mistyped one (case-insensitive, aliases included), if any is
+    near enough."""
+    candidates = {workflow_id.lower(): workflow_id for workflow_id in _REGISTRY} | ALIASES
+    matches = difflib.get_close_matches(name.lower(), candidates, n=1, cutoff=SUGGESTION_CUTOFF)
+    return candidates[matches[0]] if matches else None
 
 
 def get_definition(name: str) -> WorkflowDefinition:

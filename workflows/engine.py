@@ -199,11 +199,13 @@ def exclusive_group(definition: WorkflowDefinition) -> list[str]:
 
 def _wait_or_skip(definition: WorkflowDefinition, run: WorkflowRun, request: RunRequest, claim: leases.Claim) -> WorkflowRun:
     """A lost claim: wait (a re-queue) while the run may, else skip with the reason."""
+    # No holder only after claims lost, again and again, to runs that released at once (leases.claim).
+    holder = f"run #{claim.holder}" if claim.holder is not None else "a run that has just ended"
     if claim.blocked_by == definition.id:
-        blocker = f"run #{claim.holder}"
+        blocker = holder
         budget = request.wait_for_lease_s
     else:
-        blocker = f"{claim.blocked_by} (run #{claim.holder}), which must never run at the same time"
+        blocker = f"{claim.blocked_by} ({holder}), which must never run at the same time"
         budget = definition.wait_for_exclusive_s
     now = time.time()
     wait_until = request.wait_until or (now + budget if budget else None)
@@ -212,7 +214,7 @@ def _wait_or_skip(definition: WorkflowDefinition, run: WorkflowRun, request: Run
             journal(definition.id, f"Run #{run.pk} stopped waiting for {blocker} after {budget:.0f}s.", run=run,
                     level=LogLevel.WARNING)
         reason = "already running" if claim.blocked_by == definition.id else f"{claim.blocked_by} is running"
-        return _finish(run, RunStatus.SKIPPED, f"{reason} (run #{claim.holder})")
+        return _finish(run, RunStatus.SKIPPED, f"{reason} ({holder})")
     waiting = f"waiting for {blocker} to finish (until {timezone.localtime(datetime.fromtimestamp(wait_until, UTC)):%H:%M:%S})"
     if run.reason != waiting:
         if not request.wait_until:

@@ -56,8 +56,24 @@ class Claim:
     abandoned_run: int | None = None  # the dead run taken over, if any
 
 
+#: Times a claim is tried when it lost the race to a run that has already let the lease go again.
+CLAIM_ATTEMPTS = 3
+
+
 def claim(workflow_id: str, run_id: int, *, exclusive_with: Iterable[str] = ()) -> Claim:
-    """Try to make ``run_id`` the holder of ``workflow_id``'s lease."""
+    """Try to make ``run_id`` the holder of ``workflow_id``'s lease.
+
+    A claim lost to a run that took the lease between our read and our update, and has already
+    released it, is tried again: the workflow is free, and a lost claim must name a holder.
+    """
+    for _ in range(CLAIM_ATTEMPTS):
+        result = _claim_once(workflow_id, run_id, exclusive_with=exclusive_with)
+        if result.won or result.holder is not None:
+            return result
+    return result
+
+
+def _claim_once(workflow_id: str, run_id: int, *, exclusive_with: Iterable[str]) -> Claim:
     now = timezone.now()
     group = sorted({workflow_id, *exclusive_with})
     with transaction.atomic():

@@ -19,7 +19,7 @@ from workflows.models import Workflow, WorkflowRun
 RUN_KEYS: Final = ("run_id", "workflow", "trigger", "status", "reason", "started_at", "finished_at", "duration_s",
                    "counters", "activities")
 ACTIVITY_KEYS: Final = ("name", "status", "counters")
-WORKFLOW_KEYS: Final = ("id", "label", "state", "schedule", "next_run_at", "last_run")
+WORKFLOW_KEYS: Final = ("id", "label", "state", "schedule", "next_run_at", "cursors", "last_run")
 SCHEDULE_KEYS: Final = ("crontab", "timezone", "human")
 
 
@@ -74,7 +74,8 @@ def with_last_runs(workflows: QuerySet[Workflow]) -> list[tuple[Workflow, Workfl
 
 def workflow_to_dict(workflow: Workflow, *, last_run: WorkflowRun | None | _Unset = UNSET) -> dict[str, Any]:
     """``{"id", "label", "state", "schedule": {"crontab", "timezone", "human"}, "next_run_at",
-    "last_run": <run or None>}``; ``crontab`` is None for an on-demand workflow.
+    "cursors", "last_run": <run or None>}``; ``crontab`` is None for an on-demand workflow;
+    ``cursors`` is where each incremental scan resumes (``{}`` for a workflow without one).
 
     ``last_run`` is looked up unless given (pass it, from :func:`with_last_runs`, for a list).
     """
@@ -85,5 +86,6 @@ def workflow_to_dict(workflow: Workflow, *, last_run: WorkflowRun | None | _Unse
         "state": workflow.state,
         "schedule": schedules.schedule_summary(workflow),
         "next_run_at": isoformat(schedules.next_run_at(workflow)),
+        "cursors": dict(sorted((workflow.cursors or {}).items())),  # PostgreSQL's jsonb keeps its own key order
         "last_run": run_to_dict(run) if run is not None else None,
     }

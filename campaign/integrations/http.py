@@ -12,6 +12,9 @@
   development) before the request is made, so a row saved before those rules is refused, not
   obeyed. Redirects are not followed: a 3xx is a permanent failure, and the token never goes to
   the address it points to.
+- ``requests`` is imported by the first client made, not with this module, which every process
+  loads through the workflows that call services: it takes some 50 ms, which each ``manage.py``
+  command would otherwise pay.
 """
 
 from __future__ import annotations
@@ -23,14 +26,15 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
-
-import requests
 
 from campaign.integrations.accounts import destination_error, token_env_error, without_credentials
 from campaign.integrations.errors import PermanentError, TransientError
 from campaign.models import ExternalAccount
+
+if TYPE_CHECKING:
+    import requests
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +67,20 @@ class ConfigurationError(PermanentError):
     or URL the rules refuse, an http:// URL where HTTPS is due)."""
 
 
+def new_session() -> requests.Session:
+    """A client's session (``requests`` imported here, by the first client)."""
+    import requests
+
+    return requests.Session()
+
+
 @dataclass
 class ServiceClient:
     account: ExternalAccount
     require_https: bool = False
     #: How to wait between attempts; by default :func:`wait`, looked up at each call.
     sleep: Callable[[float], None] | None = None
-    session: requests.Session = field(default_factory=requests.Session)
+    session: requests.Session = field(default_factory=new_session)
     #: The bearer token, for the clients to scrub it from their errors.
     token: str = field(init=False, repr=False)
 
@@ -99,6 +110,8 @@ class ServiceClient:
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """One call, retried on transient failures; returns the decoded JSON body."""
+        import requests  # loaded by new_session() already, unless a session was given
+
         what = f"{method} {path}"
         timeout = (self.account.timeout_s, self.account.timeout_s)
         url = self.url(path)

@@ -8,14 +8,17 @@ the working directory so that a relative path cannot land in the source tree.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from kombu import Connection
 
 from project.config import (
+    EMBEDDED_BROKER_POLLING_INTERVAL_S,
     REDIS_VISIBILITY_TIMEOUT,
     WORKFLOW_MAX_HARD_TIME_LIMIT,
     Config,
@@ -63,11 +66,25 @@ def test_embedded_default_uses_the_filesystem_broker_with_its_folders_under_var_
     config = load(tmp_path)
 
     queue, control = tmp_path / "var" / "broker" / "queue", tmp_path / "var" / "broker" / "control"
-    assert config.broker_url == "filesystem://"
+    assert config.broker_url == "filesystem://localhost/"
     assert config.broker_transport_options == {
         "data_folder_in": str(queue), "data_folder_out": str(queue), "control_folder": str(control),
+        "polling_interval": EMBEDDED_BROKER_POLLING_INTERVAL_S,
     }
     assert queue.is_dir() and control.is_dir()
+
+
+@pytest.mark.parametrize("url", [None, "filesystem://", "memory://"])
+def test_the_in_process_brokers_connect_without_kombus_missing_hostname_warning(
+    tmp_path: Path, url: str | None, caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = load(tmp_path, **({"CELERY_BROKER_URL": url} if url else {}))
+
+    with caplog.at_level(logging.WARNING, logger="kombu"):
+        info = Connection(config.broker_url, transport_options=config.broker_transport_options).info()
+
+    assert info["hostname"] == "localhost"
+    assert not [record for record in caplog.records if "hostname" in record.getMessage()]
 
 
 def test_embedded_default_writes_email_as_files(tmp_path: Path) -> None:
@@ -279,6 +296,22 @@ def test_manage_py_exits_with_an_error_naming_a_malformed_variable(tmp_path: Pat
     assert result.returncode != 0
     assert "TIME_ZONE: unknown time zone 'Nowhere/City'" in result.stderr
     assert "System check identified" not in result.stdout
+
+
+@pytest.mark.parametrize("process", ["worker", "beat"])
+def test_a_celery_process_stops_at_once_with_one_line_naming_the_variable(tmp_path: Path, process: str) -> None:
+    """As the Procfile starts them; gunicorn's counterpart is in test_web_server.py."""
+    env = {name: value for name, value in os.environ.items() if name not in ("SECRET_KEY", "CELERY_BROKER_URL")}
+    env.update({"DATABASE_URL": POSTGRES_URL, "VAR_DIR": str(tmp_path / "var")})
+
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "campaign", process, "--loglevel", "INFO"],
+        cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=10, check=False,
+    )
+
+    assert result.returncode == 2
+    assert (result.stdout + result.stderr).strip() == \
+        "Configuration error: SECRET_KEY: is required when DATABASE_URL is set (production)"
 
 
 def test_deployment_check_is_clean_under_the_production_defaults(tmp_path: Path) -> None:

@@ -4,13 +4,17 @@ answered 408 and cut off once the body deadline has passed.
 
 Each test starts its own gunicorn on a free port, on this test run's database, with a short body
 deadline (``WEB_BODY_TIMEOUT``), and kills its whole process group afterwards. Loops are bounded in
-count and time.
+count and time. A misconfigured gunicorn stops at once, with one line naming the variable.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +25,7 @@ from django.conf import settings as django_settings
 from campaign import api
 from campaign.models import Event
 from project.asgi import wsgi_environ
-from workflows.benchmarks.event_ingestion import GUNICORN_CONFIG, Server, web_server
+from workflows.benchmarks.event_ingestion import GUNICORN_CONFIG, Server, free_port, web_server
 
 STALLED_CLIENTS = 20
 ANNOUNCED_BYTES = 60_000
@@ -30,6 +34,8 @@ BODY_TIMEOUT_S = 3
 #: Well below PostgreSQL's connection limit, which the rest of the test suite shares.
 WORKERS, THREADS = 2, 4
 HEALTH_PROBES = 3
+#: A misconfigured gunicorn must have stopped within this many seconds.
+CONFIG_ERROR_EXIT_S = 10
 
 
 @pytest.fixture
@@ -151,3 +157,35 @@ def test_the_environ_drops_headers_with_underscores_which_could_pose_as_the_prox
     assert (environ["CONTENT_TYPE"], environ["CONTENT_LENGTH"]) == ("application/json", "28")
     assert (environ["PATH_INFO"], environ["QUERY_STRING"], environ["REMOTE_ADDR"]) == ("/api/events/signup", "a=1", "10.0.0.9")
     assert environ["wsgi.input"].read() == b'{"email": "ann@example.com"}'
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"DATABASE_URL": "postgres://campaign@127.0.0.1:9/campaign"},
+     "Configuration error: SECRET_KEY: is required when DATABASE_URL is set (production)"),
+    ({"WEB_WORKERS": "two"}, "Configuration error: WEB_WORKERS: expected a whole number, got 'two'"),
+], ids=["SECRET_KEY missing in production", "WEB_WORKERS malformed"])
+def test_a_configuration_error_stops_gunicorn_at_once_with_one_line(
+    tmp_path: Path, env: dict[str, str], message: str,
+) -> None:
+    """The master finds the error before it listens: no worker is started (each would print the
+    error and be replaced, four times a second, while the master held the port)."""
+    environment = {name: value for name, value in os.environ.items() if name not in ("SECRET_KEY", "DATABASE_URL")}
+    environment.update({"VAR_DIR": str(tmp_path), "WEB_BIND": f"127.0.0.1:{free_port()}", **env})
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--config", str(Path(django_settings.BASE_DIR) / GUNICORN_CONFIG)],
+        cwd=django_settings.BASE_DIR, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=CONFIG_ERROR_EXIT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"gunicorn still ran after {CONFIG_ERROR_EXIT_S}s:\n{output[-2000:]}")
+    elapsed = time.monotonic() - started
+
+    assert process.returncode != 0
+    assert elapsed < CONFIG_ERROR_EXIT_S
+    assert output.count(message) == 1, output
+    assert output.strip() == message, "one line, nothing else: no traceback, no worker booted"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -196,6 +197,27 @@ def test_show_block_lists_schedule_properties_and_activities(cli_sample: Workflo
     assert "never run" in result.stdout
 
 
+def test_show_gives_where_the_incremental_scans_resume_in_json_and_text(cli_sample: Workflow) -> None:
+    Workflow.objects.filter(pk="cliSample").update(cursors={"sending_feedback_id": 120, "tracking_hit_id": 7})
+
+    data = workflow_cli("show", "cliSample", "--json").json()
+    text = workflow_cli("show", "cliSample").stdout
+
+    assert data["cursors"] == {"sending_feedback_id": 120, "tracking_hit_id": 7}
+    assert "Cursors:     sending_feedback_id=120, tracking_hit_id=7" in text
+    assert workflow_cli("show", "cliUnwritten", "--json").json()["cursors"] == {}
+    assert "Cursors:" not in workflow_cli("show", "cliUnwritten").stdout
+
+
+def test_the_json_shapes_are_the_documented_ones() -> None:
+    """docs/operations.md lists these keys; scripts rely on them."""
+    assert WORKFLOW_KEYS == ("id", "label", "state", "schedule", "next_run_at", "cursors", "last_run")
+    assert SCHEDULE_KEYS == ("crontab", "timezone", "human")
+    assert RUN_KEYS == ("run_id", "workflow", "trigger", "status", "reason", "started_at", "finished_at",
+                        "duration_s", "counters", "activities")
+    assert ACTIVITY_KEYS == ("name", "status", "counters")
+
+
 def test_show_block_gives_the_schedule_in_words_and_as_crontab(db: None) -> None:
     result = workflow_cli("show", "kpiSharing")
 
@@ -214,6 +236,42 @@ def test_unknown_id_exits_2_with_one_line_reason(db: None, args: tuple[str, ...]
     assert result.exit_code == 2
     assert result.stdout == ""
     assert_one_line_reason(result, "unknown workflow 'noSuchWorkflow'")
+
+
+@pytest.mark.parametrize("args", [
+    ("show", "cleenup"), ("run", "cleenup", "--sync"), ("runs", "cleenup"), ("start", "cleenup"),
+    ("pause", "cleenup"), ("resume", "cleenup"), ("stop", "cleenup"), ("restart", "cleenup"), ("repair", "cleenup"),
+])
+def test_a_mistyped_id_gets_the_id_it_resembles_in_every_sub_command(db: None, args: tuple[str, ...]) -> None:
+    result = workflow_cli(*args)
+
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "workflow: unknown workflow 'cleenup'; did you mean 'cleanup'?"
+    assert not WorkflowAudit.objects.exists()
+
+
+@pytest.mark.parametrize(("typed", "meant"), [
+    ("CLEENUP", "cleanup"), ("updateDeliveryExecInfos", "updateDeliveryExecInfo"), ("reportingAgregate", "reportingAggregates"),
+])
+def test_the_suggestion_ignores_case_and_knows_the_aliases(db: None, typed: str, meant: str) -> None:
+    assert f"did you mean {meant!r}?" in workflow_cli("show", typed).stderr
+
+
+@pytest.mark.parametrize("where", ["before the sub-command", "after it"])
+def test_verbosity_2_shows_the_engines_log_line_wherever_it_is_given(
+    cli_sample: Workflow, caplog: pytest.LogCaptureFixture, where: str,
+) -> None:
+    run = ("run", "cliSample", "--sync")
+    args = ("-v", "2", *run) if where == "before the sub-command" else (*run, "-v", "2")
+    with caplog.at_level(logging.INFO):
+        assert workflow_cli(*args).exit_code == 0
+        shown = [record.getMessage() for record in caplog.records if record.name == "workflows.engine"]
+        caplog.clear()
+        assert workflow_cli("run", "cliSample", "--sync").exit_code == 0
+        hidden = [record.getMessage() for record in caplog.records if record.name == "workflows.engine"]
+
+    assert any("cliSample run #" in message and "succeeded" in message for message in shown), shown
+    assert hidden == []
 
 
 # -- run --sync ----------------------------------------------------------------------------------
@@ -566,10 +624,11 @@ def test_missing_id_is_a_usage_error() -> None:
 
 # -- as a real process ---------------------------------------------------------------------------
 
-def manage(*args: str) -> subprocess.CompletedProcess[str]:
+def manage(*args: str, python_flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DATABASE_URL": database_url(), "SECRET_KEY": settings.SECRET_KEY}
     return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=settings.BASE_DIR, env=env, capture_output=True, text=True, timeout=120,
+        [sys.executable, *python_flags, "manage.py", *args], cwd=settings.BASE_DIR, env=env, capture_output=True,
+        text=True, timeout=120,
     )
 
 
@@ -595,6 +654,21 @@ def test_manage_py_unknown_id_exits_2_with_one_line_and_no_traceback() -> None:
     assert completed.stderr.strip().splitlines() == [
         "workflow: unknown workflow 'noSuchWorkflow'; `workflow list` shows the ids"
     ]
+
+
+#: Libraries that ``workflow list`` has no use for, each some 50 ms (reportlab 100) to import.
+UNUSED_AT_START_UP = ("reportlab", "requests", "redis", "PIL")
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_manage_py_workflow_list_imports_no_pdf_http_or_redis_library() -> None:
+    completed = manage("workflow", "list", python_flags=("-X", "importtime"))
+
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    imported = {line.rpartition("|")[2].strip().split(".")[0] for line in completed.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "django" in imported, "the import log was read"
+    assert not imported & set(UNUSED_AT_START_UP)
 
 
 class Terminal(StringIO):

@@ -446,3 +446,27 @@ def test_an_activity_can_skip_the_run_with_a_reason(sample, monkeypatch):
     assert list(run.activities.values_list("name", "status")) == [("prepare", "skipped")]
     assert effects() == (0, 0)
     assert Workflow.objects.get(pk=SAMPLE_ID).consecutive_errors == 0
+
+
+def test_a_claim_lost_to_a_run_that_already_let_go_is_tried_again_and_never_names_run_none(sample, monkeypatch):
+    """Between the claim's read and its update, another run takes the lease and releases it: the
+    update finds nothing to change, and the workflow is free again."""
+    mine = WorkflowRun.objects.create(workflow_id=SAMPLE_ID, trigger=Trigger.SHELL)
+    other = WorkflowRun.objects.create(workflow_id=SAMPLE_ID, trigger=Trigger.SHELL)
+    lease_end = leases.lease_end
+    raced = []
+
+    def another_run_comes_and_goes(now=None):
+        if not raced:
+            raced.append(True)
+            assert leases.claim(SAMPLE_ID, other.pk).won
+            leases.release(SAMPLE_ID, other.pk)
+        return lease_end(now)
+
+    monkeypatch.setattr(leases, "lease_end", another_run_comes_and_goes)
+
+    claim = leases.claim(SAMPLE_ID, mine.pk)
+
+    assert raced, "the race happened"
+    assert claim.won
+    assert leases.lease_of(SAMPLE_ID)[0] == mine.pk

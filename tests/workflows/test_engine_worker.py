@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -161,3 +162,26 @@ def test_a_stopping_worker_hands_its_run_over_at_a_unit_boundary_and_another_wor
     assert WorkflowRun.objects.count() == 1, "the same run continued"
     assert WorkflowLog.objects.filter(run=run, message__contains="its worker is stopping").exists()
     assert ActivityRun.objects.get(run=run, name="consume").status == "succeeded"
+
+
+def test_a_worker_stopped_through_its_process_group_hands_over_and_no_pool_process_is_killed(sample, worker):
+    """SIGTERM to the worker's whole process group, as honcho sends it. Its pool processes left
+    that group: the busy one hands its run over once its worker raises the stop flag, the idle one
+    ends when the pool closes. None is killed, so the log has no error line."""
+    worker.stop()  # replaced by one with an idle pool process beside the busy one
+    Workflow.objects.filter(pk=SAMPLE_ID).update(properties={"sleep_ms": 300, "batch_size": 2})
+    with WorkerProcess(queues=worker.queues, env=worker.env, concurrency=2) as stopping:
+        run = commands.run_now(SAMPLE_ID, actor="test")
+        wait_for(lambda: effects()[0] >= 4, what="a few batches")
+
+        os.killpg(stopping.process.pid, signal.SIGTERM)
+        stopping.process.wait(timeout=30)
+        status_when_stopped = run_status(run.pk)
+        log = stopping.log()
+    with WorkerProcess(queues=worker.queues, env=worker.env):
+        wait_for(lambda: run_status(run.pk) == RunStatus.SUCCEEDED, what="the run to finish on the other worker")
+
+    assert status_when_stopped == RunStatus.PAUSED, "the run was handed over, not waited for"
+    assert not [line for line in log.splitlines() if "ERROR" in line], log[-3000:]
+    assert effects() == (50, 50)
+    assert WorkflowLog.objects.filter(run=run, message__contains="its worker is stopping").exists()

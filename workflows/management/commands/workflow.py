@@ -140,6 +140,10 @@ def describe_last_run(run: WorkflowRun | None) -> str:
 
 class Command(BaseCommand):
     help = "List, inspect, run and operate the technical workflows, and repair their schedules."
+    #: Django's system checks (models, admin, URLconf...) are for ``manage.py check`` and
+    #: ``migrate`` at a deploy; run before every command, they took a tenth of a second and loaded
+    #: every view. The workflows' own configuration is checked when Django starts (WORKFLOW_QUEUES).
+    requires_system_checks: list[str] = []
 
     def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
         return super().create_parser(prog_name, subcommand, epilog=EXIT_CODES_HELP, formatter_class=HelpFormatter, **kwargs)
@@ -187,6 +191,10 @@ class Command(BaseCommand):
                              help="Workflow id, case-insensitive (aliases: reportingAggregate, updateDeliveryIndicator).")
         if with_json:
             sub.add_argument("--json", dest="as_json", action="store_true", help="Print JSON instead of text.")
+        # Django reads -v before the action only; accepted after it too, the same option. Unset
+        # here, it leaves the value given before the action (or Django's default) alone.
+        sub.add_argument("-v", "--verbosity", type=int, choices=[0, 1, 2, 3], default=argparse.SUPPRESS,
+                         help="0 quiet, 1 normal, 2 also the engine's log lines (one per run) on stderr.")
         return sub
 
     # -- dispatch ----------------------------------------------------------------------------
@@ -251,6 +259,7 @@ class Command(BaseCommand):
             f"Last run:    {describe_last_run(last_run)}"
             + (f" — {last_run.reason}" if last_run is not None and last_run.reason else ""),
             f"Progress:    {format_progress(last_run)}" if last_run is not None and last_run.status == RunStatus.RUNNING else "",
+            f"Cursors:     {format_counters(dict(sorted(workflow.cursors.items())))}" if workflow.cursors else "",
             f"History:     {workflow.history_days} days",
             "Properties:" + ("  -" if not definition.properties else ""),
         ]
