@@ -104,6 +104,7 @@ class Config:
     metrics_token: str
     beat_stale_seconds: int | None
     overdue_grace_seconds: int | None
+    log_partition_interval: str
 
 
 def load_config(env: Mapping[str, str], *, base_dir: Path) -> Config:
@@ -151,6 +152,7 @@ def load_config(env: Mapping[str, str], *, base_dir: Path) -> Config:
         # None: the /healthz check's own default (workflows.health), which derives from beat's heartbeat.
         beat_stale_seconds=parse_optional_int(env, "WORKFLOW_BEAT_STALE_SECONDS", minimum=1),
         overdue_grace_seconds=parse_optional_int(env, "WORKFLOW_OVERDUE_GRACE_SECONDS", minimum=1),
+        log_partition_interval=parse_choice(env, "LOG_PARTITION_INTERVAL", default="month", choices=("month", "week", "day")),
     )
 
 
@@ -177,6 +179,13 @@ def parse_int(env: Mapping[str, str], name: str, *, default: int, minimum: int) 
     if value < minimum:
         raise ConfigError(name, f"must be at least {minimum}, got {value}")
     return value
+
+
+def parse_choice(env: Mapping[str, str], name: str, *, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip().lower() or default
+    if raw not in choices:
+        raise ConfigError(name, f"expected one of {', '.join(choices)}, got {env[name]!r}")
+    return raw
 
 
 def parse_optional_int(env: Mapping[str, str], name: str, *, minimum: int) -> int | None:

@@ -142,6 +142,10 @@ WORKFLOW_EXTRA_MODULES = CONFIG.extra_workflow_modules
 WORKFLOW_MAX_HARD_TIME_LIMIT = WORKFLOW_MAX_HARD_TIME_LIMIT
 REDIS_VISIBILITY_TIMEOUT = REDIS_VISIBILITY_TIMEOUT
 
+# PostgreSQL: the log tables are range-partitioned by their time column into periods of this
+# length, in UTC: "month", "week" or "day" (campaign.partitions). SQLite keeps plain tables.
+LOG_PARTITION_INTERVAL = CONFIG.log_partition_interval
+
 # Event API: larger bodies are refused with 413 before they are read.
 EVENT_MAX_BODY_BYTES = CONFIG.event_max_body_bytes
 

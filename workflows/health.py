@@ -17,6 +17,14 @@ password masked). Five things must hold:
 - no started workflow is overdue: its enabled schedule's next slot after ``PeriodicTask.last_run_at``
   is not further in the past than ``WORKFLOW_OVERDUE_GRACE_SECONDS``.
 
+One more check only warns: on PostgreSQL, the default partitions of the log tables
+(:mod:`campaign.partitions`) should be empty. Rows there mean a period had no partition when they
+were written (the cleanup workflow's partition maintenance has not run, or the rows are dated far
+from now); they are stored and read like any other, only retention can no longer drop them with
+their period until the next maintenance moves them into one. The instance still does its job, so
+the check stays ``ok`` (a load balancer must not take it out of service) and is listed under
+``warnings``.
+
 Both thresholds are Django settings of the same names, parsed from the environment at start-up
 by :mod:`project.config` (a malformed value stops start-up naming the variable); unset, they are
 ``None`` and the defaults below apply.
@@ -27,7 +35,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +48,7 @@ from django_celery_beat.models import PeriodicTask
 from kombu import Connection
 from kombu.exceptions import OperationalError as BrokerOperationalError
 
+from campaign import partitions
 from workflows import beat_leader, schedules
 from workflows.models import SchedulerHeartbeat, Workflow, WorkflowState
 from workflows.scheduler import HEARTBEAT_INTERVAL_S
@@ -66,6 +75,7 @@ class CheckResult:
     ms: float
     message: str
     details: dict[str, Any] = field(default_factory=dict)
+    warning: bool = False  # ok, but something an operator should look at
 
     def as_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "ms": self.ms, "message": self.message, **self.details}
@@ -82,6 +92,7 @@ class HealthReport:
     def as_json(self) -> dict[str, Any]:
         return {
             "status": "ok" if self.ok else "fail",
+            "warnings": [name for name, check in self.checks.items() if check.warning],
             "checks": {name: check.as_json() for name, check in self.checks.items()},
         }
 
@@ -118,6 +129,7 @@ def run_checks() -> HealthReport:
         "beat": check_beat(),
         "schedules": check_schedules(),
         "workflows": check_workflows(),
+        "partitions": check_partitions(),
     })
 
 
@@ -131,6 +143,25 @@ def check_database() -> CheckResult:
         return True, f"{connection.vendor} answers", {}
 
     return _timed(body)
+
+
+# --- partitions -------------------------------------------------------------------------------
+
+def check_partitions() -> CheckResult:
+    def body() -> tuple[bool, str, dict[str, Any]]:
+        tables = partitions.partitioned_tables()
+        if not tables:
+            return True, f"no partitioned tables ({connection.vendor})", {}
+        counts = {table.table: partitions.default_partition_rows(table.table, limit=10_000) for table in tables}
+        outside = {table: rows for table, rows in counts.items() if rows}
+        if outside:
+            listed = ", ".join(f"{table} {rows:,}{'+' if rows == 10_000 else ''}" for table, rows in outside.items())
+            return True, (f"rows outside every partition (in the default partitions): {listed}; the cleanup workflow's "
+                          "partition maintenance moves them into partitions of their own"), {"default_partition_rows": outside}
+        return True, f"{len(tables)} partitioned tables, default partitions empty", {"default_partition_rows": {}}
+
+    result = _timed(body)
+    return replace(result, warning=bool(result.details.get("default_partition_rows")))
 
 
 # --- broker -----------------------------------------------------------------------------------

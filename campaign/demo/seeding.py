@@ -16,6 +16,7 @@ from datetime import time as time_of_day
 
 from django.db import connection, models, transaction
 
+from campaign import partitions
 from campaign.bulk_load import reset_sequences
 from campaign.demo.simulation import DemoGenerator
 from campaign.demo.writer import IdAllocator
@@ -128,6 +129,9 @@ def seed_demo(*, profiles: int, seed: int, anchor: datetime, replace: bool = Fal
         generator = DemoGenerator(profile_count=profiles, rng=random.Random(seed), anchor=anchor, ids=ids)
         generator.run()
         reset_sequences(*SEEDED_MODELS)
+        # The demo's past months were written to the default partitions (PostgreSQL): give each
+        # its own partition, as the partition maintenance would.
+        partitions.ensure_partitions()
     counts = {name: generator.writer.counts[name] for name in sorted(generator.writer.counts)}
     statuses = {LogStatus(code).label: count for code, count in sorted(generator.log_statuses.items())}
     return SeedResult(counts=counts, log_statuses=statuses, seconds=time.monotonic() - started, deleted=deleted)

@@ -57,7 +57,7 @@ def test_healthz_is_200_when_database_broker_and_beat_are_fine(client, healthy) 
 
     assert status == 200, body
     assert body["status"] == "ok"
-    assert set(body["checks"]) == {"database", "broker", "beat", "schedules", "workflows"}
+    assert set(body["checks"]) == {"database", "broker", "beat", "schedules", "workflows", "partitions"}
     for name, check in body["checks"].items():
         assert check["ok"] is True, (name, check)
         assert check["ms"] >= 0

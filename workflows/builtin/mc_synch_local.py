@@ -19,15 +19,16 @@ Invariants:
   On PostgreSQL it is one statement, ``WITH moved AS (DELETE ... RETURNING ...) INSERT INTO
   eventhistory SELECT ... FROM moved``: the rows inserted are exactly the rows deleted, as they were
   when deleted (an admin edit committed meanwhile is re-checked by the DELETE, so an event edited
-  back to a non-final status stays live). On SQLite (and on PostgreSQL when that statement
-  meets an id already archived, below) it is ``SELECT ... FOR UPDATE`` of the range's archivable
-  ids, ``INSERT INTO eventhistory SELECT ... ON CONFLICT (id) DO NOTHING RETURNING id``, then a
-  DELETE of exactly the ids the insert returned.
-- **The archive id is the event id** (EventHistory's primary key), so an event can never be in
-  the archive twice. If an id is somehow already there (a restore from backup, a hand-made row),
-  the live event is *kept* rather than deleted on the strength of a row that may be another event:
-  the one-statement form fails on the primary key, its savepoint is rolled back, and the batch is
-  redone the second way, which leaves the clashing events live; they are counted as
+  back to a non-final status stays live). On SQLite it is ``SELECT ... FOR UPDATE`` of the range's
+  archivable ids, ``INSERT INTO eventhistory SELECT ... RETURNING id``, then a DELETE of exactly the
+  ids the insert returned.
+- **An event is in the archive at most once.** The archive keeps the event's id. On PostgreSQL the
+  archive is partitioned by ``archived_at``, so no unique constraint can hold the id alone (one
+  must include the partition key); both forms above therefore skip an event whose id is already
+  archived (``NOT EXISTS`` on the archive's primary-key index, which leads with the id), and the
+  DELETE's row locks keep two moves of the same event from both passing that test. If an id is
+  somehow already there (a restore from backup, a hand-made row), the live event is *kept* rather
+  than deleted on the strength of a row that may be another event; such events are counted as
   ``already_in_history`` and named in the journal for an operator to look at.
 - **Keyset on Event.id within a run.** A batch is the id range from the cursor to the
   ``batch_size``-th archivable event after it, found by one primary-key range scan; so a batch
@@ -42,12 +43,12 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import IntegrityError, connection
-from django.db.models import Max, Q, QuerySet
+from django.db import connection
+from django.db.models import Exists, Max, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from campaign.models import FINAL_EVENT_STATUSES, Event, EventHistory
-from workflows.context import ActivityContext, Batch, savepoint
+from workflows.context import ActivityContext, Batch
 from workflows.definition import Schedule, WorkflowDefinition, register
 from workflows.models import LogLevel
 from workflows.properties import DurationProperty, IntegerProperty
@@ -85,27 +86,30 @@ def archived_columns() -> list[str]:
 def archive_range(*, after_id: int, up_to_id: int, cutoff: datetime, now: datetime) -> tuple[int, list[int]]:
     """Move the archivable events with ``after_id < id <= up_to_id``; call inside a transaction.
     Returns (events moved, ids left live because they are already in the archive)."""
+    in_range = archivable_events(cutoff=cutoff).filter(id__gt=after_id, id__lte=up_to_id)
     if connection.vendor == "postgresql":
-        try:
-            with savepoint():  # a clash undoes this statement only
-                return move_in_one_statement(after_id=after_id, up_to_id=up_to_id, cutoff=cutoff, now=now), []
-        except IntegrityError:
-            pass  # an id already archived: redo the range id by id, keeping the clashing events live
-    ids = list(
-        archivable_events(cutoff=cutoff).filter(id__gt=after_id, id__lte=up_to_id).order_by("id")
-        .select_for_update().values_list("id", flat=True)
-    )
-    moved = copy_to_history(ids, archived_at=now)
-    delete_live(moved)
-    return len(moved), sorted(set(ids) - set(moved))
+        moved = move_in_one_statement(after_id=after_id, up_to_id=up_to_id, cutoff=cutoff, now=now)
+        skipped = in_range.filter(Exists(EventHistory.objects.filter(id=OuterRef("id"))))
+        return moved, list(skipped.order_by("id").values_list("id", flat=True))
+    ids = list(in_range.order_by("id").select_for_update().values_list("id", flat=True))
+    moved_ids = copy_to_history(ids, archived_at=now)
+    delete_live(moved_ids)
+    return len(moved_ids), sorted(set(ids) - set(moved_ids))
+
+
+def not_archived(live_alias: str) -> str:
+    """SQL: the live event ``live_alias`` has no row in the archive."""
+    return f"NOT EXISTS (SELECT 1 FROM {EventHistory._meta.db_table} archived WHERE archived.id = {live_alias}.id)"
 
 
 def move_in_one_statement(*, after_id: int, up_to_id: int, cutoff: datetime, now: datetime) -> int:
-    """PostgreSQL: delete the range's archivable events and insert what was deleted, in one statement."""
+    """PostgreSQL: delete the range's archivable events not archived yet and insert what was
+    deleted, in one statement."""
+    live = Event._meta.db_table
     columns = ", ".join(archived_columns())
     sql = (
-        f"WITH moved AS (DELETE FROM {Event._meta.db_table} WHERE id > %s AND id <= %s AND status = ANY(%s) "
-        "AND (processed_at < %s OR (processed_at IS NULL AND created_at < %s)) "
+        f"WITH moved AS (DELETE FROM {live} WHERE id > %s AND id <= %s AND status = ANY(%s) "
+        f"AND (processed_at < %s OR (processed_at IS NULL AND created_at < %s)) AND {not_archived(live)} "
         f"RETURNING {columns}) "
         f"INSERT INTO {EventHistory._meta.db_table} ({columns}, archived_at) SELECT {columns}, %s FROM moved"
     )
@@ -116,7 +120,8 @@ def move_in_one_statement(*, after_id: int, up_to_id: int, cutoff: datetime, now
 
 
 def copy_to_history(ids: list[int], *, archived_at: datetime) -> list[int]:
-    """``INSERT INTO eventhistory SELECT ... FROM event WHERE id IN (ids)``; the ids actually inserted."""
+    """``INSERT INTO eventhistory SELECT ... FROM event WHERE id IN (ids)``, skipping ids already
+    archived; the ids actually inserted."""
     if not ids:
         return []
     history, live = EventHistory._meta.db_table, Event._meta.db_table
@@ -124,8 +129,7 @@ def copy_to_history(ids: list[int], *, archived_at: datetime) -> list[int]:
     id_list = ", ".join(str(int(event_id)) for event_id in ids)  # ints from the database: no injection
     sql = (
         f"INSERT INTO {history} ({columns}, archived_at) "
-        f"SELECT {columns}, %s FROM {live} WHERE id IN ({id_list}) "
-        "ON CONFLICT (id) DO NOTHING RETURNING id"
+        f"SELECT {columns}, %s FROM {live} WHERE id IN ({id_list}) AND {not_archived(live)} RETURNING id"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, [db_datetime(archived_at)])

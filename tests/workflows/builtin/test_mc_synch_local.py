@@ -11,7 +11,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from django.db import IntegrityError
 from django.urls import reverse
 from django.utils import timezone
 
@@ -203,23 +202,6 @@ def test_a_crash_after_a_batch_wrote_rolls_the_whole_batch_back(events, monkeypa
     assert crashed.status == RunStatus.FAILED
     assert not EventHistory.objects.exists(), "the copy of the failed batch was rolled back with it"
     assert snapshot(Event) == events, "and so was the delete"
-
-
-def test_the_id_by_id_form_gives_the_same_result_as_the_single_statement(events, monkeypatch, is_postgres):
-    if not is_postgres:
-        pytest.skip("SQLite always uses the id-by-id form")
-    expected = expected_archive(events, now=timezone.now(), delay=timedelta(minutes=60))
-
-    def clash(**kwargs: Any) -> int:
-        raise IntegrityError("simulated clash with the archive")
-
-    monkeypatch.setattr(mc_synch_local, "move_in_one_statement", clash)
-
-    result = run(batch_size=7)
-
-    assert result.status == RunStatus.SUCCEEDED
-    assert snapshot(EventHistory) == {event_id: events[event_id] for event_id in expected}
-    assert snapshot(Event) == {event_id: row for event_id, row in events.items() if event_id not in expected}
 
 
 def test_an_id_already_in_the_archive_keeps_the_live_event_and_warns(events):
