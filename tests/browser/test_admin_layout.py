@@ -96,7 +96,9 @@ def test_the_lists_forced_run_page_fits_and_forces_nothing_until_confirmed(logge
     """The action's confirmation page, reached as an operator does (tick, choose, Go), with the
     longest workflow ids and a paused run, at both widths; then its button forces the runs."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.select import Select
+    from selenium.webdriver.support.ui import WebDriverWait
 
     browser = logged_in
     commands.pause("cleanup", actor="layout test")
@@ -110,12 +112,13 @@ def test_the_lists_forced_run_page_fits_and_forces_nothing_until_confirmed(logge
             browser.find_element(By.XPATH, f"//tr[.//a[text()='{workflow_id}']]//input[@class='action-select']").click()
         Select(browser.find_element(By.NAME, "action")).select_by_value("force_run_workflows")
         browser.find_element(By.NAME, "index").click()
-        assert browser.find_elements(By.ID, "confirm-force-run"), "the confirmation page did not open"
+        WebDriverWait(browser, 30).until(EC.presence_of_element_located((By.ID, "confirm-force-run")))
         problems[width] = layout_problems(browser)
         full_page_screenshot(browser, SCREENSHOTS / f"layout-force-run-from-the-list-{width}.png")
     assert problems == {width: [] for width in WIDTHS}
     assert not WorkflowRun.objects.filter(status=RunStatus.QUEUED).exists()
 
     browser.find_element(By.ID, "confirm-force-run").click()
-    assert "Forced a run of 3 workflows" in browser.find_element(By.CSS_SELECTOR, "ul.messagelist").text
+    message = WebDriverWait(browser, 30).until(EC.presence_of_element_located((By.CSS_SELECTOR, "ul.messagelist")))
+    assert "Forced a run of 3 workflows" in message.text
     assert sorted(WorkflowRun.objects.filter(status=RunStatus.QUEUED).values_list("workflow_id", flat=True)) == sorted(selected)
