@@ -30,7 +30,7 @@ from django.core.validators import validate_email
 from django.db import transaction
 from django_celery_beat.models import PeriodicTask
 
-from workflows import schedules
+from workflows import docstrings, schedules
 from workflows.audit import audit
 from workflows.definition import Activity, WorkflowDefinition
 from workflows.models import ActivityMode, Workflow
@@ -115,10 +115,10 @@ def property_form_field(prop: Property) -> forms.Field:
 
 
 def activity_form_field(activity: Activity) -> forms.ChoiceField:
-    doc = (activity.__doc__ or "").strip().splitlines()
+    # The admin renders a help text as HTML: the summary is escaped, its reST markup made HTML.
     return forms.ChoiceField(
         label=activity.__name__, choices=ActivityMode.choices, initial=ActivityMode.NORMAL,
-        help_text=doc[0] if doc else "",
+        help_text=docstrings.summary_html(activity.__doc__),
     )
 
 

@@ -292,7 +292,9 @@ class DeliveryAdmin(admin.ModelAdmin):
         days = kpi_charts.daily_figures(delivery)
         context = {**self.admin_site.each_context(request), "title": f"KPIs of {delivery}", "delivery": delivery,
                    "days": days, "bar_chart": kpi_charts.bar_chart(days), "line_chart": kpi_charts.line_chart(days),
-                   "rate_labels": kpi_charts.RATE_LABELS.values()}
+                   "rate_labels": kpi_charts.RATE_LABELS.values(),
+                   # The table's fifteen columns need the whole width of a 1024 px window.
+                   "is_nav_sidebar_enabled": False}
         return TemplateResponse(request, "admin/campaign/delivery/kpis.html", context)
 
     @admin.display(description="logs")

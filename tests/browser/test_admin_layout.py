@@ -90,3 +90,35 @@ def test_the_check_sees_a_cut_off_column_and_a_label_broken_mid_word(logged_in, 
     problems = layout_problems(browser)
     assert any("div.results" in problem and "hides" in problem for problem in problems), problems
     assert any("th.column-last_run_counters" in problem and "beyond the" in problem for problem in problems), problems
+
+
+def test_the_lists_forced_run_page_fits_and_forces_nothing_until_confirmed(logged_in, live_server) -> None:
+    """The action's confirmation page, reached as an operator does (tick, choose, Go), with the
+    longest workflow ids and a paused run, at both widths; then its button forces the runs."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.select import Select
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser = logged_in
+    commands.pause("cleanup", actor="layout test")
+    WorkflowRun.objects.create(workflow_id="cleanup", trigger=Trigger.SCHEDULE, status=RunStatus.PAUSED,
+                               halted_activity="purge_released_quarantine", reason="workflow paused")
+    selected = ("cleanup", "updateDeliveryIndicators", "updateDeliveryExecInfo")
+    problems = {}
+    for width in WIDTHS:
+        open_at_width(browser, f"{live_server.url}/admin/workflows/workflow/", width)
+        for workflow_id in selected:
+            browser.find_element(By.XPATH, f"//tr[.//a[text()='{workflow_id}']]//input[@class='action-select']").click()
+        Select(browser.find_element(By.NAME, "action")).select_by_value("force_run_workflows")
+        browser.find_element(By.NAME, "index").click()
+        WebDriverWait(browser, 30).until(EC.presence_of_element_located((By.ID, "confirm-force-run")))
+        problems[width] = layout_problems(browser)
+        full_page_screenshot(browser, SCREENSHOTS / f"layout-force-run-from-the-list-{width}.png")
+    assert problems == {width: [] for width in WIDTHS}
+    assert not WorkflowRun.objects.filter(status=RunStatus.QUEUED).exists()
+
+    browser.find_element(By.ID, "confirm-force-run").click()
+    message = WebDriverWait(browser, 30).until(EC.presence_of_element_located((By.CSS_SELECTOR, "ul.messagelist")))
+    assert "Forced a run of 3 workflows" in message.text
+    assert sorted(WorkflowRun.objects.filter(status=RunStatus.QUEUED).values_list("workflow_id", flat=True)) == sorted(selected)

@@ -85,3 +85,15 @@ def test_kpi_page_needs_the_view_permission(client, django_user_model, delivery)
 
     user.user_permissions.add(Permission.objects.get(codename="view_delivery"))
     assert client.get(f"/admin/campaign/delivery/{delivery.pk}/kpis/").status_code == 200
+
+
+def test_the_charts_span_the_width_with_text_in_pixels(delivery):
+    """Laid out across in percent of the page's width (no fixed or maximum width, no viewBox that
+    would scale the labels with it); heights and font sizes in pixels."""
+    days = kpi_charts.daily_figures(delivery)
+
+    for chart in (kpi_charts.bar_chart(days), kpi_charts.line_chart(days)):
+        opening = chart[:chart.index(">")]
+        assert 'width="100%"' in opening and "max-width" not in opening and "viewBox" not in opening
+        assert '<text x="50.000%" y="198" font-size="10" text-anchor="middle">21 Nov</text>' in chart
+    assert '<circle cx="81.333%"' in kpi_charts.line_chart(days), "the third day's point, at the middle of its slot"

@@ -4,6 +4,8 @@ page that says what forcing does to this workflow, then the run, queued through 
 
 from __future__ import annotations
 
+import re
+from html import unescape
 from typing import Any
 
 import pytest
@@ -11,6 +13,7 @@ from django.contrib.messages import get_messages
 from django.http import HttpResponse
 from django.test import Client
 from django.urls import reverse
+from django.utils.html import escape
 
 from tests.workflows.admin_helpers import broker_message, change_url, staff_client
 from workflows import commands
@@ -158,3 +161,113 @@ def test_the_confirmation_page_of_a_started_workflow_names_the_paused_run_it_wou
     page = " ".join(admin_client.get(command_url("cleanup", "force_run")).content.decode().split())
     assert "The workflow is started: the run goes ahead as a <em>Run now</em> would, except for its paused run" in page
     assert f"#{waiting.pk}</a> is paused at activity <code>purge_events</code>. Forcing stops it for good" in page
+
+
+# -- the forced run from the list ----------------------------------------------------------------
+
+CHANGELIST = reverse("admin:workflows_workflow_changelist")
+
+
+def select_for_forced_run(client: Client, *workflow_ids: str, url: str = CHANGELIST) -> HttpResponse:
+    """Tick the workflows in the list, choose the forced run, press Go."""
+    return client.post(url, {"action": "force_run_workflows", "_selected_action": list(workflow_ids), "index": 0})
+
+
+def confirm(client: Client, page: HttpResponse) -> HttpResponse:
+    """Press the confirmation page's button: post its form as the browser would (its hidden fields)."""
+    html = page.content.decode()
+    (action,) = re.findall(r'<form method="post" action="([^"]*)">', html)
+    data: dict[str, list[str]] = {}
+    for name, value in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', html):
+        data.setdefault(name, []).append(value)
+    return client.post(unescape(action), data, follow=True)
+
+
+def test_the_list_offers_a_forced_run_of_selected_workflows(admin_client: Client) -> None:
+    actions = dict(admin_client.get(CHANGELIST).context["action_form"].fields["action"].choices)
+    assert actions["force_run_workflows"] == "Force a run of selected workflows…"
+
+
+def test_the_lists_forced_run_first_says_what_it_does_to_each_selected_workflow_and_does_nothing(
+    admin_client: Client,
+) -> None:
+    commands.pause("cleanup", actor="test")
+    waiting = paused_run("cleanup")
+    commands.stop("billing", actor="test")
+
+    response = select_for_forced_run(admin_client, "cleanup", "billing", "abTesting")
+
+    assert response.status_code == 200
+    page = " ".join(response.content.decode().split())
+    assert "<title>Force a run of 3 workflows? | Django site admin</title>" in page
+    assert "Forcing starts one run of each of these workflows now, where <em>Run now</em> would be refused" in page
+    listed = re.findall(r'<li class="force-run-workflow" id="force-run-([^"]+)">', page)
+    assert listed == ["abTesting", "billing", "cleanup"]
+    cleanup = page[page.index('id="force-run-cleanup"'):]
+    assert "The run goes ahead although the workflow is <strong>paused</strong>" in cleanup
+    waiting_url = reverse("admin:workflows_workflowrun_change", args=[waiting.pk])
+    assert (f'<li id="force-run-paused-run-cleanup">Run <a href="{waiting_url}">#{waiting.pk}</a> is paused'
+            " at activity <code>purge_events</code>. Forcing stops it for good") in cleanup
+    billing = page[page.index('id="force-run-billing"'):page.index('id="force-run-cleanup"')]
+    assert "no run follows this one until it is started" in billing and "force-run-paused-run" not in billing
+    ab_testing = page[page.index('id="force-run-abTesting"'):page.index('id="force-run-billing"')]
+    assert "The workflow is started: a forced run is the same as <em>Run now</em>." in ab_testing
+    assert "with the note <code>forced</code>, once per workflow" in page
+    assert f'<a href="{CHANGELIST}" class="button cancel-link">No, take me back</a>' in page
+    assert 'value="Yes, force a run of 3 workflows"' in page
+    # Nothing is done by looking at it.
+    assert not WorkflowRun.objects.filter(status=RunStatus.QUEUED).exists()
+    assert not WorkflowAudit.objects.filter(action="run now").exists()
+    assert WorkflowRun.objects.get(pk=waiting.pk).status == RunStatus.PAUSED
+
+
+def test_confirming_the_lists_forced_run_queues_one_forced_run_per_selected_workflow(
+    admin_client: Client, admin_user: Any, django_capture_on_commit_callbacks: Any,
+) -> None:
+    commands.pause("cleanup", actor="test")
+    commands.stop("billing", actor="test")
+    page = select_for_forced_run(admin_client, "cleanup", "billing")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = confirm(admin_client, page)
+
+    runs = {run.workflow_id: run for run in WorkflowRun.objects.order_by("pk")}  # in the order they were queued
+    assert list(runs) == ["billing", "cleanup"]
+    for workflow_id, run in runs.items():
+        assert (run.status, run.trigger, run.requested_by) == (RunStatus.QUEUED, Trigger.ADMIN, admin_user.username)
+        audit = WorkflowAudit.objects.get(workflow_id=workflow_id, action="run now")
+        assert (audit.user, audit.note) == (admin_user, "forced")
+        assert broker_message("celery", run.celery_task_id).payload[1]["force"] is True
+    assert Workflow.objects.get(pk="cleanup").state == WorkflowState.PAUSED  # forcing changes no state
+    assert Workflow.objects.get(pk="billing").state == WorkflowState.STOPPED
+    assert response.redirect_chain == [(CHANGELIST, 302)]
+    links = ", ".join(f'<a href="{reverse("admin:workflows_workflowrun_change", args=[runs[w].pk])}">{w} run #{runs[w].pk}</a>'
+                      for w in ("billing", "cleanup"))
+    assert messages_of(response) == [f"Forced a run of 2 workflows: billing, cleanup. Runs: {links}."]
+
+
+def test_the_lists_forced_run_keeps_the_lists_filters_and_forces_only_the_confirmed_selection(
+    admin_client: Client, django_capture_on_commit_callbacks: Any,
+) -> None:
+    commands.pause("cleanup", actor="test")
+    commands.pause("billing", actor="test")
+    filtered = f"{CHANGELIST}?state__exact=paused"
+    page = select_for_forced_run(admin_client, "cleanup", url=filtered)
+    assert f'<form method="post" action="{escape(filtered)}">' in page.content.decode()
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = confirm(admin_client, page)
+
+    assert list(WorkflowRun.objects.values_list("workflow_id", flat=True)) == ["cleanup"]
+    assert response.redirect_chain == [(filtered, 302)]
+
+
+def test_the_lists_forced_run_needs_the_operate_permission(django_user_model: Any) -> None:
+    commands.pause("cleanup", actor="test")
+    client = staff_client(django_user_model, "view_workflow")
+
+    assert select_for_forced_run(client, "cleanup").status_code == 403
+    assert client.post(CHANGELIST, {"action": "force_run_workflows", "_selected_action": ["cleanup"],
+                                    "force_run_confirmed": "yes"}).status_code == 403
+    assert not WorkflowRun.objects.exists()
+    assert not WorkflowAudit.objects.filter(action="run now").exists()

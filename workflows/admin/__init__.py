@@ -2,8 +2,8 @@
 
 - Workflows come from code: the admin never adds or deletes one. It gives the commands of
   :mod:`workflows.commands` (actions on the list, buttons on the workflow page for the commands that
-  apply to its state, a forced run after a confirmation page), so a command means the same here as
-  in the CLI and the shell, and is audited with the user who gave it. Commands need the
+  apply to its state, a forced run from either after a confirmation page), so a command means the
+  same here as in the CLI and the shell, and is audited with the user who gave it. Commands need the
   ``workflows.operate_workflow`` permission, edits ``change_workflow``, reading ``view_*``.
 - The settings form is generated from the definition (:mod:`workflows.forms`): one field per
   property and per activity, the schedule validated before it reaches beat.

@@ -7,8 +7,9 @@ They need the ``workflows.operate_workflow`` permission, checked again by every 
 with the CSRF token), and a refusal is reported with its reason.
 
 A workflow's page shows the buttons of the commands that apply to it as it is now
-(:func:`workflows.commands.applicable_commands`: no Start on a started workflow). A forced run
-first shows a page that says what forcing does to this workflow, and is given from there.
+(:func:`workflows.commands.applicable_commands`: no Start on a started workflow). A forced run,
+from a workflow's page or from the list's action on selected workflows, first shows a page that
+says what forcing does to each workflow as it is now, and is given from there only.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.utils import quote, unquote
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
@@ -46,6 +48,10 @@ class AdminCommand:
     confirm: bool = False  # the button opens a page saying what the command does, which gives it
 
 
+#: The field of the list's forced-run confirmation page that says "confirmed" ("yes"): without it
+#: the action shows that page and forces nothing.
+FORCE_CONFIRMED = "force_run_confirmed"
+
 COMMANDS: dict[str, AdminCommand] = {
     command.name: command
     for command in (
@@ -72,9 +78,8 @@ class WorkflowCommandsMixin:
     """The commands of :class:`workflows.admin.workflow.WorkflowAdmin`: its actions, its command
     and repair URLs, and the permission they need."""
 
-    # A forced run is not among them: it is given from a workflow's page, after its confirmation page.
     actions = ("start_workflows", "pause_workflows", "resume_workflows", "stop_workflows", "restart_workflows",
-               "run_workflows_now")
+               "run_workflows_now", "force_run_workflows")
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(f"{self.opts.app_label}.operate_workflow")
@@ -155,6 +160,16 @@ class WorkflowCommandsMixin:
     def run_workflows_now(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> None:
         self._action(request, queryset, "run_now")
 
+    @admin.action(description="Force a run of selected workflows…", permissions=["operate"])
+    def force_run_workflows(self, request: HttpRequest, queryset: QuerySet[Workflow]) -> TemplateResponse | None:
+        """The confirmation page first, the same as a workflow page's; its button posts the action
+        again, confirmed (``FORCE_CONFIRMED``), and only then are the runs forced."""
+        workflows = list(queryset.order_by("pk"))
+        if request.POST.get(FORCE_CONFIRMED) != "yes":
+            return self.force_run_confirmation(request, workflows, from_list=True)
+        self.perform(request, COMMANDS["force_run"], workflows)
+        return None
+
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         # Without this an unauthorised command is silently dropped ("No action selected"): refuse it.
         if (request.method == "POST" and set(request.POST.getlist("action")) & set(self.actions)
@@ -186,32 +201,52 @@ class WorkflowCommandsMixin:
         if workflow is None:
             raise Http404(f"no workflow {unquote(object_id)!r}")
         if request.method == "GET":
-            return self.force_run_confirmation(request, workflow)
+            return self.force_run_confirmation(request, [workflow])
         self.perform(request, admin_command, [workflow])
         return HttpResponseRedirect(
             reverse(f"{self.admin_site.name}:workflows_workflow_change", args=[quote(workflow.pk)])
         )
 
-    def force_run_confirmation(self, request: HttpRequest, workflow: Workflow) -> TemplateResponse:
-        """What a forced run does to this workflow as it is now, and the button that gives it."""
-        paused = engine.paused_run(workflow)
+    def force_run_confirmation(self, request: HttpRequest, workflows: list[Workflow], *,
+                               from_list: bool = False) -> TemplateResponse:
+        """What a forced run does to each workflow as it is now, and the button that gives it: to one
+        workflow's command URL from its page, or back to the list as the confirmed action from there
+        (the same selection and filters; "No" returns to the list)."""
+        forced = [self.forced_run_facts(workflow) for workflow in workflows]
+        if from_list:
+            command_url = back_url = request.get_full_path()
+        else:
+            command_url, back_url = self.command_url(workflows[0].pk, "force_run"), forced[0]["workflow_url"]
+        names = workflows[0].pk if len(workflows) == 1 else f"{len(workflows)} workflows"
         context = {
             **self.admin_site.each_context(request),
-            "title": f"Force a run of {workflow.pk}?",
+            "title": f"Force a run of {names}?",
             "subtitle": None,
             "opts": self.opts,
-            "workflow": workflow,
             "is_nav_sidebar_enabled": False,
+            "forced": forced,
+            "names": names,
+            "from_list": from_list,
+            "command_url": command_url,
+            "back_url": back_url,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "confirmed_name": FORCE_CONFIRMED,
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "admin/workflows/workflow/force_run_confirmation.html", context)
+
+    def forced_run_facts(self, workflow: Workflow) -> dict[str, Any]:
+        """What the confirmation page says of one workflow: its state, and the paused run it would stop."""
+        paused = engine.paused_run(workflow)
+        return {
+            "workflow": workflow,
             "state": WorkflowState(workflow.state).label.lower(),
             "started": workflow.state == WorkflowState.STARTED,
             "paused_since": format_time(workflow.paused_at) if workflow.paused_at else "",
             "paused_run": paused,
             "paused_run_url": run_url(paused.pk) if paused else "",
-            "command_url": self.command_url(workflow.pk, "force_run"),
             "workflow_url": reverse(f"{self.admin_site.name}:workflows_workflow_change", args=[quote(workflow.pk)]),
         }
-        request.current_app = self.admin_site.name
-        return TemplateResponse(request, "admin/workflows/workflow/force_run_confirmation.html", context)
 
     def repair_schedule_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         """The workflow page's "Repair schedule" button: POST only (with the CSRF token), operate
