@@ -192,11 +192,9 @@ def ensure_partitions(*, now: datetime | None = None, interval: str | None = Non
     interval = interval or settings.LOG_PARTITION_INTERVAL
     for table in partitioned_tables():
         try:
-            existing = partitions(table.table)
-            periods = missing_periods(existing, now=now, interval=interval)
-            periods += [period for start in periods_in_default(table, interval)
-                        if (period := uncovered(start, next_period(start, interval), [*existing, *_as_partitions(periods)]))]
-            for start, end in sorted(periods):
+            periods = periods_to_create(partitions(table.table), periods_in_default(table, interval),
+                                        now=now, interval=interval)
+            for start, end in periods:
                 done.rows_moved += create_partition(table.table, table.column, start, end)
                 done.created.append(partition_name(table.table, start))
         except OperationalError as error:
@@ -204,6 +202,17 @@ def ensure_partitions(*, now: datetime | None = None, interval: str | None = Non
                 raise
             done.busy.append(table.table)
     return done
+
+
+def periods_to_create(existing: list[Partition], row_starts: Iterable[datetime], *, now: datetime,
+                      interval: str) -> list[tuple[datetime, datetime]]:
+    """The periods ``[start, end)`` to give a partition, oldest first: those missing from the
+    period of ``now`` to :data:`AHEAD`, and the uncovered part of each period starting at one of
+    ``row_starts`` (periods that hold rows with nowhere better to go)."""
+    periods = missing_periods(existing, now=now, interval=interval)
+    periods += [period for start in row_starts
+                if (period := uncovered(start, next_period(start, interval), [*existing, *_as_partitions(periods)]))]
+    return sorted(periods)
 
 
 def missing_periods(existing: Iterable[Partition], *, now: datetime, interval: str) -> list[tuple[datetime, datetime]]:
@@ -240,9 +249,14 @@ def periods_in_default(table: PartitionedTable, interval: str) -> list[datetime]
     """The first instants of the periods the default partition of ``table`` holds rows of (one
     scan of the default partition, which is normally empty)."""
     with bounded_wait() as cursor:
-        cursor.execute(f"SELECT DISTINCT date_trunc(%s, {_quoted(table.column)} AT TIME ZONE 'UTC') "
-                       f"FROM {_quoted(default_partition_name(table.table))}", [interval])
-        return sorted(row[0].replace(tzinfo=UTC) for row in cursor.fetchall())
+        return period_starts(cursor, default_partition_name(table.table), table.column, interval)
+
+
+def period_starts(cursor: CursorWrapper, relation: str, column: str, interval: str) -> list[datetime]:
+    """The first instants of the periods ``relation`` holds rows of, by ``column`` (one scan)."""
+    cursor.execute(f"SELECT DISTINCT date_trunc(%s, {_quoted(column)} AT TIME ZONE 'UTC') FROM {_quoted(relation)}",
+                   [interval])
+    return sorted(row[0].replace(tzinfo=UTC) for row in cursor.fetchall())
 
 
 def create_partition(table: str, column: str, start: datetime, end: datetime, *, parent: str | None = None) -> int:
@@ -332,13 +346,9 @@ def rebuild(table: PartitionedTable, *, partitioned: bool, now: datetime | None 
         )
         if partitioned:
             cursor.execute(f"CREATE TABLE {_quoted(default_partition_name(name))} PARTITION OF {_quoted(building)} DEFAULT")
-            cursor.execute(f"SELECT DISTINCT date_trunc(%s, {col} AT TIME ZONE 'UTC') FROM {_quoted(name)}", [interval])
-            now = now or timezone.now()
-            periods = missing_periods([], now=now, interval=interval)
-            periods += [period for (start,) in cursor.fetchall()
-                        if (period := uncovered(start.replace(tzinfo=UTC), next_period(start.replace(tzinfo=UTC), interval),
-                                                _as_partitions(periods)))]
-            for start, end in sorted(periods):
+            periods = periods_to_create([], period_starts(cursor, name, table.column, interval),
+                                        now=now or timezone.now(), interval=interval)
+            for start, end in periods:
                 create_partition(name, table.column, start, end, parent=building)
         cursor.execute(f"INSERT INTO {_quoted(building)} SELECT * FROM {_quoted(name)}")
         cursor.execute(f"DROP TABLE {_quoted(name)}")
