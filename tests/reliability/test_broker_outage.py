@@ -34,6 +34,7 @@ from tests.reliability.conftest import Cluster, forwarded_url, wait_for
 from tests.workflows import sample_workflow
 from tests.workflows.helpers import effects, seed_sample_sources
 from tests.workflows.sample_workflow import QUICK_ID, SAMPLE_ID, SAMPLE_QUEUE
+from workflows.benchmarks.event_ingestion import free_port
 from workflows.models import FINAL_RUN_STATUSES, RunStatus, Workflow, WorkflowRun
 from workflows.schedules import ensure_workflow
 from workflows.worker_process import current_database_url
@@ -48,12 +49,6 @@ OUTAGE_S = 5
 BROKER_READY_TIMEOUT_S = 60
 #: The scheduled workflow's period: several slots fall in the outage, and several after it.
 SLOT_EVERY_S = 2
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_listening(port: int, process: subprocess.Popen[bytes], log: Path) -> None:

@@ -21,6 +21,7 @@ import requests
 from django.conf import settings as django_settings
 from django.test import Client
 
+from workflows.benchmarks.event_ingestion import free_port
 from workflows.worker_process import current_database_url
 
 URL = "/api/events/order_confirmation"
@@ -30,12 +31,6 @@ def post(client: Client, body: Any, *, key: str | None, path: str = URL, raw: by
     headers = {"HTTP_AUTHORIZATION": f"Bearer {key}"} if key is not None else {}
     data = raw if raw is not None else json.dumps(body).encode()
     return client.post(path, data=data, content_type="application/json", **headers, **extra)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextlib.contextmanager
