@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -241,20 +241,6 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]
         yield made
     finally:
         made.teardown(print_logs=failed(request))
-
-
-def wait_for(condition: Callable[[], bool], *, what: str, timeout: float, cluster: Cluster | None = None) -> float:
-    """Poll ``condition`` until it holds; return the seconds it took. On time-out, fail saying
-    what, with the runs recorded so far."""
-    from workflows.models import WorkflowRun
-
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout:
-            runs = list(WorkflowRun.objects.order_by("-pk").values_list("pk", "workflow_id", "status", "reason")[:30])
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; latest runs: {runs}")
-        time.sleep(0.1)
-    return time.monotonic() - start
 
 
 def terminate_backends(application_name: str) -> list[int]:

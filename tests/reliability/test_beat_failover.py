@@ -17,8 +17,9 @@ import pytest
 from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
-from tests.reliability.conftest import BEAT_LEASE_SECONDS, Cluster, Node, wait_for
+from tests.reliability.conftest import BEAT_LEASE_SECONDS, Cluster, Node
 from tests.workflows import sample_workflow
+from tests.workflows.helpers import wait_for
 from tests.workflows.sample_workflow import QUICK_ID, SAMPLE_QUEUE
 from workflows.models import RunStatus, Trigger, WorkflowRun
 from workflows.schedules import ensure_workflow

@@ -30,9 +30,9 @@ from django.conf import settings
 from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from tests.reliability.conftest import Cluster, forwarded_url, wait_for
+from tests.reliability.conftest import Cluster, forwarded_url
 from tests.workflows import sample_workflow
-from tests.workflows.helpers import effects, seed_sample_sources
+from tests.workflows.helpers import effects, seed_sample_sources, wait_for
 from tests.workflows.sample_workflow import QUICK_ID, SAMPLE_ID, SAMPLE_QUEUE
 from workflows.benchmarks.event_ingestion import free_port
 from workflows.models import FINAL_RUN_STATUSES, RunStatus, Workflow, WorkflowRun

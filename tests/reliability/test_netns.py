@@ -12,7 +12,8 @@ import pytest
 from django.conf import settings
 
 from tests.reliability import netns
-from tests.reliability.conftest import Cluster, wait_for
+from tests.reliability.conftest import Cluster
+from tests.workflows.helpers import wait_for
 
 pytestmark = [pytest.mark.reliability]
 

@@ -34,8 +34,9 @@ from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
 from campaign import demo
 from tests.reliability import control, soak_workflow
-from tests.reliability.conftest import BEAT_LEASE_SECONDS, LEASE_SECONDS, Cluster, Node, wait_for
+from tests.reliability.conftest import BEAT_LEASE_SECONDS, LEASE_SECONDS, Cluster, Node
 from tests.reliability.test_beat_failover import send_slots
+from tests.workflows.helpers import wait_for
 from workflows import commands, reaper
 from workflows.definition import builtin_definitions
 from workflows.models import ActivityRun, ActivityStatus, RunStatus, Workflow, WorkflowLog, WorkflowRun

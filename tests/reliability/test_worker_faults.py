@@ -26,10 +26,9 @@ from tests.reliability.conftest import (
     backends_of,
     database_url_for,
     terminate_backends,
-    wait_for,
 )
 from tests.workflows import sample_workflow
-from tests.workflows.helpers import effects, seed_sample_sources
+from tests.workflows.helpers import effects, seed_sample_sources, wait_for
 from tests.workflows.sample_workflow import SAMPLE_ID, SAMPLE_QUEUE
 from workflows import commands, leases, reaper
 from workflows.models import ActivityRun, ActivityStatus, RunStatus, Workflow, WorkflowLog, WorkflowRun

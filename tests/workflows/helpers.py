@@ -24,16 +24,16 @@ def seed_sample_sources(count: int, *, campaign_label: str) -> None:
     )
 
 
-def wait_for(condition: Callable[[], bool], *, what: str, timeout: float = 60) -> None:
-    """Poll ``condition`` (a real worker doing something) until it holds; fail saying what and
-    with the runs recorded so far."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
+def wait_for(condition: Callable[[], bool], *, what: str, timeout: float = 60) -> float:
+    """Poll ``condition`` (a real worker doing something) until it holds; return the seconds it
+    took. On time-out, fail saying what, with the latest runs recorded so far."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            runs = list(WorkflowRun.objects.order_by("-pk").values_list("pk", "workflow_id", "status", "reason")[:30])
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; latest runs: {runs}")
         time.sleep(0.05)
-    runs = list(WorkflowRun.objects.values_list("pk", "workflow_id", "status", "reason"))
-    raise AssertionError(f"timed out waiting for {what}; runs: {runs}")
+    return time.monotonic() - start
 
 
 def fail_on_call(number: int, real: Callable[..., Any]) -> Callable[..., Any]:
