@@ -13,9 +13,10 @@ so pausing between two tests is safe and a run that lost its lease commits no de
 A page's tests, deliveries and figures are read before any lock and outside any unit
 (:func:`read_page`: a handful of aggregate queries for the whole page).
 
-Journal lines and owner notifications (a tie, a winner to confirm) follow once a test's unit has
-committed: a crash in between loses one email, never sends one twice, and the test's status tells
-the truth. Hand picks and confirmations made in the admin are journaled too, in their own
+A decision's journal line is written in its unit, so it commits with the decision or not at all
+(and costs no commit of its own). Owner notifications (a tie, a winner to confirm) follow once the
+unit has committed: a crash in between loses one email, never sends one twice, and the test's
+status tells the truth. Hand picks and confirmations made in the admin are journaled too, in their own
 transaction (:data:`campaign.ab_tests.winner_chosen`, :data:`campaign.ab_tests.winner_confirmed`).
 """
 
@@ -30,6 +31,7 @@ from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.mail import send_mail
+from django.db import connection, transaction
 from django.db.models import Q
 from django.dispatch import receiver
 from django.utils import timezone
@@ -67,6 +69,17 @@ class Page:
 
 
 def read_page(test_ids: Sequence[int], *, now: datetime) -> Page:
+    """The :class:`Page` of ``test_ids``, read in one transaction."""
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                # Over partitioned logs the figures' estimated cost passes PostgreSQL's JIT
+                # threshold, and compiling them (≈ 0.1 s a query) costs more than it saves.
+                cursor.execute("SET LOCAL jit = off")
+        return _read_page(test_ids, now=now)
+
+
+def _read_page(test_ids: Sequence[int], *, now: datetime) -> Page:
     tests = ABTest.objects.select_related("owner", "campaign").in_bulk(test_ids)
     deliveries = ab_tests.deliveries_under_test(list(tests))
     ended = [(test, deliveries.get(test.pk)) for test in tests.values()
@@ -137,9 +150,9 @@ def notify_owner(test: ABTest, *, subject: str, body: str) -> str | None:
     return address
 
 
-def _report(ctx: ActivityContext, decision: Decision, test: ABTest) -> None:
-    """Journal a decision and send the owner the notification it calls for (``test``: as read
-    before the decision; only what a decision does not change is used)."""
+def _journal_decision(ctx: ActivityContext, decision: Decision, test: ABTest) -> None:
+    """Journal a decision, inside the unit that commits it (``test``: as read before the decision;
+    only what a decision does not change is used)."""
     if decision.outcome in (Outcome.NOT_STARTED, Outcome.NOT_ENDED, Outcome.WAITING):
         return
     name = _name(test)
@@ -149,23 +162,32 @@ def _report(ctx: ActivityContext, decision: Decision, test: ABTest) -> None:
     if decision.outcome == Outcome.INVALID_CHOICE:
         ctx.log(f"{name}: the chosen winner {decision.variant!r} is not one of its variants "
                 f"({', '.join(test.variants)}); left as it is.", level=LogLevel.WARNING)
-        return
-    if decision.outcome == Outcome.ALREADY_SENT:
+    elif decision.outcome == Outcome.ALREADY_SENT:
         ctx.log(f"{name}: winner already sent (delivery #{decision.delivery_id}); nothing created.")
-        return
-    if decision.outcome == Outcome.WINNER_SENT:
+    elif decision.outcome == Outcome.WINNER_SENT:
         ctx.log(f"{name}: winner {decision.variant} ({how}, {criterion}); winner delivery "
                 f"#{decision.delivery_id} scheduled.{figures}")
-        return
-    if decision.outcome == Outcome.TIE:
+    elif decision.outcome == Outcome.TIE:
         ctx.log(f"{name}: tie on {criterion}; waiting for a manual choice.{figures}")
+    else:  # awaiting confirmation
+        ctx.log(f"{name}: winner {decision.variant} ({how}, {criterion}); waiting for confirmation.{figures}")
+
+
+def _notify(ctx: ActivityContext, decision: Decision, test: ABTest) -> None:
+    """Send the owner the notification a committed decision calls for (a tie, a winner to
+    confirm), and journal whether it went."""
+    if decision.outcome not in (Outcome.TIE, Outcome.AWAITING_CONFIRMATION):
+        return
+    name = _name(test)
+    how = "chosen by hand" if decision.chosen_by_hand else "computed"
+    criterion = test.get_criterion_display().lower()
+    if decision.outcome == Outcome.TIE:
         notified = notify_owner(test, subject=f"{test.label}: tie, choose the winner", body=(
             f"The A/B test {test.label!r} (campaign {test.campaign.label!r}) ended in a tie on {criterion}:\n"
             f"{format_figures(decision.figures)}\n\n"
             "No winner was sent. Choose one on the test's page in the admin (Campaign > A/B tests)."
         ))
-    else:  # awaiting confirmation
-        ctx.log(f"{name}: winner {decision.variant} ({how}, {criterion}); waiting for confirmation.{figures}")
+    else:
         notified = notify_owner(test, subject=f"{test.label}: confirm the winner {decision.variant}", body=(
             f"The A/B test {test.label!r} (campaign {test.campaign.label!r}) ended; the winner is variant "
             f"{decision.variant} ({how}, {criterion}).\n{format_figures(decision.figures)}\n\n"
@@ -182,7 +204,7 @@ def _report(ctx: ActivityContext, decision: Decision, test: ABTest) -> None:
 
 def decide_winners(ctx: ActivityContext) -> None:
     """Every test in ``testing``, and every tie resolved by hand since, gets :func:`decide`, each
-    in its own unit of work; its journal lines and owner email follow once that unit committed."""
+    in its own unit of work, with its journal line; the owner's email follows once that unit committed."""
     candidates = ABTest.objects.filter(
         Q(status=ABTest.Status.TESTING) | Q(status=ABTest.Status.AWAITING_CHOICE, winner_variant__gt="")
     )
@@ -196,24 +218,25 @@ def decide_winners(ctx: ActivityContext) -> None:
         def decide_one(test_id: int, page: Page = page, now: datetime = now,
                        decided: dict[int, Decision] = decided) -> dict[str, int]:
             decision = decided[test_id] = decide(test_id, now=now, page=page)
+            _journal_decision(ctx, decision, page.tests[test_id])
             return {decision.outcome.value: 1}
 
-        ctx.each(_reported_once_committed(ctx, ids, page=page, decided=decided), decide_one)
+        ctx.each(_notified_once_committed(ctx, ids, page=page, decided=decided), decide_one)
         if len(ids) < TESTS_PER_PAGE:
             return
         last_id = ids[-1]
 
 
-def _reported_once_committed(ctx: ActivityContext, ids: Sequence[int], *, page: Page,
+def _notified_once_committed(ctx: ActivityContext, ids: Sequence[int], *, page: Page,
                              decided: dict[int, Decision]) -> Iterator[int]:
     """The page's tests for ``ctx.each``, which asks for the next one only after the unit of the
-    one before has committed: that is when its decision is reported. A unit that fails ends the
+    one before has committed: that is when its owner is notified. A unit that fails ends the
     loop before, so a decision rolled back is never reported."""
     for test_id in ids:
         if test_id not in page.tests:  # deleted meanwhile
             continue
         yield test_id
-        _report(ctx, decided.pop(test_id), page.tests[test_id])
+        _notify(ctx, decided.pop(test_id), page.tests[test_id])
 
 
 definition = register(WorkflowDefinition(
