@@ -20,10 +20,13 @@ from campaign.models.profiles import Profile
 class DeliveryLog(models.Model):
     """One message to one recipient (the platform's "broadlog")."""
 
-    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="logs", verbose_name="delivery")
+    # No single-column index on either key: the composite indexes below begin with it, and each
+    # index is paid by every log written.
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="logs", verbose_name="delivery",
+                                 db_index=False)
     profile = models.ForeignKey(
         Profile, on_delete=models.SET_NULL, null=True, blank=True, related_name="delivery_logs",
-        verbose_name="profile", help_text="Empty for transactional messages.",
+        verbose_name="profile", help_text="Empty for transactional messages.", db_index=False,
     )
     address = models.CharField("address", max_length=255, help_text="Email address, phone number or device token.")
     variant = models.CharField("A/B variant", max_length=1, blank=True)
@@ -117,11 +120,13 @@ class TrackingLog(models.Model):  # noqa: DJ008 - rows without a natural name, s
     """A consolidated open, click, opt-out or mirror-page view. Kept longer than the delivery log
     it points to, hence no database constraint on ``delivery_log``."""
 
+    # Both keys are indexed by the named indexes below (the delivery's as their first column).
     delivery_log = models.ForeignKey(
         DeliveryLog, on_delete=models.DO_NOTHING, db_constraint=False, related_name="tracking_logs",
-        verbose_name="delivery log",
+        verbose_name="delivery log", db_index=False,
     )
-    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="tracking_logs", verbose_name="delivery")
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="tracking_logs", verbose_name="delivery",
+                                 db_index=False)
     url_type = models.SmallIntegerField("URL type", choices=UrlType.choices)
     url = models.URLField("URL", max_length=500, blank=True)
     tracked_at = models.DateTimeField("tracked", default=timezone.now, db_index=True)
