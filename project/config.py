@@ -119,7 +119,11 @@ def load_config(env: Mapping[str, str], *, base_dir: Path) -> Config:
         # A frozen or cut-off worker must not hold its locks for ever: PostgreSQL ends a session
         # idle inside a transaction for as long as a lease lasts, by which time the run's lease has
         # expired and another run may take its work over (its own commits are fenced anyway).
-        database.setdefault("OPTIONS", {})["options"] = f"-c idle_in_transaction_session_timeout={lease_seconds * 1000}"
+        # No JIT: the workflows' aggregates over partitioned logs pass its cost threshold, and
+        # compiling one (about 0.1 s) costs more than it saves on statements of a second or less.
+        database.setdefault("OPTIONS", {})["options"] = (
+            f"-c idle_in_transaction_session_timeout={lease_seconds * 1000} -c jit=off"
+        )
     return Config(
         var_dir=var_dir,
         embedded=embedded,
