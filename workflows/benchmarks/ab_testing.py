@@ -311,8 +311,6 @@ class ABTestingCase(BenchmarkCase):
         params = {"now": connection.ops.adapt_datetimefield_value(now), "suffix": suffix,
                   "label_length": label_length, "last_delivery": last_delivery}
         with connection.cursor() as cursor:
-            if connection.vendor == "postgresql":
-                cursor.execute("SET LOCAL jit = off")  # compiling costs more than it saves here
             cursor.execute(_candidates_sql(), params)
             cursor.execute(f"ANALYZE {CANDIDATES}")  # a few hundred rows: the planner must know it
             cursor.execute(_decisions_sql(), params)

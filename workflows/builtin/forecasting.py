@@ -270,10 +270,6 @@ def forecast_batch(after: int, size: int, *, forecast: ForecastPass) -> Batch:
     if deliveries:
         sql, params = planning_statement(deliveries, forecast, after=batch.after, upto=batch.upto)
         with connection.cursor() as cursor:
-            if connection.vendor == "postgresql":
-                # The planner cannot see how small a slice is (it guesses a million rows out of the
-                # UNION) and would JIT-compile the statement: ~0.2 s a batch for nothing.
-                cursor.execute("SET LOCAL jit = off")
             cursor.execute(sql, params)
     in_slice = Q(profile_id__gt=batch.after) if batch.upto is None else Q(profile_id__gt=batch.after, profile_id__lte=batch.upto)
     planned = ForecastLog.objects.filter(in_slice).aggregate(
