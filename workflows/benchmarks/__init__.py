@@ -22,6 +22,9 @@ _CASES: dict[str, BenchmarkCase] = {}
 class BenchmarkCase(ABC):
     #: The workflow measured (its id).
     workflow_id: str = ""
+    #: Whether a run after new rows reads only those (so belongs on the scale curve); False for a
+    #: workflow that recomputes a whole period on purpose.
+    incremental: bool = True
 
     @abstractmethod
     def populate(self, *, rows: int, seed: int) -> None:
@@ -52,6 +55,6 @@ def register(case: BenchmarkCase) -> BenchmarkCase:
 
 def all_cases() -> dict[str, BenchmarkCase]:
     for module in pkgutil.iter_modules(__path__):
-        if module.name not in {"child", "data", "event_ingestion", "fixed_cost", "noop_workflow", "runner"}:
+        if module.name not in {"child", "data", "event_ingestion", "fixed_cost", "noop_workflow", "runner", "scale_curve"}:
             importlib.import_module(f"{__name__}.{module.name}")
     return dict(sorted(_CASES.items(), key=lambda item: item[0].lower()))
