@@ -43,6 +43,12 @@ class BenchmarkCase(ABC):
     def add_increment(self, *, rows: int, seed: int) -> None:
         """Add ``rows`` new source rows after a full run (the incremental case)."""
 
+    def settle(self) -> bool:
+        """After the full run, bring the data to the state an incremental run starts from in
+        production (e.g. the sending side finalising what the full run routed); True when the
+        workflow must then run once, unmeasured, to catch up with it. By default nothing changes."""
+        return False
+
     def properties(self) -> dict[str, Any]:
         """Property overrides for the measured runs (e.g. a batch size)."""
         return {}

@@ -105,6 +105,8 @@ def run_scale_curve(case: BenchmarkCase, *, sizes: Sequence[int], increment: int
         case.populate(rows=base_rows, seed=seed)
         analyze()
         full_seconds, _peak = run_workflow_process(case.workflow_id, case.properties())
+        if case.settle():
+            run_workflow_process(case.workflow_id, case.properties())
         incremental = []
         for run in range(runs):
             case.add_increment(rows=increment, seed=seed + 1 + run)
