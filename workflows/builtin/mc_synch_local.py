@@ -30,8 +30,8 @@ Invariants:
   somehow already there (a restore from backup, a hand-made row), the live event is *kept* rather
   than deleted on the strength of a row that may be another event; such events are counted as
   ``already_in_history`` and named in the journal for an operator to look at.
-- **Keyset on Event.id within a run.** A batch is the id range from the cursor to the
-  ``batch_size``-th archivable event after it, found by one primary-key range scan; so a batch
+- **Keyset on Event.id within a run.** A batch is the id range from the first archivable event
+  after the cursor to the ``batch_size``-th, both found by one primary-key range scan; so a batch
   moves ``batch_size`` events (the last one fewer), and a run reads the live table once whatever the share of
   archivable events in it (non-final ones, which stay, are stepped over in the same scan). Moved
   rows are deleted, so nothing needs remembering between runs: each run restarts its cursor at 0.
@@ -52,7 +52,7 @@ from workflows.context import ActivityContext, Batch
 from workflows.definition import Schedule, WorkflowDefinition, register
 from workflows.models import LogLevel
 from workflows.properties import DurationProperty, IntegerProperty
-from workflows.sql import db_datetime, nth_id
+from workflows.sql import db_datetime
 
 #: Events moved per batch (one transaction): on PostgreSQL 5,000 events take a few tens of
 #: milliseconds to copy and delete, so row locks are short, while the per-batch cost (cursor,
@@ -150,10 +150,20 @@ def delete_live(ids: list[int]) -> None:
         cursor.execute(f"DELETE FROM {Event._meta.db_table} WHERE id IN ({id_list})")
 
 
-def next_batch_end(*, after_id: int, highest_id: int, limit: int, cutoff: datetime) -> int | None:
-    """The id of the ``limit``-th archivable event after ``after_id`` (the keyset: one primary-key
-    range scan from ``after_id``), or None when fewer are left up to ``highest_id``."""
-    return nth_id(archivable_events(cutoff=cutoff).filter(id__gt=after_id, id__lte=highest_id), limit)
+def next_batch(*, after_id: int, highest_id: int, limit: int, cutoff: datetime) -> tuple[int | None, int | None]:
+    """(first, end): the ids of the first and of the ``limit``-th archivable event after
+    ``after_id`` (the keyset: one primary-key range scan from ``after_id``); ``end`` is None when
+    fewer are left up to ``highest_id``, both are None when none is.
+
+    The batch then starts just before ``first`` rather than at ``after_id``: each run walks from id
+    0, so the first batch's range would otherwise cover every id ever archived, and the archive
+    check, bounded to the range, would read the whole archive."""
+    batch = archivable_events(cutoff=cutoff).filter(id__gt=after_id, id__lte=highest_id).order_by("id")
+    sql, params = batch.values("id")[:limit].query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT MIN(id), MAX(id), COUNT(*) FROM ({sql}) AS batch", params)
+        first, last, found = cursor.fetchone()
+    return first, (last if found == limit else None)
 
 
 def archive_events(ctx: ActivityContext) -> None:
@@ -170,11 +180,11 @@ def archive_events(ctx: ActivityContext) -> None:
 
     def step(cursor: int, limit: int) -> Batch:
         nonlocal kept_total
-        batch_end = next_batch_end(after_id=cursor, highest_id=highest, limit=limit, cutoff=cutoff)
-        up_to = highest if batch_end is None else batch_end
-        if up_to <= cursor:
+        first, batch_end = next_batch(after_id=cursor, highest_id=highest, limit=limit, cutoff=cutoff)
+        if first is None:
             return Batch(rows=0, cursor=cursor)
-        moved, kept = archive_range(after_id=cursor, up_to_id=up_to, cutoff=cutoff, now=timezone.now())
+        up_to = highest if batch_end is None else batch_end
+        moved, kept = archive_range(after_id=first - 1, up_to_id=up_to, cutoff=cutoff, now=timezone.now())
         counters = {"archived": moved}
         if kept:
             counters["already_in_history"] = len(kept)
