@@ -22,6 +22,9 @@ _CASES: dict[str, BenchmarkCase] = {}
 class BenchmarkCase(ABC):
     #: The workflow measured (its id).
     workflow_id: str = ""
+    #: Whether a run after new rows reads only those (so belongs on the scale curve); False for a
+    #: workflow that recomputes a whole period on purpose.
+    incremental: bool = True
 
     @abstractmethod
     def populate(self, *, rows: int, seed: int) -> None:
@@ -40,6 +43,12 @@ class BenchmarkCase(ABC):
     def add_increment(self, *, rows: int, seed: int) -> None:
         """Add ``rows`` new source rows after a full run (the incremental case)."""
 
+    def settle(self) -> bool:
+        """After the full run, bring the data to the state an incremental run starts from in
+        production (e.g. the sending side finalising what the full run routed); True when the
+        workflow must then run once, unmeasured, to catch up with it. By default nothing changes."""
+        return False
+
     def properties(self) -> dict[str, Any]:
         """Property overrides for the measured runs (e.g. a batch size)."""
         return {}
@@ -52,6 +61,6 @@ def register(case: BenchmarkCase) -> BenchmarkCase:
 
 def all_cases() -> dict[str, BenchmarkCase]:
     for module in pkgutil.iter_modules(__path__):
-        if module.name not in {"child", "data", "event_ingestion", "fixed_cost", "noop_workflow", "runner"}:
+        if module.name not in {"child", "data", "event_ingestion", "fixed_cost", "noop_workflow", "runner", "scale_curve"}:
             importlib.import_module(f"{__name__}.{module.name}")
     return dict(sorted(_CASES.items(), key=lambda item: item[0].lower()))

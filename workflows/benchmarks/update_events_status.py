@@ -8,8 +8,14 @@ those oldest events never got routed and are now too old; the other three quarte
 the last day and wait to be routed, 6% of them of event types without a published template. Event
 types have several template versions (the latest published one wins) and drafts.
 
-The increment is the next ten minutes: 1% new pending events, and the sending side finalising
-some of the pending logs.
+After the full run the sending side finalises the logs of every event it routed and the workflow
+runs once, unmeasured, to copy their outcomes (``settle``): in production a routed event's log is
+final within minutes, so the events pending delivery are only the last run's. Without it, the
+hundreds of thousands of events the full run routed would stay pending delivery for good and every
+incremental run would re-check them all, a cost that grows with the base, not with the new rows.
+
+The increment is the next ten minutes: new pending events (80% of the increment's rows), and the
+sending side finalising the logs of the events routed by the runs before.
 """
 
 from __future__ import annotations
@@ -251,10 +257,16 @@ class UpdateEventsStatusCase(BenchmarkCase):
             for event_id in range(first_id, first_id + new_events)
         ))
         reset_sequences(Event)
-        # The sending side finalised some pending logs meanwhile.
-        pending = list(DeliveryLog.objects.filter(status=LogStatus.PENDING, event_id__isnull=False)
-                       .order_by("id").values_list("id", flat=True)[: rows - new_events])
-        DeliveryLog.objects.filter(pk__in=pending).update(status=LogStatus.SENT, updated_at=now)
+        # The sending side finalised meanwhile the logs of the events routed by the runs before.
+        self._finalise_routed_logs(now=now)
+
+    def settle(self) -> bool:
+        return self._finalise_routed_logs(now=timezone.now()) > 0
+
+    def _finalise_routed_logs(self, *, now: datetime) -> int:
+        """The sending side's work: every pending log of an event becomes sent (one statement)."""
+        return DeliveryLog.objects.filter(status=LogStatus.PENDING, event_id__isnull=False).update(
+            status=LogStatus.SENT, updated_at=now)
 
 
 def _plain(value: Any) -> Any:

@@ -104,6 +104,18 @@ def _may_need_figures(test: ABTest, delivery: Delivery | None, now: datetime) ->
     return end is not None and end <= now
 
 
+def _still_running(test: ABTest, delivery: Delivery | None, now: datetime) -> Outcome | None:
+    """NOT_STARTED or NOT_ENDED when :func:`campaign.ab_tests.decide` would find that the test, as
+    read on the page, has not reached the end of its period (it changes nothing then); else None.
+    A test edited after the page was read is decided by the next run."""
+    if test.winner_delivery_id is not None or test.status != ABTest.Status.TESTING:
+        return None
+    end = ab_tests.period_end(test, delivery)
+    if end is None:
+        return Outcome.NOT_STARTED
+    return Outcome.NOT_ENDED if end > now else None
+
+
 # -- journal and notifications ---------------------------------------------------------------------
 
 def _name(test: ABTest) -> str:
@@ -224,7 +236,14 @@ def decide_winners(ctx: ActivityContext) -> None:
             _journal_decision(ctx, decision, page.tests[test_id])
             return {decision.outcome.value: 1}
 
-        ctx.each(_notified_once_committed(ctx, ids, page=page, decided=decided), decide_one)
+        # A test still running is left as it is by a decision: count it without a locked unit of
+        # its own, so a run costs the tests that ended, not every test in progress.
+        waiting = {test_id: outcome for test_id in ids if test_id in page.tests
+                   and (outcome := _still_running(page.tests[test_id], page.deliveries.get(test_id), now))}
+        for outcome in waiting.values():
+            ctx.count(outcome.value)
+        to_decide = [test_id for test_id in ids if test_id not in waiting]
+        ctx.each(_notified_once_committed(ctx, to_decide, page=page, decided=decided), decide_one)
         if len(ids) < TESTS_PER_PAGE:
             return
         last_id = ids[-1]

@@ -30,8 +30,8 @@ Invariants:
   somehow already there (a restore from backup, a hand-made row), the live event is *kept* rather
   than deleted on the strength of a row that may be another event; such events are counted as
   ``already_in_history`` and named in the journal for an operator to look at.
-- **Keyset on Event.id within a run.** A batch is the id range from the cursor to the
-  ``batch_size``-th archivable event after it, found by one primary-key range scan; so a batch
+- **Keyset on Event.id within a run.** A batch is the id range from the first archivable event
+  after the cursor to the ``batch_size``-th, both found by one primary-key range scan; so a batch
   moves ``batch_size`` events (the last one fewer), and a run reads the live table once whatever the share of
   archivable events in it (non-final ones, which stay, are stepped over in the same scan). Moved
   rows are deleted, so nothing needs remembering between runs: each run restarts its cursor at 0.
@@ -52,7 +52,7 @@ from workflows.context import ActivityContext, Batch
 from workflows.definition import Schedule, WorkflowDefinition, register
 from workflows.models import LogLevel
 from workflows.properties import DurationProperty, IntegerProperty
-from workflows.sql import db_datetime, nth_id
+from workflows.sql import db_datetime
 
 #: Events moved per batch (one transaction): on PostgreSQL 5,000 events take a few tens of
 #: milliseconds to copy and delete, so row locks are short, while the per-batch cost (cursor,
@@ -89,17 +89,21 @@ def archive_range(*, after_id: int, up_to_id: int, cutoff: datetime, now: dateti
     in_range = archivable_events(cutoff=cutoff).filter(id__gt=after_id, id__lte=up_to_id)
     if connection.vendor == "postgresql":
         moved = move_in_one_statement(after_id=after_id, up_to_id=up_to_id, cutoff=cutoff, now=now)
-        skipped = in_range.filter(Exists(EventHistory.objects.filter(id=OuterRef("id"))))
+        archived = EventHistory.objects.filter(id=OuterRef("id"), id__gt=after_id, id__lte=up_to_id)
+        skipped = in_range.filter(Exists(archived))
         return moved, list(skipped.order_by("id").values_list("id", flat=True))
     ids = list(in_range.order_by("id").select_for_update().values_list("id", flat=True))
-    moved_ids = copy_to_history(ids, archived_at=now)
+    moved_ids = copy_to_history(ids, archived_at=now, after_id=after_id, up_to_id=up_to_id)
     delete_live(moved_ids)
     return len(moved_ids), sorted(set(ids) - set(moved_ids))
 
 
-def not_archived(live_alias: str) -> str:
-    """SQL: the live event ``live_alias`` has no row in the archive."""
-    return f"NOT EXISTS (SELECT 1 FROM {EventHistory._meta.db_table} archived WHERE archived.id = {live_alias}.id)"
+def not_archived(live_alias: str, *, after_id: int, up_to_id: int) -> str:
+    """SQL: the live event ``live_alias`` has no row in the archive. The batch's id range, repeated
+    on the archive, lets PostgreSQL read only that range of each archive partition's primary key
+    (one range scan) instead of hashing the whole archive, which grows with every run."""
+    return (f"NOT EXISTS (SELECT 1 FROM {EventHistory._meta.db_table} archived WHERE archived.id = {live_alias}.id "
+            f"AND archived.id > {int(after_id)} AND archived.id <= {int(up_to_id)})")
 
 
 def move_in_one_statement(*, after_id: int, up_to_id: int, cutoff: datetime, now: datetime) -> int:
@@ -109,7 +113,8 @@ def move_in_one_statement(*, after_id: int, up_to_id: int, cutoff: datetime, now
     columns = ", ".join(archived_columns())
     sql = (
         f"WITH moved AS (DELETE FROM {live} WHERE id > %s AND id <= %s AND status = ANY(%s) "
-        f"AND (processed_at < %s OR (processed_at IS NULL AND created_at < %s)) AND {not_archived(live)} "
+        f"AND (processed_at < %s OR (processed_at IS NULL AND created_at < %s)) "
+        f"AND {not_archived(live, after_id=after_id, up_to_id=up_to_id)} "
         f"RETURNING {columns}) "
         f"INSERT INTO {EventHistory._meta.db_table} ({columns}, archived_at) SELECT {columns}, %s FROM moved"
     )
@@ -119,7 +124,7 @@ def move_in_one_statement(*, after_id: int, up_to_id: int, cutoff: datetime, now
         return cursor.rowcount
 
 
-def copy_to_history(ids: list[int], *, archived_at: datetime) -> list[int]:
+def copy_to_history(ids: list[int], *, archived_at: datetime, after_id: int, up_to_id: int) -> list[int]:
     """``INSERT INTO eventhistory SELECT ... FROM event WHERE id IN (ids)``, skipping ids already
     archived; the ids actually inserted."""
     if not ids:
@@ -129,7 +134,8 @@ def copy_to_history(ids: list[int], *, archived_at: datetime) -> list[int]:
     id_list = ", ".join(str(int(event_id)) for event_id in ids)  # ints from the database: no injection
     sql = (
         f"INSERT INTO {history} ({columns}, archived_at) "
-        f"SELECT {columns}, %s FROM {live} WHERE id IN ({id_list}) AND {not_archived(live)} RETURNING id"
+        f"SELECT {columns}, %s FROM {live} WHERE id IN ({id_list}) "
+        f"AND {not_archived(live, after_id=after_id, up_to_id=up_to_id)} RETURNING id"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, [db_datetime(archived_at)])
@@ -144,10 +150,20 @@ def delete_live(ids: list[int]) -> None:
         cursor.execute(f"DELETE FROM {Event._meta.db_table} WHERE id IN ({id_list})")
 
 
-def next_batch_end(*, after_id: int, highest_id: int, limit: int, cutoff: datetime) -> int | None:
-    """The id of the ``limit``-th archivable event after ``after_id`` (the keyset: one primary-key
-    range scan from ``after_id``), or None when fewer are left up to ``highest_id``."""
-    return nth_id(archivable_events(cutoff=cutoff).filter(id__gt=after_id, id__lte=highest_id), limit)
+def next_batch(*, after_id: int, highest_id: int, limit: int, cutoff: datetime) -> tuple[int | None, int | None]:
+    """(first, end): the ids of the first and of the ``limit``-th archivable event after
+    ``after_id`` (the keyset: one primary-key range scan from ``after_id``); ``end`` is None when
+    fewer are left up to ``highest_id``, both are None when none is.
+
+    The batch then starts just before ``first`` rather than at ``after_id``: each run walks from id
+    0, so the first batch's range would otherwise cover every id ever archived, and the archive
+    check, bounded to the range, would read the whole archive."""
+    batch = archivable_events(cutoff=cutoff).filter(id__gt=after_id, id__lte=highest_id).order_by("id")
+    sql, params = batch.values("id")[:limit].query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT MIN(id), MAX(id), COUNT(*) FROM ({sql}) AS batch", params)
+        first, last, found = cursor.fetchone()
+    return first, (last if found == limit else None)
 
 
 def archive_events(ctx: ActivityContext) -> None:
@@ -164,11 +180,11 @@ def archive_events(ctx: ActivityContext) -> None:
 
     def step(cursor: int, limit: int) -> Batch:
         nonlocal kept_total
-        batch_end = next_batch_end(after_id=cursor, highest_id=highest, limit=limit, cutoff=cutoff)
-        up_to = highest if batch_end is None else batch_end
-        if up_to <= cursor:
+        first, batch_end = next_batch(after_id=cursor, highest_id=highest, limit=limit, cutoff=cutoff)
+        if first is None:
             return Batch(rows=0, cursor=cursor)
-        moved, kept = archive_range(after_id=cursor, up_to_id=up_to, cutoff=cutoff, now=timezone.now())
+        up_to = highest if batch_end is None else batch_end
+        moved, kept = archive_range(after_id=first - 1, up_to_id=up_to, cutoff=cutoff, now=timezone.now())
         counters = {"archived": moved}
         if kept:
             counters["already_in_history"] = len(kept)

@@ -180,6 +180,16 @@ def _update_logs(*, after: int, up_to: int, qualified: dict[int, Qualification],
     # No WITH prefix: Python's sqlite3 reports a row count only for statements starting with UPDATE.
     # The range on ``f`` repeats the one on ``winner``: without it PostgreSQL merge-joins the whole
     # feedback index from its start, a cost that grows with every batch.
+    # On PostgreSQL the log table is partitioned: joined as a whole, it is read in full (a hash join
+    # over every partition) however small the batch. The ids computed first (an InitPlan) let each
+    # partition be probed through its primary key instead. SQLite's plain table is probed by id anyway.
+    by_id = ""
+    params = [db_datetime(now), after, up_to, payload, after, up_to]
+    if connection.vendor == "postgresql":
+        by_id = f"""AND {logs}.id = ANY(ARRAY(
+                SELECT delivery_log_id FROM {feedback}
+                WHERE id > %s AND id <= %s AND outcome IN ('delivered', 'bounce')))"""
+        params += [after, up_to]
     sql = f"""
         UPDATE {logs} SET
             status = CASE WHEN f.outcome = 'delivered' THEN {LogStatus.SENT} ELSE {LogStatus.FAILED} END,
@@ -196,9 +206,10 @@ def _update_logs(*, after: int, up_to: int, qualified: dict[int, Qualification],
             LEFT JOIN {_json_rows("q", ("feedback_id", "failure_type", "failure_reason"))} ON q.feedback_id = f.id
         WHERE {logs}.id = f.delivery_log_id
             AND f.id > %s AND f.id <= %s
+            {by_id}
     """
     with connection.cursor() as cursor:
-        cursor.execute(sql, [db_datetime(now), after, up_to, payload, after, up_to])
+        cursor.execute(sql, params)
         return cursor.rowcount
 
 

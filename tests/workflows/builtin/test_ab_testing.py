@@ -449,6 +449,27 @@ def test_a_test_not_yet_ended_is_left_untouched(owner: Any) -> None:
     assert winner_deliveries(running) == [] and mail.outbox == []
 
 
+def test_a_test_still_running_is_counted_without_a_locked_decision(owner: Any, monkeypatch: Any) -> None:
+    """A run's cost follows the tests that ended: one still in its period takes no lock and no unit."""
+    running, _ = make_test(owner=owner, started_hours_ago=1)
+    ended, delivery = make_test(owner=owner, started_hours_ago=5)
+    add_logs(delivery, "A", population(10, opened=7))
+    add_logs(delivery, "B", population(10, opened=5))
+    decided: list[int] = []
+    real_decide = ab_tests.decide
+
+    def recording_decide(test_id: int, **kwargs: Any) -> Any:
+        decided.append(test_id)
+        return real_decide(test_id, **kwargs)
+
+    monkeypatch.setattr(ab_tests, "decide", recording_decide)
+    run = run_workflow()
+
+    assert decided == [ended.pk]
+    assert run.counters == {"not_ended": 1, "winner_sent": 1}
+    assert ABTest.objects.get(pk=running.pk).status == ABTest.Status.TESTING
+
+
 def test_the_test_period_starts_at_the_scheduled_time_when_the_delivery_has_no_start(owner: Any) -> None:
     test, delivery = make_test(owner=owner, started_hours_ago=None)
     Delivery.objects.filter(pk=delivery.pk).update(scheduled_at=timezone.now() - timedelta(hours=4, minutes=1))

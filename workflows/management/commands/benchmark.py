@@ -15,6 +15,14 @@ from workflows.benchmarks.event_ingestion import EventIngestionResult, Load, req
 from workflows.benchmarks.fixed_cost import CASE_NAME as FIXED_COST_CASE
 from workflows.benchmarks.fixed_cost import POLL_INTERVAL_S, FixedCostResult, Latency, run_fixed_cost
 from workflows.benchmarks.runner import BenchmarkError, Result, drop_scratch_database, run_case, scratch_database
+from workflows.benchmarks.scale_curve import (
+    DEFAULT_INCREMENT,
+    DEFAULT_INCREMENTAL_RUNS,
+    DEFAULT_SIZES,
+    check_sizes,
+    run_scale_curve,
+    scale_curve_lines,
+)
 from workflows.definition import UnknownWorkflow, resolve_id
 
 #: Targets printed beside the figures.
@@ -58,9 +66,23 @@ class Command(BaseCommand):
                             help=f"gunicorn configuration file for {INGESTION_CASE} (default: the project's "
                                  "gunicorn.conf.py), to compare configurations.")
         parser.add_argument("--json", action="store_true", dest="as_json", help="Print a JSON array instead of a table.")
+        parser.add_argument("--scale-curve", nargs="*", type=int, default=None, metavar="ROWS",
+                            help="Instead: for each incremental workflow (or --only), at each base size (default "
+                                 f"{', '.join(f'{size:,}' for size in DEFAULT_SIZES)}), the full run's time per row and "
+                                 "the time of an incremental run after --increment new rows (median of --runs, default "
+                                 f"{DEFAULT_INCREMENTAL_RUNS}), and its growth from the smallest base to the largest. "
+                                 "10,000,000 is not a default: on a 2-core machine the curve takes about 10 minutes at "
+                                 "1,000,000 and would take over 60 at 10,000,000.")
+        parser.add_argument("--increment", type=int, default=DEFAULT_INCREMENT,
+                            help=f"New rows before each incremental run of --scale-curve (default {DEFAULT_INCREMENT:,}).")
 
     def handle(self, *args: object, rows: int, only: list[str], seed: int, runs: int | None, as_json: bool,
-               requests: int | None, gunicorn_config: Path | None, **options: object) -> None:
+               requests: int | None, gunicorn_config: Path | None, scale_curve: list[int] | None, increment: int,
+               **options: object) -> None:
+        if scale_curve is not None:
+            self._scale_curve(scale_curve or list(DEFAULT_SIZES), increment=increment, only=only, seed=seed,
+                              runs=DEFAULT_INCREMENTAL_RUNS if runs is None else runs, as_json=as_json)
+            return
         if rows < 100:
             raise CommandError("--rows must be at least 100")
         if runs is None:
@@ -121,6 +143,38 @@ class Command(BaseCommand):
                                + ", ".join(r.workflow for r in results if not r.same_result))
         if ingestion is not None and not ingestion.intact:
             raise CommandError(f"{INGESTION_CASE}: events refused, lost or duplicated (see the report)")
+
+    def _scale_curve(self, sizes: list[int], *, increment: int, only: list[str], seed: int, runs: int,
+                     as_json: bool) -> None:
+        try:
+            sizes = check_sizes(sizes, increment=increment, runs=runs)
+            wanted = [resolve_id(name) for name in only]
+        except (ValueError, UnknownWorkflow) as error:
+            raise CommandError(str(error)) from None
+        cases = all_cases()
+        if not wanted:
+            wanted = [workflow_id for workflow_id, case in cases.items() if case.incremental]
+        missing = [workflow_id for workflow_id in wanted if workflow_id not in cases]
+        if missing:
+            raise CommandError(f"no benchmark case for {', '.join(missing)} (cases: {', '.join(cases)})")
+        old_name, _scratch = scratch_database()
+        try:
+            curves = []
+            for workflow_id in wanted:
+                if not as_json:
+                    self.stderr.write(f"{workflow_id}: scale curve at {', '.join(f'{size:,}' for size in sizes)} rows…")
+                try:
+                    curves.append(run_scale_curve(cases[workflow_id], sizes=sizes, increment=increment, seed=seed,
+                                                  runs=runs))
+                except BenchmarkError as error:
+                    raise CommandError(str(error)) from None
+        finally:
+            drop_scratch_database(old_name)
+        if as_json:
+            self.stdout.write(json.dumps([curve.as_json() for curve in curves], indent=2))
+        else:
+            for line in scale_curve_lines(curves):
+                self.stdout.write(line)
 
     def _report(self, results: list[Result], fixed_cost: FixedCostResult | None,
                 ingestion: EventIngestionResult | None, *, as_json: bool) -> None:
