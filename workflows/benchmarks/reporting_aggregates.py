@@ -305,8 +305,6 @@ class ReportingAggregatesCase(BenchmarkCase):
             WHERE COALESCE(m.sent, 0) + COALESCE(t.hits, 0) > 0
         """
         with connection.cursor() as cursor:
-            if connection.vendor == "postgresql":
-                cursor.execute("SET LOCAL jit = off")  # compiling costs more than it saves here (the workflow does the same)
             cursor.execute(sql, {"zone": zone, "now": connection.ops.adapt_datetimefield_value(timezone.now())})
 
     def fingerprint(self) -> Any:

@@ -31,7 +31,6 @@ from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.mail import send_mail
-from django.db import connection, transaction
 from django.db.models import Q
 from django.dispatch import receiver
 from django.utils import timezone
@@ -72,17 +71,7 @@ class Page:
 
 
 def read_page(test_ids: Sequence[int], *, now: datetime) -> Page:
-    """The :class:`Page` of ``test_ids``, read in one transaction."""
-    with transaction.atomic():
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                # Over partitioned logs the figures' estimated cost passes PostgreSQL's JIT
-                # threshold, and compiling them (≈ 0.1 s a query) costs more than it saves.
-                cursor.execute("SET LOCAL jit = off")
-        return _read_page(test_ids, now=now)
-
-
-def _read_page(test_ids: Sequence[int], *, now: datetime) -> Page:
+    """The :class:`Page` of ``test_ids``."""
     tests = ABTest.objects.select_related("owner", "campaign").in_bulk(test_ids)
     deliveries = ab_tests.deliveries_under_test(list(tests))
     ended = [(test, deliveries.get(test.pk)) for test in tests.values()

@@ -322,13 +322,10 @@ def tracking_upsert_sql(*, days: Sequence[date], now: datetime) -> tuple[str, di
 def execute_upsert(sql: str, params: dict[str, Any]) -> int:
     """Run one upsert statement; returns the rows it inserted or updated."""
     if connection.vendor == "postgresql":
-        # Sent with the statement, in one round trip. For this transaction only:
-        # - jit: the CTEs' row estimates are far too high, which makes PostgreSQL JIT-compile each
-        #   batch's statement: ~0.8 s of compiling for a statement that runs in less;
-        # - synchronous_commit: derived rows, written with their cursor in one transaction; if the
-        #   server crashes before this commit reaches the disk, both are lost together and the next
-        #   run redoes the batch.
-        sql = f"SET LOCAL jit = off; SET LOCAL synchronous_commit = off; {sql}"
+        # Sent with the statement, in one round trip; for this transaction only. Derived rows,
+        # written with their cursor in one transaction: if the server crashes before this commit
+        # reaches the disk, both are lost together and the next run redoes the batch.
+        sql = f"SET LOCAL synchronous_commit = off; {sql}"
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         if connection.vendor == "sqlite":

@@ -177,9 +177,6 @@ def copy_outcomes_batch(*, after: int, limit: int) -> Batch:
     outcome = f"CASE f.status {_OUTCOME_CASE} END"
     with connection.cursor() as db:
         if connection.vendor == "postgresql":
-            # The planner's estimate (a lookup per event of the batch) would have it compile the
-            # statement (JIT), which costs more than the statement itself; for this transaction only.
-            db.execute("SET LOCAL jit = off")
             db.execute(
                 f"""
                 WITH batch AS MATERIALIZED (
