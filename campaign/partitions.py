@@ -33,6 +33,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
@@ -291,18 +292,86 @@ def create_partition(table: str, column: str, start: datetime, end: datetime, *,
 # Dropping partitions
 # --------------------------------------------------------------------------------------------
 
-def detach_and_drop(table: str, partition: str) -> None:
-    """Detach ``partition`` from ``table`` and drop it.
+def expired_partitions(table: str, cutoff: datetime) -> list[Partition]:
+    """The partitions of ``table`` whose whole period ends at or before ``cutoff``, oldest first:
+    every row they can hold is older than ``cutoff`` by the partition column. The default
+    partition never is (it may hold any date)."""
+    return [part for part in partitions(table) if not part.is_default and part.end <= cutoff]
+
+
+def column_max(partition: str, column: str) -> Any:
+    """The largest value of ``column`` in ``partition`` (None when it is empty). Meant for an
+    indexed column: PostgreSQL reads it at the end of the index, whatever the partition's size."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT MAX({_quoted(column)}) FROM {_quoted(partition)}")
+        return cursor.fetchone()[0]
+
+
+#: Beyond this many rows, a partition never analysed is not counted to the end (see :func:`estimated_rows`).
+COUNT_LIMIT = 100_000
+
+
+def estimated_rows(partition: str) -> tuple[int, bool]:
+    """(rows, exact) of ``partition`` without scanning it: the planner's estimate
+    (``pg_class.reltuples``, kept by ANALYZE and autovacuum), or, for a partition never analysed
+    (``reltuples`` -1), a count stopped at :data:`COUNT_LIMIT` rows (exact below it, a lower
+    bound at it). Counting a whole partition before dropping it would cost as much as reading it,
+    which is what dropping it whole avoids."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)", [partition])
+        row = cursor.fetchone()
+        if row is not None and row[0] >= 0:
+            return int(row[0]), False
+        cursor.execute(f"SELECT COUNT(*) FROM (SELECT 1 FROM {_quoted(partition)} LIMIT %s) AS rows", [COUNT_LIMIT])
+        counted = cursor.fetchone()[0]
+        return counted, counted < COUNT_LIMIT
+
+
+def detach(table: str, partition: str) -> None:
+    """Detach ``partition`` from ``table``, in the caller's transaction (a savepoint of it).
 
     Not ``DETACH ... CONCURRENTLY``: PostgreSQL refuses it on a table with a default partition. The
     plain form takes the parent's ACCESS EXCLUSIVE lock, but only for a catalogue change; waiting
-    at most :data:`LOCK_TIMEOUT` for it bounds how long a writer queued behind it can wait. The
-    detached table is dropped in a second transaction, which locks nothing anyone else uses.
+    at most :data:`LOCK_TIMEOUT` for it bounds how long a writer queued behind it can wait, and the
+    lock is held until the caller's transaction ends, which should therefore be short. Raises
+    ``OperationalError`` (:func:`is_busy`) when the lock is not had in time; the savepoint is then
+    rolled back and the caller's transaction goes on.
     """
     with bounded_wait() as cursor:
         cursor.execute(f"ALTER TABLE {_quoted(table)} DETACH PARTITION {_quoted(partition)}")
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(f"DROP TABLE {_quoted(partition)}")
+
+
+def drop(detached: str) -> None:
+    """Drop a table once detached, in a transaction of its own. Nobody reads or writes it any more;
+    the lock wait is still bounded, because dropping its foreign keys touches the tables they point
+    to. Raises ``OperationalError`` (:func:`is_busy`) when a lock is not had in time: the table is
+    then left for :func:`leftover_detached` to find."""
+    with bounded_wait() as cursor:
+        cursor.execute(f"DROP TABLE {_quoted(detached)}")
+
+
+def detach_and_drop(table: str, partition: str) -> None:
+    """Detach ``partition`` from ``table`` (one transaction, see :func:`detach`), then drop it (a second)."""
+    with transaction.atomic():
+        detach(table, partition)
+    drop(partition)
+
+
+def leftover_detached() -> list[str]:
+    """Tables named like a partition of a partitioned log table (``<table>_p<YYYYMMDD>``) that are
+    attached to nothing: detached by a cleanup that stopped before dropping them (a crash, a lock
+    not had in time). Their rows were already out of the table; nothing but that cleanup makes such
+    a table."""
+    names = [table.table for table in partitioned_tables()]
+    if not names:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace AND relkind = 'r' "
+            "AND NOT relispartition AND substring(relname from '^(.*)_p[0-9]{8}$') = ANY(%s) ORDER BY relname",
+            [names],
+        )
+        return [row[0] for row in cursor.fetchall()]
 
 
 # --------------------------------------------------------------------------------------------
