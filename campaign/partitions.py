@@ -333,7 +333,9 @@ def detach(table: str, partition: str) -> None:
     Not ``DETACH ... CONCURRENTLY``: PostgreSQL refuses it on a table with a default partition. The
     plain form takes the parent's ACCESS EXCLUSIVE lock, but only for a catalogue change; waiting
     at most :data:`LOCK_TIMEOUT` for it bounds how long a writer queued behind it can wait, and the
-    lock is held until the caller's transaction ends, which should therefore be short. Raises
+    lock is held until the caller's transaction ends, which should therefore be short. A partition
+    with foreign keys also has their triggers made on the tables they point to (SHARE ROW EXCLUSIVE
+    there: writes to deliveries and profiles wait for the same short while). Raises
     ``OperationalError`` (:func:`is_busy`) when the lock is not had in time; the savepoint is then
     rolled back and the caller's transaction goes on.
     """
@@ -342,11 +344,29 @@ def detach(table: str, partition: str) -> None:
 
 
 def drop(detached: str) -> None:
-    """Drop a table once detached, in a transaction of its own. Nobody reads or writes it any more;
-    the lock wait is still bounded, because dropping its foreign keys touches the tables they point
-    to. Raises ``OperationalError`` (:func:`is_busy`) when a lock is not had in time: the table is
-    then left for :func:`leftover_detached` to find."""
+    """Drop a table once detached. Nobody reads or writes it any more, but its foreign keys have
+    triggers on the tables they point to (deliveries, profiles), and removing a trigger takes that
+    table's ACCESS EXCLUSIVE lock: a ``DROP TABLE`` would take the locks of all of them in one
+    transaction, holding one while waiting for the next, which a writer holding them in the other
+    order turns into a deadlock (measured: the writer's insert was the one cancelled). So each
+    foreign key is dropped in a transaction of its own (the detached table and one other table
+    locked), then the table, which then locks nothing else; every lock wait bounded at
+    :data:`LOCK_TIMEOUT`. Raises ``OperationalError`` (:func:`is_busy`) when a lock is not had in
+    time: the table is left for :func:`leftover_detached` to find.
+
+    Lost in a server crash, any of these commits only leaves a leftover table, dropped again by
+    the next cleanup: they do not wait for the WAL to reach the disk.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(%s) AND contype = 'f' "
+                       "ORDER BY conname", [detached])
+        foreign_keys = [row[0] for row in cursor.fetchall()]
+    for key in foreign_keys:
+        with bounded_wait() as cursor:
+            cursor.execute("SET LOCAL synchronous_commit = off")
+            cursor.execute(f"ALTER TABLE {_quoted(detached)} DROP CONSTRAINT {_quoted(key)}")
     with bounded_wait() as cursor:
+        cursor.execute("SET LOCAL synchronous_commit = off")
         cursor.execute(f"DROP TABLE {_quoted(detached)}")
 
 

@@ -48,6 +48,7 @@ from django.utils import timezone
 
 from campaign import partitions
 from campaign.partitions import Partition, PartitionedTable
+from workflows.builtin import cleanup_purges as purges
 from workflows.builtin.cleanup_retention import AgeRule, cutoff, dry_run
 from workflows.builtin.update_delivery_exec_info import WORKFLOW_ID as EXEC_INFO_ID
 from workflows.context import ActivityContext, cursors_of
@@ -195,6 +196,9 @@ def _drop(ctx: ActivityContext, rule: AgeRule, table: PartitionedTable, found: C
     name = found.partition.name
 
     def detach() -> bool:
+        # A server crash may lose this commit: the partition is then still attached, its counters
+        # lost with it, and the next run detaches it again (see relax_durability).
+        purges.relax_durability()
         try:
             partitions.detach(table.table, name)
         except OperationalError as error:
