@@ -350,23 +350,24 @@ def drop(detached: str) -> None:
     transaction, holding one while waiting for the next, which a writer holding them in the other
     order turns into a deadlock (measured: the writer's insert was the one cancelled). So each
     foreign key is dropped in a transaction of its own (the detached table and one other table
-    locked), then the table, which then locks nothing else; every lock wait bounded at
+    locked), then the table, which then locks nothing else (called inside a transaction, a single
+    ``DROP TABLE``: its locks last until that transaction ends whatever the split); every lock wait bounded at
     :data:`LOCK_TIMEOUT`. Raises ``OperationalError`` (:func:`is_busy`) when a lock is not had in
     time: the table is left for :func:`leftover_detached` to find.
 
     Lost in a server crash, any of these commits only leaves a leftover table, dropped again by
     the next cleanup: they do not wait for the WAL to reach the disk.
     """
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(%s) AND contype = 'f' "
-                       "ORDER BY conname", [detached])
-        foreign_keys = [row[0] for row in cursor.fetchall()]
+    foreign_keys = []
+    if not connection.in_atomic_block:  # inside a caller's transaction every lock stays until its end anyway
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT conname FROM pg_constraint WHERE conrelid = to_regclass(%s) AND contype = 'f' "
+                           "ORDER BY conname", [detached])
+            foreign_keys = [row[0] for row in cursor.fetchall()]
     for key in foreign_keys:
-        with bounded_wait() as cursor:
-            cursor.execute("SET LOCAL synchronous_commit = off")
+        with bounded_wait(durable=False) as cursor:
             cursor.execute(f"ALTER TABLE {_quoted(detached)} DROP CONSTRAINT {_quoted(key)}")
-    with bounded_wait() as cursor:
-        cursor.execute("SET LOCAL synchronous_commit = off")
+    with bounded_wait(durable=False) as cursor:
         cursor.execute(f"DROP TABLE {_quoted(detached)}")
 
 
@@ -457,11 +458,20 @@ def rebuild(table: PartitionedTable, *, partitioned: bool, now: datetime | None 
 
 
 @contextmanager
-def bounded_wait() -> Iterator[CursorWrapper]:
+def bounded_wait(*, durable: bool = True) -> Iterator[CursorWrapper]:
     """A cursor in a transaction (a savepoint inside one) whose statements wait at most
     :data:`LOCK_TIMEOUT` for a lock, then fail with ``lock_not_available`` (see :func:`is_busy`).
-    Inside an outer transaction, the outer one's own timeout is back once the block ends."""
+    Inside an outer transaction, the outer one's own timeout is back once the block ends; a
+    transaction of its own simply ends with its setting. ``durable=False`` (a transaction of its
+    own only) commits without waiting for the WAL to reach the disk: for a change that a server
+    crash may undo without harm."""
+    outermost = not connection.in_atomic_block
     with transaction.atomic(), connection.cursor() as cursor:
+        if outermost:  # one round trip: SET LOCAL ends with the transaction
+            cursor.execute("SELECT set_config('lock_timeout', %s, true), set_config('synchronous_commit', %s, true)",
+                           [LOCK_TIMEOUT, "on" if durable else "off"])
+            yield cursor
+            return
         cursor.execute("SELECT current_setting('lock_timeout')")
         previous = cursor.fetchone()[0]
         cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")

@@ -6,8 +6,10 @@ releases the quarantined addresses that deserve another chance, then refreshes t
 statistics of the tables it thinned.
 
 This module holds the activities, in order, and the definition with its properties; the retention
-rules and the purge of what is past them are :mod:`workflows.builtin.cleanup_retention`'s, and
-the SQL is :mod:`workflows.builtin.cleanup_purges`'s.
+rules and the purge of what is past them are :mod:`workflows.builtin.cleanup_retention`'s, the
+SQL is :mod:`workflows.builtin.cleanup_purges`'s, and the partitions of the log tables (kept
+ahead by the first activity, removed whole when past retention) are
+:mod:`workflows.builtin.cleanup_partitions`'s.
 
 Invariants it keeps:
 
@@ -31,6 +33,9 @@ Invariants it keeps:
 - **Tracking rows outlive their logs.** TrackingLog points to DeliveryLog without a database
   constraint: purging a delivery log neither deletes, locks nor changes its tracking rows (aged
   on their own ``tracked_at``), and nothing here writes a delivery's indicators.
+- **Whole partitions first (PostgreSQL).** A log purge first detaches and drops the partitions
+  whose every row it would remove, one fenced unit per DETACH, then purges the rest row by row;
+  a partition that cannot be locked within 1 s is purged row by row instead.
 - **Ordered activities.** If one fails, the later ones do not run (the engine stops at the first
   failure) and the journal names the activity that failed and those that did not run.
 - **Dry run.** ``dry_run=true`` counts what would go (counters ``<table>_to_remove`` and
