@@ -23,9 +23,10 @@ Invariants it keeps:
   partition stays attached. Its lock wait is bounded at one second
   (:data:`campaign.partitions.LOCK_TIMEOUT`), so a writer queued behind it waits little more than
   that; a partition whose lock is not had in time is journaled as a warning and purged row by row
-  by the pass that follows. The detached table is dropped after the unit commits; a table left
-  detached (a crash in between, a DROP that could not lock in time) is dropped by the next run's
-  first activity.
+  by the pass that follows. The tables detached by an activity are dropped together once their
+  units have committed (one ``DROP TABLE``: a drop's commit waits for the disk, once for them
+  all); a table left detached (a crash in between, a DROP that could not lock in time) is dropped
+  by the next run's first activity.
 - **Plain DETACH.** PostgreSQL refuses ``DETACH ... CONCURRENTLY`` on a table with a default
   partition, and every log table has one; the plain form's lock is held only for the catalogue
   change and the unit's bookkeeping.
@@ -85,15 +86,13 @@ def maintain(ctx: ActivityContext) -> None:
         return
     ctx.declare("partitions_created", "rows_moved_from_default", "leftover_partitions_dropped")
     done = partitions.ensure_partitions()
-    dropped, busy = [], list(done.busy)
-    for name in leftovers:
-        try:
-            partitions.drop(name)
-            dropped.append(name)
-        except OperationalError as error:
-            if not partitions.is_busy(error):
-                raise
-            busy.append(name)
+    dropped, busy = list(leftovers), list(done.busy)
+    try:
+        partitions.drop(*leftovers)
+    except OperationalError as error:
+        if not partitions.is_busy(error):
+            raise
+        dropped, busy = [], [*busy, *leftovers]
 
     def record() -> None:
         ctx.count("partitions_created", len(done.created))
@@ -149,9 +148,10 @@ def drop_expired_partitions(ctx: ActivityContext, rule: AgeRule, *, cursor: str 
         ctx.count(rows_counter, sum(found.rows for found in candidates))
         _journal(ctx, rule, candidates, verb="Dry run: would drop")
         return [found.partition.name for found in candidates]
-    dropped = [found for found in candidates if _drop(ctx, rule, table, found)]
-    if dropped:
-        _journal(ctx, rule, dropped, verb="Dropped")
+    detached = [found for found in candidates if _detach(ctx, rule, table, found)]
+    if detached:
+        _journal(ctx, rule, detached, verb="Dropped")
+        _drop([found.partition.name for found in detached], ctx=ctx, table=table)
     return []
 
 
@@ -189,9 +189,9 @@ def _candidate(ctx: ActivityContext, rule: AgeRule, table: PartitionedTable, par
     return Candidate(part, rows, exact)
 
 
-def _drop(ctx: ActivityContext, rule: AgeRule, table: PartitionedTable, found: Candidate) -> bool:
-    """Detach ``found`` in one fenced unit with its counters, then drop it; False when its lock
-    was not had in time (left attached, for the row purge)."""
+def _detach(ctx: ActivityContext, rule: AgeRule, table: PartitionedTable, found: Candidate) -> bool:
+    """Detach ``found`` in one fenced unit with its counters; False when its lock was not had in
+    time (left attached, for the row purge)."""
     partitions_counter, rows_counter = partition_counters(ctx, rule.name)
     name = found.partition.name
 
@@ -214,14 +214,19 @@ def _drop(ctx: ActivityContext, rule: AgeRule, table: PartitionedTable, found: C
         ctx.log(f"Could not detach {name} within {partitions.LOCK_TIMEOUT} (busy): its rows are purged row by row "
                 "instead.", level=LogLevel.WARNING)
         return False
+    return True
+
+
+def _drop(names: list[str], *, ctx: ActivityContext, table: PartitionedTable) -> None:
+    """Drop the tables just detached, after their units committed, all in one go (one wait for
+    the disk); tables that cannot be locked in time are left for the next run."""
     try:
-        partitions.drop(name)
+        partitions.drop(*names)
     except OperationalError as error:
         if not partitions.is_busy(error):
             raise
-        ctx.log(f"Detached {name} but could not drop it within {partitions.LOCK_TIMEOUT} (busy): its rows are out of "
-                f"{table.table}; the next run drops it.", level=LogLevel.WARNING)
-    return True
+        ctx.log(f"Detached {', '.join(names)} but could not drop them within {partitions.LOCK_TIMEOUT} (busy): their "
+                f"rows are out of {table.table}; the next run drops them.", level=LogLevel.WARNING)
 
 
 def _journal(ctx: ActivityContext, rule: AgeRule, dropped: list[Candidate], *, verb: str) -> None:
