@@ -41,6 +41,7 @@ SQLite keeps plain tables: everything here does nothing there, and says so once 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -148,10 +149,14 @@ def drop_expired_partitions(ctx: ActivityContext, rule: AgeRule, *, cursor: str 
         ctx.count(rows_counter, sum(found.rows for found in candidates))
         _journal(ctx, rule, candidates, verb="Dry run: would drop")
         return [found.partition.name for found in candidates]
+    started = time.perf_counter()
     detached = [found for found in candidates if _detach(ctx, rule, table, found)]
     if detached:
-        _journal(ctx, rule, detached, verb="Dropped")
+        between = time.perf_counter()
         _drop([found.partition.name for found in detached], ctx=ctx, table=table)
+        _journal(ctx, rule, detached, verb="Dropped",
+                 timing=f"; detached in {(between - started) * 1000:.0f} ms, dropped in "
+                        f"{(time.perf_counter() - between) * 1000:.0f} ms")
     return []
 
 
@@ -229,9 +234,9 @@ def _drop(names: list[str], *, ctx: ActivityContext, table: PartitionedTable) ->
                 f"rows are out of {table.table}; the next run drops them.", level=LogLevel.WARNING)
 
 
-def _journal(ctx: ActivityContext, rule: AgeRule, dropped: list[Candidate], *, verb: str) -> None:
+def _journal(ctx: ActivityContext, rule: AgeRule, dropped: list[Candidate], *, verb: str, timing: str = "") -> None:
     rows = sum(found.rows for found in dropped)
     exact = all(found.exact for found in dropped)
     details = ", ".join(f"{found.partition.name} ({'' if found.exact else '~'}{found.rows:,})" for found in dropped)
     ctx.log(f"{verb} {len(dropped)} whole partition(s) of {rule.what}, {'' if exact else 'about '}{rows:,} rows"
-            f"{'' if exact else ' (planner estimate)'}: {details}.")
+            f"{'' if exact else ' (planner estimate)'}: {details}{timing}.")

@@ -145,7 +145,7 @@ def test_whole_expired_partitions_are_dropped_and_the_edge_one_is_purged_row_by_
     }
     messages = journal(run, "purge_delivery_logs")
     assert (f"Dropped 1 whole partition(s) of delivery logs, about 2 rows (planner estimate): "
-            f"{LOGS}_p20251001 (~2).") in messages
+            f"{LOGS}_p20251001 (~2); detached in ") in messages
     assert f"Kept {LOGS}_p20251101 whole: a row of it has updated_at 2026-06-01" in messages
 
 

@@ -198,7 +198,7 @@ def partition_lines(result: PartitionCleanupResult) -> list[str]:
          f"({result.partitions_dropped} partitions dropped, {result.rows_purged_by_row:,} edge rows purged row by row), "
          f"one DELETE {result.delete_seconds:.2f} s: {result.speedup:.1f}x faster; same rows left: "
          f"{'yes' if result.same_result else 'NO'}"),
-        f"  slowest activities: {slowest}",
+        f"  slowest activities: {slowest}; in purge_delivery_logs, partitions {result.drop_timing or 'none dropped'}",
         (f"  concurrent writer: {result.inserts:,} inserts into the live partition during the run, worst "
          f"{result.worst_insert_ms:.1f} ms (must stay under 1,000 ms)"),
         f"  target: at least {TARGET_PARTITION_SPEEDUP}x faster than the DELETE at 1,000,000 rows",
