@@ -33,6 +33,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
@@ -291,18 +292,114 @@ def create_partition(table: str, column: str, start: datetime, end: datetime, *,
 # Dropping partitions
 # --------------------------------------------------------------------------------------------
 
-def detach_and_drop(table: str, partition: str) -> None:
-    """Detach ``partition`` from ``table`` and drop it.
+def expired_partitions(table: str, cutoff: datetime) -> list[Partition]:
+    """The partitions of ``table`` whose whole period ends at or before ``cutoff``, oldest first:
+    every row they can hold is older than ``cutoff`` by the partition column. The default
+    partition never is (it may hold any date)."""
+    return [part for part in partitions(table) if not part.is_default and part.end <= cutoff]
+
+
+def column_max(partition: str, column: str) -> Any:
+    """The largest value of ``column`` in ``partition`` (None when it is empty). Meant for an
+    indexed column: PostgreSQL reads it at the end of the index, whatever the partition's size."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT MAX({_quoted(column)}) FROM {_quoted(partition)}")
+        return cursor.fetchone()[0]
+
+
+#: Beyond this many rows, a partition never analysed is not counted to the end (see :func:`estimated_rows`).
+COUNT_LIMIT = 100_000
+
+
+def estimated_rows(partition: str) -> tuple[int, bool]:
+    """(rows, exact) of ``partition`` without scanning it: the planner's estimate
+    (``pg_class.reltuples``, kept by ANALYZE and autovacuum), or, for a partition never analysed
+    (``reltuples`` -1), a count stopped at :data:`COUNT_LIMIT` rows (exact below it, a lower
+    bound at it). Counting a whole partition before dropping it would cost as much as reading it,
+    which is what dropping it whole avoids."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reltuples FROM pg_class WHERE oid = to_regclass(%s)", [partition])
+        row = cursor.fetchone()
+        if row is not None and row[0] >= 0:
+            return int(row[0]), False
+        cursor.execute(f"SELECT COUNT(*) FROM (SELECT 1 FROM {_quoted(partition)} LIMIT %s) AS rows", [COUNT_LIMIT])
+        counted = cursor.fetchone()[0]
+        return counted, counted < COUNT_LIMIT
+
+
+def detach(table: str, partition: str) -> None:
+    """Detach ``partition`` from ``table``, in the caller's transaction (a savepoint of it).
 
     Not ``DETACH ... CONCURRENTLY``: PostgreSQL refuses it on a table with a default partition. The
     plain form takes the parent's ACCESS EXCLUSIVE lock, but only for a catalogue change; waiting
-    at most :data:`LOCK_TIMEOUT` for it bounds how long a writer queued behind it can wait. The
-    detached table is dropped in a second transaction, which locks nothing anyone else uses.
+    at most :data:`LOCK_TIMEOUT` for it bounds how long a writer queued behind it can wait, and the
+    lock is held until the caller's transaction ends, which should therefore be short. A partition
+    with foreign keys also has their triggers made on the tables they point to (SHARE ROW EXCLUSIVE
+    there: writes to deliveries and profiles wait for the same short while). Raises
+    ``OperationalError`` (:func:`is_busy`) when the lock is not had in time; the savepoint is then
+    rolled back and the caller's transaction goes on.
     """
     with bounded_wait() as cursor:
         cursor.execute(f"ALTER TABLE {_quoted(table)} DETACH PARTITION {_quoted(partition)}")
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(f"DROP TABLE {_quoted(partition)}")
+
+
+def drop(*detached: str) -> None:
+    """Drop tables once detached, together.
+
+    Together: a transaction that drops tables always waits at its commit for the WAL to reach the
+    disk (PostgreSQL removes their files right after, so the commit must not be lost), and on a
+    busy disk that wait is most of the cost of a drop; one ``DROP TABLE`` of them all waits once.
+
+    Nobody reads or writes these tables any more, but their foreign keys have triggers on the tables
+    they point to (deliveries, profiles), and removing a trigger takes that table's ACCESS
+    EXCLUSIVE lock: a plain ``DROP TABLE`` would take those locks in one transaction, holding one
+    while waiting for the next, which a writer holding them in the other order turns into a
+    deadlock (measured: the writer's insert was the one cancelled). So each foreign key is dropped
+    first, in a transaction per table pointed to (the detached tables and that one table locked),
+    then the tables, which then lock nothing else. Called inside a transaction, a single ``DROP
+    TABLE``: its locks last until that transaction ends whatever the split. Every lock wait is
+    bounded at :data:`LOCK_TIMEOUT`; ``OperationalError`` (:func:`is_busy`) when a lock is not had
+    in time: the tables are then left for :func:`leftover_detached` to find.
+    """
+    if not detached:
+        return
+    if not connection.in_atomic_block:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT confrelid, conrelid::regclass::text, conname FROM pg_constraint "
+                           "WHERE conrelid = ANY(%s::regclass[]) AND contype = 'f' ORDER BY confrelid, conname",
+                           [list(detached)])
+            foreign_keys = cursor.fetchall()
+        for target in dict.fromkeys(target for target, _, _ in foreign_keys):
+            # A server crash may undo this commit: the table is then a leftover still, dropped next time.
+            with bounded_wait(durable=False) as cursor:
+                for _, table, key in (fk for fk in foreign_keys if fk[0] == target):
+                    cursor.execute(f"ALTER TABLE {_quoted(table)} DROP CONSTRAINT {_quoted(key)}")
+    with bounded_wait() as cursor:
+        cursor.execute(f"DROP TABLE {', '.join(_quoted(name) for name in detached)}")
+
+
+def detach_and_drop(table: str, partition: str) -> None:
+    """Detach ``partition`` from ``table`` (one transaction, see :func:`detach`), then drop it (a second)."""
+    with transaction.atomic():
+        detach(table, partition)
+    drop(partition)
+
+
+def leftover_detached() -> list[str]:
+    """Tables named like a partition of a partitioned log table (``<table>_p<YYYYMMDD>``) that are
+    attached to nothing: detached by a cleanup that stopped before dropping them (a crash, a lock
+    not had in time). Their rows were already out of the table; nothing but that cleanup makes such
+    a table."""
+    names = [table.table for table in partitioned_tables()]
+    if not names:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT relname FROM pg_class WHERE relnamespace = current_schema()::regnamespace AND relkind = 'r' "
+            "AND NOT relispartition AND substring(relname from '^(.*)_p[0-9]{8}$') = ANY(%s) ORDER BY relname",
+            [names],
+        )
+        return [row[0] for row in cursor.fetchall()]
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,11 +465,20 @@ def rebuild(table: PartitionedTable, *, partitioned: bool, now: datetime | None 
 
 
 @contextmanager
-def bounded_wait() -> Iterator[CursorWrapper]:
+def bounded_wait(*, durable: bool = True) -> Iterator[CursorWrapper]:
     """A cursor in a transaction (a savepoint inside one) whose statements wait at most
     :data:`LOCK_TIMEOUT` for a lock, then fail with ``lock_not_available`` (see :func:`is_busy`).
-    Inside an outer transaction, the outer one's own timeout is back once the block ends."""
+    Inside an outer transaction, the outer one's own timeout is back once the block ends; a
+    transaction of its own simply ends with its setting. ``durable=False`` (a transaction of its
+    own only) commits without waiting for the WAL to reach the disk: for a change that a server
+    crash may undo without harm."""
+    outermost = not connection.in_atomic_block
     with transaction.atomic(), connection.cursor() as cursor:
+        if outermost:  # one round trip: SET LOCAL ends with the transaction
+            cursor.execute("SELECT set_config('lock_timeout', %s, true), set_config('synchronous_commit', %s, true)",
+                           [LOCK_TIMEOUT, "on" if durable else "off"])
+            yield cursor
+            return
         cursor.execute("SELECT current_setting('lock_timeout')")
         previous = cursor.fetchone()[0]
         cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")

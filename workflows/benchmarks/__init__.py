@@ -61,6 +61,7 @@ def register(case: BenchmarkCase) -> BenchmarkCase:
 
 def all_cases() -> dict[str, BenchmarkCase]:
     for module in pkgutil.iter_modules(__path__):
-        if module.name not in {"child", "data", "event_ingestion", "fixed_cost", "noop_workflow", "runner", "scale_curve"}:
+        if module.name not in {"child", "cleanup_partitions", "data", "event_ingestion", "fixed_cost", "noop_workflow",
+                               "runner", "scale_curve"}:
             importlib.import_module(f"{__name__}.{module.name}")
     return dict(sorted(_CASES.items(), key=lambda item: item[0].lower()))

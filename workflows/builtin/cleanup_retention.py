@@ -21,6 +21,7 @@ definition are :mod:`workflows.builtin.cleanup`'s.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -190,13 +191,23 @@ def journal_removed(ctx: ActivityContext, removed: int, what: str) -> None:
         ctx.log(f"{verb} {removed:,} {what}.")
 
 
-def purge_expired(ctx: ActivityContext, rule: AgeRule) -> None:
+def outside(selection: Selection, partitions: Sequence[str]) -> Selection:
+    """The rows of ``selection`` that are not in these partitions (PostgreSQL): a dry run counts the
+    rows of the partitions it would drop whole apart, so that no row is counted twice."""
+    if not partitions:
+        return selection
+    return selection.narrowed(f"{selection.table}.tableoid <> ALL(%s::regclass[])", (list(partitions),))
+
+
+def purge_expired(ctx: ActivityContext, rule: AgeRule, *, skipping: Sequence[str] = ()) -> None:
+    """Every row past ``rule``; ``skipping``: partitions whose rows a dry run already counted."""
     selection, boundary = rule.expired(ctx, timezone.now())
+    selection = outside(selection, skipping)
     removed = purge(ctx, selection, name=rule.name, order_by=rule.age_field, batch_size=rule.batch_size(ctx))
     journal_removed(ctx, removed, f"{rule.what} with {boundary}")
 
 
-def purge_consolidated(ctx: ActivityContext, rule: AgeRule, cursor: str) -> None:
+def purge_consolidated(ctx: ActivityContext, rule: AgeRule, cursor: str, *, skipping: Sequence[str] = ()) -> None:
     """Like :func:`purge_expired`, but only rows updateDeliveryExecInfo has consolidated
     (``id <=`` its cursor ``cursor``): an unconsolidated row stays, however old."""
     cursors = cursors_of(EXEC_INFO_ID)
@@ -206,7 +217,7 @@ def purge_consolidated(ctx: ActivityContext, rule: AgeRule, cursor: str) -> None
         ctx.log(f"Kept all {rule.what}: {EXEC_INFO_ID} has not consolidated any yet (no cursor {cursor!r}).")
         return
     expired, boundary = rule.expired(ctx, timezone.now())
-    selection = expired.narrowed(f"{expired.pk} <= %s", (consolidated,))
+    selection = outside(expired.narrowed(f"{expired.pk} <= %s", (consolidated,)), skipping)
     removed = purge(ctx, selection, name=rule.name, order_by=rule.age_field, batch_size=rule.batch_size(ctx))
     journal_removed(ctx, removed, f"{rule.what} consolidated by {EXEC_INFO_ID} (id up to {consolidated:,}) with {boundary}")
 

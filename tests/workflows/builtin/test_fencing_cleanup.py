@@ -3,7 +3,7 @@ unit never commits, a second run on another worker takes the work over, and the 
 as one uninterrupted run leaves them.
 
 Worker A loads :mod:`tests.workflows.freeze_hook`, which stops its pool process with SIGSTOP in the
-second unit of the run, after that unit's deletes and before its fenced commit: the process holds
+unit of the second batch of delivery logs, after that unit's deletes and before its fenced commit: the process holds
 an open transaction and the row locks of the rows it deleted, as in a long GC pause or a stalled
 VM. Its lease expires, and PostgreSQL ends its session once it has been idle in that transaction
 for a lease period, releasing the locks. Worker A keeps the frozen message unacknowledged and, with
@@ -38,8 +38,9 @@ pytestmark = [pytest.mark.postgres, pytest.mark.worker,
 #: Two rows per batch, so that the expired delivery logs take four units (2 + 2 + 2 + 1).
 BATCH = {"log_batch_size": 2, "batch_size": 2}
 EXPIRED_LOGS, YOUNG_LOGS, EXPIRED_EVENTS, YOUNG_EVENTS = 7, 3, 5, 2
-#: The second unit of the run: the second batch of expired delivery logs.
-FROZEN_UNIT = 2
+#: The fourth fenced commit of the run: the second batch of expired delivery logs (the first
+#: activity, partition maintenance, commits two: its counters' unit and its end).
+FROZEN_UNIT = 4
 
 
 class Workers:
@@ -145,7 +146,7 @@ def test_a_cleanup_run_frozen_before_its_commit_loses_its_lease_commits_nothing_
     workers.start(queue, WORKFLOW_EXTRA_MODULES="tests.workflows.freeze_hook", FREEZE_AT=f"cleanup:{FROZEN_UNIT}",
                   FREEZE_MARKER=str(marker))
     frozen = commands.run_now("cleanup", actor="test", overrides=BATCH)
-    wait_for(marker.exists, what="worker A to freeze inside its second unit")
+    wait_for(marker.exists, what="worker A to freeze inside its second batch of delivery logs")
     pid, run_id = (int(value) for value in marker.read_text().split())
     workers.frozen_pid = pid
     assert run_id == frozen.pk
@@ -167,11 +168,12 @@ def test_a_cleanup_run_frozen_before_its_commit_loses_its_lease_commits_nothing_
     takeover.refresh_from_db()
     assert (frozen.status, frozen.reason) == (RunStatus.FAILED, leases.LEASE_LOST)
     assert not ActivityRun.objects.filter(run=frozen, status__in=[ActivityStatus.RUNNING, ActivityStatus.PAUSED]).exists()
-    assert list(ActivityRun.objects.filter(run=frozen).values_list("name", flat=True)) == ["purge_delivery_logs"], \
+    assert list(ActivityRun.objects.filter(run=frozen).values_list("name", flat=True)) == [
+        "maintain_partitions", "purge_delivery_logs"], \
         "the frozen run went no further than the activity it froze in"
     assert WorkflowLog.objects.filter(run=frozen, message__contains="lost its lease").exists()
     assert outcome() == expected
-    # Only the frozen run's first unit committed: its deletes and their counter; the second run
+    # Only the frozen run's first batch committed: its deletes and their counter; the second run
     # deleted the rest, the rows the frozen unit had deleted before it was cut off included.
     assert frozen.counters["delivery_logs_removed"] == 2
     assert takeover.counters["delivery_logs_removed"] == EXPIRED_LOGS - 2
