@@ -63,7 +63,8 @@ def test_the_workflow_page_shows_an_activitys_whole_summary_without_backticks(ad
 
     help_text = response.context["adminform"].form.fields["activity__decide_winners"].help_text
     expected = ("Every test in <code>testing</code>, and every tie resolved by hand since, gets <code>decide</code>, "
-                "each in its own unit of work; its journal lines and owner email follow once that unit committed.")
+                "each in its own unit of work, with its journal line; the email to its owner follows once that "
+                "unit committed.")
     assert help_text == expected
     assert first_paragraph(decide_winners.__doc__).endswith("once that unit committed.")
     page = response.content.decode()

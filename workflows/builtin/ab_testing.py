@@ -208,7 +208,7 @@ def _notify(ctx: ActivityContext, decision: Decision, test: ABTest) -> None:
 
 def decide_winners(ctx: ActivityContext) -> None:
     """Every test in ``testing``, and every tie resolved by hand since, gets :func:`decide`, each
-    in its own unit of work, with its journal line; the owner's email follows once that unit committed."""
+    in its own unit of work, with its journal line; the email to its owner follows once that unit committed."""
     candidates = ABTest.objects.filter(
         Q(status=ABTest.Status.TESTING) | Q(status=ABTest.Status.AWAITING_CHOICE, winner_variant__gt="")
     )
