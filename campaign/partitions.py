@@ -359,7 +359,8 @@ def drop(*detached: str) -> None:
     then the tables, which then lock nothing else. Called inside a transaction, a single ``DROP
     TABLE``: its locks last until that transaction ends whatever the split. Every lock wait is
     bounded at :data:`LOCK_TIMEOUT`; ``OperationalError`` (:func:`is_busy`) when a lock is not had
-    in time: the tables are then left for :func:`leftover_detached` to find.
+    in time: the tables are then left for :func:`detached_partitions` to find. A table already gone
+    (dropped meanwhile by a run that had lost its lease, say) is no error.
     """
     if not detached:
         return
@@ -373,9 +374,9 @@ def drop(*detached: str) -> None:
             # A server crash may undo this commit: the table is then a leftover still, dropped next time.
             with bounded_wait(durable=False) as cursor:
                 for _, table, key in (fk for fk in foreign_keys if fk[0] == target):
-                    cursor.execute(f"ALTER TABLE {_quoted(table)} DROP CONSTRAINT {_quoted(key)}")
+                    cursor.execute(f"ALTER TABLE IF EXISTS {_quoted(table)} DROP CONSTRAINT IF EXISTS {_quoted(key)}")
     with bounded_wait() as cursor:
-        cursor.execute(f"DROP TABLE {', '.join(_quoted(name) for name in detached)}")
+        cursor.execute(f"DROP TABLE IF EXISTS {', '.join(_quoted(name) for name in detached)}")
 
 
 def detach_and_drop(table: str, partition: str) -> None:
@@ -385,11 +386,11 @@ def detach_and_drop(table: str, partition: str) -> None:
     drop(partition)
 
 
-def leftover_detached() -> list[str]:
+def detached_partitions() -> list[str]:
     """Tables named like a partition of a partitioned log table (``<table>_p<YYYYMMDD>``) that are
-    attached to nothing: detached by a cleanup that stopped before dropping them (a crash, a lock
-    not had in time). Their rows were already out of the table; nothing but that cleanup makes such
-    a table."""
+    attached to nothing: detached by cleanup, whose purges detach expired partitions and whose later
+    activity drops them (or the next run's, after a crash or a lock not had in time). Their rows
+    are out of the table already; nothing but cleanup makes such a table."""
     names = [table.table for table in partitioned_tables()]
     if not names:
         return []

@@ -8,8 +8,8 @@ statistics of the tables it thinned.
 This module holds the activities, in order, and the definition with its properties; the retention
 rules and the purge of what is past them are :mod:`workflows.builtin.cleanup_retention`'s, the
 SQL is :mod:`workflows.builtin.cleanup_purges`'s, and the partitions of the log tables (kept
-ahead by the first activity, removed whole when past retention) are
-:mod:`workflows.builtin.cleanup_partitions`'s.
+ahead by the first activity, detached whole when past retention, their tables dropped by a later
+activity) are :mod:`workflows.builtin.cleanup_partitions`'s.
 
 Invariants it keeps:
 
@@ -33,9 +33,11 @@ Invariants it keeps:
 - **Tracking rows outlive their logs.** TrackingLog points to DeliveryLog without a database
   constraint: purging a delivery log neither deletes, locks nor changes its tracking rows (aged
   on their own ``tracked_at``), and nothing here writes a delivery's indicators.
-- **Whole partitions first (PostgreSQL).** A log purge first detaches and drops the partitions
-  whose every row it would remove, one fenced unit per DETACH, then purges the rest row by row;
-  a partition that cannot be locked within 1 s is purged row by row instead.
+- **Whole partitions first (PostgreSQL).** A log purge first detaches the partitions whose every
+  row it would remove, one fenced unit per DETACH, then purges the rest row by row; a partition
+  that cannot be locked within 1 s is purged row by row instead. The detached tables are dropped
+  together by ``drop_detached_partitions``, after the last log purge and before the purge of old
+  deliveries, which their foreign keys would otherwise hold back.
 - **Ordered activities.** If one fails, the later ones do not run (the engine stops at the first
   failure) and the journal names the activity that failed and those that did not run.
 - **Dry run.** ``dry_run=true`` counts what would go (counters ``<table>_to_remove`` and
@@ -140,35 +142,36 @@ def stops_the_run_on_failure(activity: Activity) -> Activity:
 # --------------------------------------------------------------------------------------------
 
 def maintain_partitions(ctx: ActivityContext) -> None:
-    """PostgreSQL: partitions of the log tables from the current period to three months ahead, and
-    any table an earlier run detached but did not drop, dropped. Nothing on SQLite."""
+    """PostgreSQL: partitions of the log tables from the current period to three months ahead.
+    Nothing on SQLite."""
     by_partition.maintain(ctx)
 
 
-# On PostgreSQL each log purge first drops whole the partitions past retention whose every row it
-# would remove (:mod:`workflows.builtin.cleanup_partitions`), then purges what is left row by row.
+# On PostgreSQL each log purge first detaches whole the partitions past retention whose every row
+# it would remove (:mod:`workflows.builtin.cleanup_partitions`), then purges what is left row by
+# row; drop_detached_partitions drops their tables.
 
 def purge_delivery_logs(ctx: ActivityContext) -> None:
     """Delivery logs not updated within the retention. Their tracking rows stay as they are."""
-    purge_expired(ctx, DELIVERY_LOGS, skipping=by_partition.drop_expired_partitions(ctx, DELIVERY_LOGS))
+    purge_expired(ctx, DELIVERY_LOGS, skipping=by_partition.detach_expired_partitions(ctx, DELIVERY_LOGS))
 
 
 def purge_tracking_logs(ctx: ActivityContext) -> None:
-    purge_expired(ctx, TRACKING_LOGS, skipping=by_partition.drop_expired_partitions(ctx, TRACKING_LOGS))
+    purge_expired(ctx, TRACKING_LOGS, skipping=by_partition.detach_expired_partitions(ctx, TRACKING_LOGS))
 
 
 def purge_sending_feedback(ctx: ActivityContext) -> None:
-    counted = by_partition.drop_expired_partitions(ctx, SENDING_FEEDBACK, cursor=FEEDBACK_CURSOR)
+    counted = by_partition.detach_expired_partitions(ctx, SENDING_FEEDBACK, cursor=FEEDBACK_CURSOR)
     purge_consolidated(ctx, SENDING_FEEDBACK, FEEDBACK_CURSOR, skipping=counted)
 
 
 def purge_tracking_hits(ctx: ActivityContext) -> None:
-    counted = by_partition.drop_expired_partitions(ctx, TRACKING_HITS, cursor=HITS_CURSOR)
+    counted = by_partition.detach_expired_partitions(ctx, TRACKING_HITS, cursor=HITS_CURSOR)
     purge_consolidated(ctx, TRACKING_HITS, HITS_CURSOR, skipping=counted)
 
 
 def purge_inbound_sms(ctx: ActivityContext) -> None:
-    counted = by_partition.drop_expired_partitions(ctx, INBOUND_SMS, cursor=INBOUND_SMS_CURSOR)
+    counted = by_partition.detach_expired_partitions(ctx, INBOUND_SMS, cursor=INBOUND_SMS_CURSOR)
     purge_consolidated(ctx, INBOUND_SMS, INBOUND_SMS_CURSOR, skipping=counted)
 
 
@@ -179,7 +182,13 @@ def purge_events(ctx: ActivityContext) -> None:
 
 
 def purge_archived_events(ctx: ActivityContext) -> None:
-    purge_expired(ctx, ARCHIVED_EVENTS, skipping=by_partition.drop_expired_partitions(ctx, ARCHIVED_EVENTS))
+    purge_expired(ctx, ARCHIVED_EVENTS, skipping=by_partition.detach_expired_partitions(ctx, ARCHIVED_EVENTS))
+
+
+def drop_detached_partitions(ctx: ActivityContext) -> None:
+    """PostgreSQL: the tables of the partitions the purges above detached (and any an earlier run
+    left detached), dropped in one statement. Nothing on SQLite."""
+    by_partition.drop_detached(ctx)
 
 
 def purge_delivery_aggregates(ctx: ActivityContext) -> None:
@@ -439,6 +448,7 @@ definition = register(WorkflowDefinition(
         purge_inbound_sms,
         purge_events,
         purge_archived_events,
+        drop_detached_partitions,
         purge_delivery_aggregates,
         purge_forecast_logs,
         purge_old_deliveries,

@@ -3,9 +3,10 @@
 Why it exists: on PostgreSQL the log tables are range-partitioned by time
 (:mod:`campaign.partitions`). Deleting a month of logs row by row costs time in proportion to its
 rows, leaves dead index entries for VACUUM and competes with the day's writes; a partition whose
-whole period is past retention can instead be detached and dropped, a catalogue change whatever
-its size. This module holds cleanup's first activity (partition maintenance) and the removal of
-whole partitions that each log purge does before its row-by-row pass.
+whole period is past retention can instead be detached, a catalogue change whatever its size, and
+its table dropped. This module holds cleanup's first activity (partition maintenance), the
+detaching of whole partitions that each log purge does before its row-by-row pass, and the
+activity that drops the detached tables.
 
 Invariants it keeps:
 
@@ -23,16 +24,19 @@ Invariants it keeps:
   partition stays attached. Its lock wait is bounded at one second
   (:data:`campaign.partitions.LOCK_TIMEOUT`), so a writer queued behind it waits little more than
   that; a partition whose lock is not had in time is journaled as a warning and purged row by row
-  by the pass that follows. The tables detached by an activity are dropped together once their
-  units have committed (one ``DROP TABLE``: a drop's commit waits for the disk, once for them
-  all); a table left detached (a crash in between, a DROP that could not lock in time) is dropped
-  by the next run's first activity.
+  by the pass that follows. Once detached, its rows are out of the table, as a DELETE would leave
+  them: what remains is to give back the space.
+- **Detach now, drop once.** Dropping a table frees its files, which takes the system time in
+  proportion to their size, and its commit waits for the disk. So the purges only detach, and one later activity drops every detached table, of all
+  log tables, in one ``DROP TABLE``; that activity also drops what a crashed or busy run left
+  detached. It comes before the purge of old deliveries: a detached table keeps its foreign keys
+  to deliveries and profiles, which would refuse to let a delivery go.
 - **Plain DETACH.** PostgreSQL refuses ``DETACH ... CONCURRENTLY`` on a table with a default
   partition, and every log table has one; the plain form's lock is held only for the catalogue
   change and the unit's bookkeeping.
-- **Counts from the catalogue.** The rows of a dropped partition are the planner's estimate
+- **Counts from the catalogue.** The rows of a detached partition are the planner's estimate
   (``pg_class.reltuples``), hence the counter ``<name>_partition_rows_estimated``; counting them
-  exactly would read the whole partition, which is what dropping it avoids.
+  exactly would read the whole partition, which is what detaching it avoids.
 - **Dry run.** Reports the partitions that would go and their estimated rows, changes nothing, and
   the row purge's count then leaves their rows out (a row is counted once).
 
@@ -59,55 +63,42 @@ from workflows.models import LogLevel
 
 def partition_counters(ctx: ActivityContext, name: str) -> tuple[str, str]:
     """The counters of the partitions of rule ``name``: (partitions, their estimated rows)."""
-    partitions_counter = f"{name}_partitions_to_drop" if dry_run(ctx) else f"{name}_partitions_dropped"
+    partitions_counter = f"{name}_partitions_to_detach" if dry_run(ctx) else f"{name}_partitions_detached"
     return partitions_counter, f"{name}_partition_rows_estimated"
 
 
 # --------------------------------------------------------------------------------------------
-# First activity: partitions ahead, leftovers dropped
+# First activity: partitions ahead
 # --------------------------------------------------------------------------------------------
 
 def maintain(ctx: ActivityContext) -> None:
-    """Partitions from the current period to three months ahead on every partitioned table (rows
-    found in a default partition moved into theirs), and tables left detached by an earlier run
-    dropped. A dry run changes nothing and names the leftovers it would drop.
+    """Partitions from the current period to three months ahead on every partitioned table, rows
+    found in a default partition moved into theirs. A dry run changes nothing.
 
     Outside any unit of work, as the statistics step's VACUUM is: the creations are each their own
     short transaction (:func:`campaign.partitions.ensure_partitions`), safe to repeat and to run
-    beside writers, and a leftover table is no longer part of any table; only the counters commit
-    as a unit, so a run that lost its lease records nothing.
+    beside writers; only the counters commit as a unit, so a run that lost its lease records
+    nothing.
     """
     if not partitions.enabled():
         ctx.log("No partitions to maintain: SQLite keeps the log tables as plain tables.")
         return
-    leftovers = partitions.leftover_detached()
     if dry_run(ctx):
-        ctx.log("Dry run: partitions left as they are"
-                + (f"; would drop {len(leftovers)} table(s) left detached: {', '.join(leftovers)}." if leftovers else "."))
+        ctx.log("Dry run: partitions left as they are.")
         return
-    ctx.declare("partitions_created", "rows_moved_from_default", "leftover_partitions_dropped")
+    ctx.declare("partitions_created", "rows_moved_from_default")
     done = partitions.ensure_partitions()
-    dropped, busy = list(leftovers), list(done.busy)
-    try:
-        partitions.drop(*leftovers)
-    except OperationalError as error:
-        if not partitions.is_busy(error):
-            raise
-        dropped, busy = [], [*busy, *leftovers]
 
     def record() -> None:
         ctx.count("partitions_created", len(done.created))
         ctx.count("rows_moved_from_default", done.rows_moved)
-        ctx.count("leftover_partitions_dropped", len(dropped))
 
     ctx.unit(record)
     if done.created:
         ctx.log(f"Created {len(done.created)} partition(s): {', '.join(done.created)}"
                 + (f"; moved {done.rows_moved:,} rows out of the default partitions into them." if done.rows_moved else "."))
-    if dropped:
-        ctx.log(f"Dropped {len(dropped)} table(s) an earlier run had detached but not dropped: {', '.join(dropped)}.")
-    if busy:
-        ctx.log(f"Could not lock within {partitions.LOCK_TIMEOUT}: {', '.join(busy)}; tried again at the next run.",
+    if done.busy:
+        ctx.log(f"Could not lock within {partitions.LOCK_TIMEOUT}: {', '.join(done.busy)}; tried again at the next run.",
                 level=LogLevel.WARNING)
 
 
@@ -122,13 +113,14 @@ class Candidate:
     exact: bool
 
 
-def drop_expired_partitions(ctx: ActivityContext, rule: AgeRule, *, cursor: str | None = None,
-                            now: datetime | None = None) -> list[str]:
-    """Remove whole the partitions of ``rule``'s table that the row purge would empty (see the
-    module's invariants); ``cursor`` is updateDeliveryExecInfo's cursor bounding a raw table.
+def detach_expired_partitions(ctx: ActivityContext, rule: AgeRule, *, cursor: str | None = None,
+                              now: datetime | None = None) -> list[str]:
+    """Detach the partitions of ``rule``'s table that the row purge would empty (see the module's
+    invariants); ``cursor`` is updateDeliveryExecInfo's cursor bounding a raw table. Their tables
+    are dropped later, by :func:`drop_detached`.
 
     Returns the partitions a dry run counted (the row purge's count must leave their rows out);
-    after a real run there is nothing to leave out, the partitions are gone.
+    after a real run there is nothing to leave out, the partitions are out of the table.
     """
     table = _partitioned(rule)
     if table is None:
@@ -147,16 +139,14 @@ def drop_expired_partitions(ctx: ActivityContext, rule: AgeRule, *, cursor: str 
     if dry_run(ctx):
         ctx.count(partitions_counter, len(candidates))  # read-only: saved with the activity's end
         ctx.count(rows_counter, sum(found.rows for found in candidates))
-        _journal(ctx, rule, candidates, verb="Dry run: would drop")
+        _journal(ctx, rule, candidates, verb="Dry run: would detach")
         return [found.partition.name for found in candidates]
     started = time.perf_counter()
     detached = [found for found in candidates if _detach(ctx, rule, table, found)]
     if detached:
-        between = time.perf_counter()
-        _drop([found.partition.name for found in detached], ctx=ctx, table=table)
-        _journal(ctx, rule, detached, verb="Dropped",
-                 timing=f"; detached in {(between - started) * 1000:.0f} ms, dropped in "
-                        f"{(time.perf_counter() - between) * 1000:.0f} ms")
+        _journal(ctx, rule, detached, verb="Detached",
+                 timing=f" in {(time.perf_counter() - started) * 1000:.0f} ms; their tables are dropped by "
+                        "drop_detached_partitions")
     return []
 
 
@@ -222,21 +212,50 @@ def _detach(ctx: ActivityContext, rule: AgeRule, table: PartitionedTable, found:
     return True
 
 
-def _drop(names: list[str], *, ctx: ActivityContext, table: PartitionedTable) -> None:
-    """Drop the tables just detached, after their units committed, all in one go (one wait for
-    the disk); tables that cannot be locked in time are left for the next run."""
+def _journal(ctx: ActivityContext, rule: AgeRule, found: list[Candidate], *, verb: str, timing: str = "") -> None:
+    rows = sum(one.rows for one in found)
+    exact = all(one.exact for one in found)
+    details = ", ".join(f"{one.partition.name} ({'' if one.exact else '~'}{one.rows:,})" for one in found)
+    ctx.log(f"{verb} {len(found)} whole partition(s) of {rule.what}, {'' if exact else 'about '}{rows:,} rows"
+            f"{'' if exact else ' (planner estimate)'}: {details}{timing}.")
+
+
+# --------------------------------------------------------------------------------------------
+# Detached tables, dropped together
+# --------------------------------------------------------------------------------------------
+
+def drop_detached(ctx: ActivityContext) -> None:
+    """Drop every table detached from a log table: those the purges of this run detached, and any
+    an earlier run left (a crash between the two, a drop that could not lock in time). One
+    ``DROP TABLE`` of them all (:func:`campaign.partitions.drop`), so the commit waits for the disk
+    once. A table that cannot be locked within the bounded wait is left, with a warning, for the
+    next run. A dry run changes nothing and names what it would drop.
+
+    Outside any unit of work, as the statistics step's VACUUM is: a detached table is part of no
+    table any more, nobody reads or writes it, and dropping it late (or twice: ``IF EXISTS``) is
+    harmless; only the counter commits as a unit, so a run that lost its lease records nothing.
+    """
+    if not partitions.enabled():
+        ctx.log("No detached partitions to drop: SQLite keeps the log tables as plain tables.")
+        return
+    detached = partitions.detached_partitions()
+    if dry_run(ctx):
+        ctx.log(f"Dry run: would drop {len(detached)} detached table(s): {', '.join(detached)}." if detached
+                else "Dry run: no detached table to drop.")
+        return
+    ctx.declare("detached_partitions_dropped")
+    if not detached:
+        ctx.log("No detached table to drop.")
+        return
+    started = time.perf_counter()
     try:
-        partitions.drop(*names)
+        partitions.drop(*detached)
     except OperationalError as error:
         if not partitions.is_busy(error):
             raise
-        ctx.log(f"Detached {', '.join(names)} but could not drop them within {partitions.LOCK_TIMEOUT} (busy): their "
-                f"rows are out of {table.table}; the next run drops them.", level=LogLevel.WARNING)
-
-
-def _journal(ctx: ActivityContext, rule: AgeRule, dropped: list[Candidate], *, verb: str, timing: str = "") -> None:
-    rows = sum(found.rows for found in dropped)
-    exact = all(found.exact for found in dropped)
-    details = ", ".join(f"{found.partition.name} ({'' if found.exact else '~'}{found.rows:,})" for found in dropped)
-    ctx.log(f"{verb} {len(dropped)} whole partition(s) of {rule.what}, {'' if exact else 'about '}{rows:,} rows"
-            f"{'' if exact else ' (planner estimate)'}: {details}{timing}.")
+        ctx.log(f"Could not drop {', '.join(detached)} within {partitions.LOCK_TIMEOUT} (busy): their rows are out of "
+                "the log tables already; the next run drops them.", level=LogLevel.WARNING)
+        return
+    spent = time.perf_counter() - started
+    ctx.unit(lambda: ctx.count("detached_partitions_dropped", len(detached)))
+    ctx.log(f"Dropped {len(detached)} detached table(s) in {spent * 1000:.0f} ms: {', '.join(detached)}.")

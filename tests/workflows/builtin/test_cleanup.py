@@ -598,7 +598,7 @@ def snapshot() -> dict[str, Any]:
 def test_workflow_run_cleanup_dry_run_counts_exactly_what_a_real_run_then_removes_and_changes_nothing(frozen):
     mixed_dataset()
     # PostgreSQL: the old rows' partitions exist, as the daily maintenance leaves them (a dry run
-    # maintains nothing): both runs then see the same partitions to drop whole.
+    # maintains nothing): both runs then see the same partitions to detach whole.
     partitions.ensure_partitions()
     before = snapshot()
     out = io.StringIO()
@@ -612,14 +612,14 @@ def test_workflow_run_cleanup_dry_run_counts_exactly_what_a_real_run_then_remove
     real = run_cleanup()
     assert snapshot() != before
     as_real = {key.replace("_to_remove", "_removed").replace("quarantine_to_release", "quarantine_released")
-               .replace("_partitions_to_drop", "_partitions_dropped"): value
+               .replace("_partitions_to_detach", "_partitions_detached"): value
                for key, value in dry["counters"].items()}
-    maintenance = {"tables_refreshed", "partitions_created", "rows_moved_from_default", "leftover_partitions_dropped"}
+    maintenance = {"tables_refreshed", "partitions_created", "rows_moved_from_default", "detached_partitions_dropped"}
     assert as_real == {key: value for key, value in real.counters.items() if key not in maintenance}
     others = {f"{d.name}_removed" for d in cleanup.delivery_dependents() if d.rule is None}
     # PostgreSQL: a table whose expired rows all went with their partitions removed none row by row.
-    whole = {key.replace("_partitions_dropped", "_removed") for key, value in as_real.items()
-             if key.endswith("_partitions_dropped") and value}
+    whole = {key.replace("_partitions_detached", "_removed") for key, value in as_real.items()
+             if key.endswith("_partitions_detached") and value}
     assert all(value >= 1 for key, value in as_real.items() if key not in others | whole), as_real
     dry_activities = {a["name"]: a["counters"] for a in dry["activities"]}
     assert dry_activities["purge_old_deliveries"]["delivery_logs_to_remove"] == 3, "the 4th went by its own rule"

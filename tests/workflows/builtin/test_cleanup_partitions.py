@@ -1,7 +1,8 @@
-"""cleanup on partitioned log tables (PostgreSQL): the first activity keeps partitions ahead and
-drops tables left detached; expired partitions go whole when the row purge would empty them, the
-edge partition and the partitions holding a row still within retention or not yet consolidated are
-purged row by row, a partition that cannot be locked in a second falls back to the row purge, a
+"""cleanup on partitioned log tables (PostgreSQL): the first activity keeps partitions ahead;
+expired partitions are detached whole when the row purge would empty them, and their tables (with
+any an earlier run left detached) dropped by a later activity, before old deliveries are purged;
+the edge partition and the partitions holding a row still within retention or not yet consolidated
+are purged row by row, a partition that cannot be locked in a second falls back to the row purge, a
 dry run changes nothing, and a run that loses its lease after a DETACH leaves the partition
 attached. On SQLite the same runs remove the same rows, with no partition in sight."""
 
@@ -17,7 +18,7 @@ from django.db import connection, connections, transaction
 from django.db.models import F
 
 from campaign import partitions
-from campaign.models import DeliveryLog, SendingFeedback, TrackingLog
+from campaign.models import Delivery, DeliveryLog, SendingFeedback, TrackingLog
 from tests.factories import DeliveryLogFactory, SendingFeedbackFactory, TrackingLogFactory
 from workflows import commands
 from workflows.builtin import cleanup
@@ -84,7 +85,7 @@ def committed_layout(postgres) -> Iterator[None]:
     for table in partitions.PARTITIONED_TABLES:
         for name in attached(table.table) - before[table.table]:
             partitions.detach_and_drop(table.table, name)
-    for name in partitions.leftover_detached():
+    for name in partitions.detached_partitions():
         partitions.drop(name)
 
 
@@ -102,7 +103,7 @@ def test_maintenance_creates_partitions_ahead_and_for_rows_in_the_default_one(fr
 
     assert run.status == RunStatus.SUCCEEDED, run.reason
     found = counters(run, "maintain_partitions")
-    assert found["rows_moved_from_default"] == 1 and found["leftover_partitions_dropped"] == 0
+    assert found["rows_moved_from_default"] == 1
     assert found["partitions_created"] >= 1
     assert f"{LOGS}_p20251001" in attached(LOGS)
     for table in partitions.PARTITIONED_TABLES:  # the current month and three ahead, made now or earlier
@@ -124,7 +125,7 @@ def test_maintenance_does_nothing_on_sqlite_and_says_so(frozen, is_postgres):
 # -- expired partitions go whole, the rest row by row ------------------------------------------------------------
 
 @pytest.mark.django_db
-def test_whole_expired_partitions_are_dropped_and_the_edge_one_is_purged_row_by_row(frozen, postgres):
+def test_whole_expired_partitions_are_detached_then_dropped_and_the_edge_one_is_purged_row_by_row(frozen, postgres):
     october = [DeliveryLogFactory(created_at=utc(2025, 10, day), updated_at=utc(2025, 10, day + 1)) for day in (3, 20)]
     november_old = DeliveryLogFactory(created_at=utc(2025, 11, 3), updated_at=utc(2025, 11, 4))
     november_updated = DeliveryLogFactory(created_at=utc(2025, 11, 4), updated_at=utc(2026, 6, 1))
@@ -141,12 +142,39 @@ def test_whole_expired_partitions_are_dropped_and_the_edge_one_is_purged_row_by_
     assert not DeliveryLog.objects.filter(pk__in=[november_old.pk, december_old.pk]).exists()
     assert TrackingLog.objects.filter(pk=tracking.pk).exists(), "tracking rows outlive their logs"
     assert counters(run, "purge_delivery_logs") == {
-        "delivery_logs_partitions_dropped": 1, "delivery_logs_partition_rows_estimated": 2, "delivery_logs_removed": 2,
+        "delivery_logs_partitions_detached": 1, "delivery_logs_partition_rows_estimated": 2, "delivery_logs_removed": 2,
     }
     messages = journal(run, "purge_delivery_logs")
-    assert (f"Dropped 1 whole partition(s) of delivery logs, about 2 rows (planner estimate): "
-            f"{LOGS}_p20251001 (~2); detached in ") in messages
+    assert (f"Detached 1 whole partition(s) of delivery logs, about 2 rows (planner estimate): "
+            f"{LOGS}_p20251001 (~2) in ") in messages
+    assert "ms; their tables are dropped by drop_detached_partitions." in messages
     assert f"Kept {LOGS}_p20251101 whole: a row of it has updated_at 2026-06-01" in messages
+    assert counters(run, "drop_detached_partitions") == {"detached_partitions_dropped": 1}
+    assert f"ms: {LOGS}_p20251001." in journal(run, "drop_detached_partitions")
+
+
+def test_detached_tables_are_dropped_after_the_last_log_purge_and_before_old_deliveries_go():
+    names = cleanup.definition.activity_names
+    log_purges = [name for name in names if name.startswith("purge_") and name.endswith(
+        ("delivery_logs", "tracking_logs", "sending_feedback", "tracking_hits", "inbound_sms", "archived_events"))]
+    assert len(log_purges) == len(partitions.PARTITIONED_TABLES)
+    assert max(map(names.index, log_purges)) < names.index("drop_detached_partitions") < names.index("purge_old_deliveries")
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_a_delivery_whose_logs_filled_a_detached_partition_can_be_purged_in_the_same_run(frozen, committed_layout):
+    # A detached table keeps its foreign key to the delivery (deferred: checked when the unit
+    # commits, hence a committing test): dropped first, it no longer holds the delivery back.
+    old = DeliveryLogFactory(created_at=utc(2023, 3, 5), updated_at=utc(2023, 3, 6))
+    Delivery.objects.filter(pk=old.delivery_id).update(state=Delivery.State.FINISHED, finished_at=utc(2023, 3, 6))
+
+    run = run_cleanup(purge_deliveries=True)
+
+    assert run.status == RunStatus.SUCCEEDED, run.reason
+    assert counters(run, "purge_delivery_logs")["delivery_logs_partitions_detached"] == 1
+    assert counters(run, "drop_detached_partitions") == {"detached_partitions_dropped": 1}
+    assert not Delivery.objects.filter(pk=old.delivery_id).exists()
+    assert partitions.detached_partitions() == []
 
 
 @pytest.mark.django_db
@@ -163,7 +191,7 @@ def test_a_partition_holding_a_row_not_yet_consolidated_is_kept_whole(frozen, po
     assert f"{FEEDBACK}_p20250301" in attached(FEEDBACK)
     assert list(SendingFeedback.objects.values_list("pk", flat=True)) == [march_unread.pk]
     assert counters(run, "purge_sending_feedback") == {
-        "sending_feedback_partitions_dropped": 1, "sending_feedback_partition_rows_estimated": 1,
+        "sending_feedback_partitions_detached": 1, "sending_feedback_partition_rows_estimated": 1,
         "sending_feedback_removed": 1,
     }
     assert f"Kept {FEEDBACK}_p20250301 whole: it holds rows updateDeliveryExecInfo has not consolidated yet" \
@@ -185,7 +213,7 @@ def test_nothing_goes_whole_or_by_row_before_the_raw_rows_are_consolidated(froze
 # -- dry run -------------------------------------------------------------------------------------------------------
 
 @pytest.mark.django_db
-def test_a_dry_run_names_the_partitions_it_would_drop_and_changes_nothing(frozen, postgres):
+def test_a_dry_run_names_the_partitions_it_would_detach_and_changes_nothing(frozen, postgres):
     whole = [TrackingLogFactory(tracked_at=utc(2025, 9, day)) for day in (1, 2)]
     edge = TrackingLogFactory(tracked_at=utc(2025, 12, 1))
     partitions.ensure_partitions(now=NOW)  # a dry run maintains nothing: the partitions exist already
@@ -197,12 +225,13 @@ def test_a_dry_run_names_the_partitions_it_would_drop_and_changes_nothing(frozen
     assert attached(TRACKING) == layout
     assert TrackingLog.objects.filter(pk__in=[*(row.pk for row in whole), edge.pk]).count() == 3
     assert counters(run, "purge_tracking_logs") == {
-        "tracking_logs_partitions_to_drop": 1, "tracking_logs_partition_rows_estimated": 2,
+        "tracking_logs_partitions_to_detach": 1, "tracking_logs_partition_rows_estimated": 2,
         "tracking_logs_to_remove": 1,  # the edge row: the partition's rows are counted once, above
     }
-    assert (f"Dry run: would drop 1 whole partition(s) of tracking logs, about 2 rows (planner estimate): "
+    assert (f"Dry run: would detach 1 whole partition(s) of tracking logs, about 2 rows (planner estimate): "
             f"{TRACKING}_p20250901 (~2).") in journal(run, "purge_tracking_logs")
-    assert journal(run, "maintain_partitions").startswith("Dry run: partitions left as they are")
+    assert journal(run, "maintain_partitions").startswith("Dry run: partitions left as they are.")
+    assert journal(run, "drop_detached_partitions").startswith("Dry run: no detached table to drop.")
 
 
 # -- leftovers and fencing -----------------------------------------------------------------------------------------
@@ -214,15 +243,20 @@ def test_a_table_left_detached_by_an_earlier_run_is_dropped_by_the_next(frozen, 
     partitions.ensure_partitions(now=NOW)
     with transaction.atomic():
         partitions.detach(TRACKING, f"{TRACKING}_p20250901")  # a crash came before the DROP
-    assert partitions.leftover_detached() == [f"{TRACKING}_p20250901"]
+    assert partitions.detached_partitions() == [f"{TRACKING}_p20250901"]
+
+    dry = run_cleanup(dry_run=True)
+
+    assert journal(dry, "drop_detached_partitions").startswith(
+        f"Dry run: would drop 1 detached table(s): {TRACKING}_p20250901.")
+    assert exists(f"{TRACKING}_p20250901")
 
     run = run_cleanup()
 
     assert not exists(f"{TRACKING}_p20250901")
-    assert partitions.leftover_detached() == []
-    assert counters(run, "maintain_partitions")["leftover_partitions_dropped"] == 1
-    assert f"Dropped 1 table(s) an earlier run had detached but not dropped: {TRACKING}_p20250901." \
-        in journal(run, "maintain_partitions")
+    assert partitions.detached_partitions() == []
+    assert counters(run, "drop_detached_partitions") == {"detached_partitions_dropped": 1}
+    assert f"ms: {TRACKING}_p20250901." in journal(run, "drop_detached_partitions")
     assert list(TrackingLog.objects.values_list("pk", flat=True)) == [kept.pk]
 
 
