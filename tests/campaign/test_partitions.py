@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import zoneinfo
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.db import connection, connections
+from django.db import connection
 
 from campaign import partitions
 from campaign.models import DeliveryLog, EventHistory, InboundSms, TrackingHit
 from campaign.partitions import AHEAD, Partition, missing_periods, next_period, period_start, uncovered
 from tests import factories
+from tests.db_locks import holding_lock
 
 
 def utc(*args: int) -> datetime:
@@ -150,31 +150,10 @@ def test_detaching_and_dropping_a_partition_removes_its_rows_only(postgres):
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
 def test_maintenance_gives_up_on_a_table_it_cannot_lock_within_a_second_and_does_the_others(postgres):
-    locked = threading.Event()
-    release = threading.Event()
-
-    def hold_lock() -> None:
-        other = connections.create_connection("default")
-        try:
-            other.set_autocommit(False)
-            with other.cursor() as cursor:
-                cursor.execute("LOCK TABLE campaign_trackinghit_default IN ACCESS EXCLUSIVE MODE")
-                locked.set()
-                release.wait(10)
-            other.rollback()
-        finally:
-            other.close()
-
-    holder = threading.Thread(target=hold_lock)
-    holder.start()
-    try:
-        assert locked.wait(10)
+    with holding_lock("LOCK TABLE campaign_trackinghit_default IN ACCESS EXCLUSIVE MODE"):
         started = time.monotonic()
         done = partitions.ensure_partitions(now=datetime.now(UTC) + timedelta(days=800))
         waited = time.monotonic() - started
-    finally:
-        release.set()
-        holder.join(10)
 
     assert done.busy == ["campaign_trackinghit"], (waited, done)
     assert any(name.startswith("campaign_deliverylog_") for name in done.created)

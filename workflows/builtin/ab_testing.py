@@ -27,7 +27,7 @@ import smtplib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.mail import send_mail
@@ -111,6 +111,18 @@ def _name(test: ABTest) -> str:
     return f"A/B test #{test.pk} {test.label!r}"
 
 
+class _Wording(NamedTuple):
+    name: str  # the test, as the journal names it
+    how: str  # how the winner came about
+    criterion: str  # what the variants were compared on
+
+
+def _wording(decision: Decision, test: ABTest) -> _Wording:
+    """The words a decision's journal line and its owner's email share, so that both tell it alike."""
+    return _Wording(name=_name(test), how="chosen by hand" if decision.chosen_by_hand else "computed",
+                    criterion=test.get_criterion_display().lower())
+
+
 def _journal(message: str, *, level: str = LogLevel.INFO) -> None:
     """A journal line outside a run (hand picks and confirmations from the admin)."""
     WorkflowLog.objects.create(workflow_id=WORKFLOW_ID, level=level, message=message)
@@ -159,9 +171,7 @@ def _journal_decision(ctx: ActivityContext, decision: Decision, test: ABTest) ->
     only what a decision does not change is used)."""
     if decision.outcome in (Outcome.NOT_STARTED, Outcome.NOT_ENDED, Outcome.WAITING):
         return
-    name = _name(test)
-    how = "chosen by hand" if decision.chosen_by_hand else "computed"
-    criterion = test.get_criterion_display().lower()
+    name, how, criterion = _wording(decision, test)
     figures = f"\n{format_figures(decision.figures)}" if decision.figures else ""
     if decision.outcome == Outcome.INVALID_CHOICE:
         ctx.log(f"{name}: the chosen winner {decision.variant!r} is not one of its variants "
@@ -182,9 +192,7 @@ def _notify(ctx: ActivityContext, decision: Decision, test: ABTest) -> None:
     confirm), and journal whether it went."""
     if decision.outcome not in (Outcome.TIE, Outcome.AWAITING_CONFIRMATION):
         return
-    name = _name(test)
-    how = "chosen by hand" if decision.chosen_by_hand else "computed"
-    criterion = test.get_criterion_display().lower()
+    name, how, criterion = _wording(decision, test)
     if decision.outcome == Outcome.TIE:
         notified = notify_owner(test, subject=f"{test.label}: tie, choose the winner", body=(
             f"The A/B test {test.label!r} (campaign {test.campaign.label!r}) ended in a tie on {criterion}:\n"

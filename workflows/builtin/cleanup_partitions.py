@@ -27,10 +27,11 @@ Invariants it keeps:
   by the pass that follows. Once detached, its rows are out of the table, as a DELETE would leave
   them: what remains is to give back the space.
 - **Detach now, drop once.** Dropping a table frees its files, which takes the system time in
-  proportion to their size, and its commit waits for the disk. So the purges only detach, and one later activity drops every detached table, of all
-  log tables, in one ``DROP TABLE``; that activity also drops what a crashed or busy run left
-  detached. It comes before the purge of old deliveries: a detached table keeps its foreign keys
-  to deliveries and profiles, which would refuse to let a delivery go.
+  proportion to their size, and its commit waits for the disk. So the purges only detach, and one
+  later activity drops every detached table, of all log tables, in one ``DROP TABLE``; that
+  activity also drops what a crashed or busy run left detached. It comes before the purge of old
+  deliveries: a detached table keeps its foreign keys to deliveries and profiles, which would
+  refuse to let a delivery go.
 - **Plain DETACH.** PostgreSQL refuses ``DETACH ... CONCURRENTLY`` on a table with a default
   partition, and every log table has one; the plain form's lock is held only for the catalogue
   change and the unit's bookkeeping.

@@ -8,17 +8,17 @@ attached. On SQLite the same runs remove the same rows, with no partition in sig
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from django.db import connection, connections, transaction
+from django.db import connection, transaction
 from django.db.models import F
 
 from campaign import partitions
 from campaign.models import Delivery, DeliveryLog, SendingFeedback, TrackingLog
+from tests.db_locks import holding_lock
 from tests.factories import DeliveryLogFactory, SendingFeedbackFactory, TrackingLogFactory
 from workflows import commands
 from workflows.builtin import cleanup
@@ -290,28 +290,9 @@ def test_a_partition_that_cannot_be_locked_in_a_second_is_purged_row_by_row(froz
     busy = TrackingLogFactory(tracked_at=utc(2025, 9, 1))
     kept = TrackingLogFactory(tracked_at=utc(2026, 6, 1))
     partitions.ensure_partitions(now=NOW)
-    locked, release = threading.Event(), threading.Event()
 
-    def hold_lock() -> None:
-        other = connections.create_connection("default")
-        try:
-            other.set_autocommit(False)
-            with other.cursor() as cursor:  # a long report reading the partition
-                cursor.execute(f"LOCK TABLE {TRACKING}_p20250901 IN ACCESS SHARE MODE")
-                locked.set()
-                release.wait(30)
-            other.rollback()
-        finally:
-            other.close()
-
-    holder = threading.Thread(target=hold_lock)
-    holder.start()
-    try:
-        assert locked.wait(10)
+    with holding_lock(f"LOCK TABLE {TRACKING}_p20250901 IN ACCESS SHARE MODE"):  # a long report reading it
         run = run_cleanup()
-    finally:
-        release.set()
-        holder.join(10)
 
     assert run.status == RunStatus.SUCCEEDED, run.reason
     assert f"{TRACKING}_p20250901" in attached(TRACKING), "left attached"
