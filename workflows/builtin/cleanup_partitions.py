@@ -246,7 +246,6 @@ def drop_detached(ctx: ActivityContext) -> None:
         return
     ctx.declare("detached_partitions_dropped")
     if not detached:
-        ctx.log("No detached table to drop.")
         return
     started = time.perf_counter()
     try:

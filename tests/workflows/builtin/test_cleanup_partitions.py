@@ -303,6 +303,30 @@ def test_a_partition_that_cannot_be_locked_in_a_second_is_purged_row_by_row(froz
             in journal(run, "purge_tracking_logs", LogLevel.WARNING))
 
 
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_detached_tables_that_cannot_be_locked_in_a_second_are_left_for_the_next_run(frozen, committed_layout):
+    kept = TrackingLogFactory(tracked_at=utc(2026, 6, 1))
+    TrackingLogFactory(tracked_at=utc(2025, 9, 1))
+    partitions.ensure_partitions(now=NOW)
+    with transaction.atomic():
+        partitions.detach(TRACKING, f"{TRACKING}_p20250901")  # an earlier run's, say
+
+    with holding_lock(f"LOCK TABLE {TRACKING}_p20250901 IN ACCESS SHARE MODE"):  # someone reading it still
+        busy = run_cleanup()
+
+    assert busy.status == RunStatus.SUCCEEDED, busy.reason
+    assert exists(f"{TRACKING}_p20250901"), "left for the next run"
+    assert counters(busy, "drop_detached_partitions") == {"detached_partitions_dropped": 0}
+    assert (f"Could not drop {TRACKING}_p20250901 within 1s (busy): their rows are out of the log tables already; "
+            "the next run drops them.") in journal(busy, "drop_detached_partitions", LogLevel.WARNING)
+    assert list(TrackingLog.objects.values_list("pk", flat=True)) == [kept.pk]
+
+    run = run_cleanup()
+
+    assert not exists(f"{TRACKING}_p20250901")
+    assert counters(run, "drop_detached_partitions") == {"detached_partitions_dropped": 1}
+
+
 # -- SQLite: the same rows go, row by row --------------------------------------------------------------------------
 
 @pytest.mark.django_db
