@@ -488,8 +488,12 @@ def bounded_wait(*, durable: bool = True) -> Iterator[CursorWrapper]:
 
 
 def is_busy(error: OperationalError) -> bool:
-    """The error is PostgreSQL giving up on a lock after :data:`LOCK_TIMEOUT`."""
-    return getattr(error.__cause__, "pgcode", None) == "55P03"  # lock_not_available
+    """The error is PostgreSQL giving up on a lock after :data:`LOCK_TIMEOUT`, or choosing this
+    statement as the victim of a deadlock. A DETACH locks the log table, then the tables its
+    foreign keys point to; a writer that updated a delivery and then inserts a log closes a cycle
+    with it. PostgreSQL looks for one after ``deadlock_timeout`` (1 s by default, the same as
+    :data:`LOCK_TIMEOUT`), so either error may end the wait: both mean "give way, try later"."""
+    return getattr(error.__cause__, "pgcode", None) in ("55P03", "40P01")  # lock_not_available, deadlock_detected
 
 
 def _quoted(name: str) -> str:

@@ -8,12 +8,14 @@ attached. On SQLite the same runs remove the same rows, with no partition in sig
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.db.models import F
 
 from campaign import partitions
@@ -301,6 +303,70 @@ def test_a_partition_that_cannot_be_locked_in_a_second_is_purged_row_by_row(froz
     assert counters(run, "purge_tracking_logs") == {"tracking_logs_removed": 1}
     assert (f"Could not detach {TRACKING}_p20250901 within 1s (busy): its rows are purged row by row instead."
             in journal(run, "purge_tracking_logs", LogLevel.WARNING))
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.parametrize("deadlock_timeout", ["1s", "100ms"], ids=["lock timeout", "deadlock detected"])
+def test_a_writer_updating_a_delivery_then_inserting_its_log_outlasts_a_detach_that_would_deadlock_with_it(
+        frozen, committed_layout, deadlock_timeout):
+    """The DETACH holds the log table and then needs the deliveries table (its foreign key's
+    triggers); a writer holding a delivery and then inserting a log closes the cycle. The DETACH
+    gives way, whether its lock timeout ends the wait or PostgreSQL's deadlock check (run sooner
+    here by a shorter ``deadlock_timeout`` on cleanup's connection), its partition goes row by row,
+    and the writer commits."""
+    expired = DeliveryLogFactory(created_at=utc(2025, 10, 3), updated_at=utc(2025, 10, 4))
+    delivery_id = expired.delivery_id
+    partitions.ensure_partitions(now=NOW)
+    writer: dict[str, Any] = {}
+    holding_delivery, done = threading.Event(), threading.Event()
+
+    def write() -> None:
+        other = connections.create_connection("default")
+        try:
+            other.set_autocommit(False)
+            with other.cursor() as cursor:
+                cursor.execute("UPDATE campaign_delivery SET label = label WHERE id = %s", [delivery_id])
+                holding_delivery.set()
+                for _ in range(200):  # until the DETACH waits for the deliveries table (at most 10 s)
+                    cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = "
+                                   "'campaign_delivery'::regclass")
+                    if cursor.fetchone()[0]:
+                        break
+                    time.sleep(0.05)
+                started = time.monotonic()
+                cursor.execute(
+                    f"INSERT INTO {LOGS} (delivery_id, address, variant, status, failure_type, failure_reason, "
+                    "error_text, created_at, updated_at) VALUES (%s, 'writer@example.com', '', 0, 0, 0, '', %s, %s)",
+                    [delivery_id, NOW, NOW])
+                writer["waited"] = time.monotonic() - started
+            other.commit()
+            writer["committed"] = True
+        except Exception as error:  # reported by the assertions below
+            writer["error"] = error
+        finally:
+            other.close()
+            done.set()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    try:
+        assert holding_delivery.wait(10)
+        with connection.cursor() as cursor:
+            cursor.execute("SET deadlock_timeout = %s", [deadlock_timeout])
+        run = run_cleanup()
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET deadlock_timeout")
+        assert done.wait(30)
+        thread.join(10)
+
+    assert writer.get("committed"), writer.get("error")
+    assert writer["waited"] < 2
+    assert run.status == RunStatus.SUCCEEDED, run.reason
+    assert f"{LOGS}_p20251001" in attached(LOGS), "left attached"
+    assert not DeliveryLog.objects.filter(pk=expired.pk).exists(), "its rows purged row by row"
+    assert DeliveryLog.objects.filter(address="writer@example.com").exists()
+    assert f"Could not detach {LOGS}_p20251001" in journal(run, "purge_delivery_logs", LogLevel.WARNING)
 
 
 @pytest.mark.django_db(transaction=True, serialized_rollback=True)
