@@ -58,12 +58,23 @@ def staff_client(django_user_model: Any, *codenames: str) -> Client:
 def broker_message(queue: str, task_id: str) -> Any:
     """The message sent with ``task_id`` (``.headers``; ``.payload``: args, kwargs, options), read
     back from the broker (filesystem or Redis, whichever the settings name)."""
+    return broker_messages(queue, [task_id])[task_id]
+
+
+def broker_messages(queue: str, task_ids: list[str]) -> dict[str, Any]:
+    """The messages sent with ``task_ids``, by id, read in one pass: a message is gone once read,
+    and the queue's order is not the order of sending (the filesystem broker sorts its files by
+    millisecond, then by a random name), so reading them one call each could consume the second
+    while looking for the first."""
     from project.celery import app
 
+    found: dict[str, Any] = {}
     with app.connection_for_read() as connection_, connection_.SimpleQueue(queue) as simple:
         for _ in range(1000):
             message = simple.get(block=True, timeout=5)
             message.ack()
-            if message.headers.get("id") == task_id:
-                return message
-    raise AssertionError(f"no message {task_id} in queue {queue}")
+            if message.headers.get("id") in task_ids:
+                found[message.headers["id"]] = message
+                if len(found) == len(task_ids):
+                    return found
+    raise AssertionError(f"no message {', '.join(set(task_ids) - set(found))} in queue {queue}")

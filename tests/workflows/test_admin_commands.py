@@ -15,7 +15,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils.html import escape
 
-from tests.workflows.admin_helpers import broker_message, change_url, staff_client
+from tests.workflows.admin_helpers import broker_message, broker_messages, change_url, staff_client
 from workflows import commands
 from workflows.models import RunStatus, Trigger, Workflow, WorkflowAudit, WorkflowRun, WorkflowState
 
@@ -233,11 +233,12 @@ def test_confirming_the_lists_forced_run_queues_one_forced_run_per_selected_work
 
     runs = {run.workflow_id: run for run in WorkflowRun.objects.order_by("pk")}  # in the order they were queued
     assert list(runs) == ["billing", "cleanup"]
+    sent = broker_messages("celery", [run.celery_task_id for run in runs.values()])
     for workflow_id, run in runs.items():
         assert (run.status, run.trigger, run.requested_by) == (RunStatus.QUEUED, Trigger.ADMIN, admin_user.username)
         audit = WorkflowAudit.objects.get(workflow_id=workflow_id, action="run now")
         assert (audit.user, audit.note) == (admin_user, "forced")
-        assert broker_message("celery", run.celery_task_id).payload[1]["force"] is True
+        assert sent[run.celery_task_id].payload[1]["force"] is True
     assert Workflow.objects.get(pk="cleanup").state == WorkflowState.PAUSED  # forcing changes no state
     assert Workflow.objects.get(pk="billing").state == WorkflowState.STOPPED
     assert response.redirect_chain == [(CHANGELIST, 302)]
